@@ -1,0 +1,889 @@
+package odmr
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/go-odmr/odmr/internal/wire"
+)
+
+// ErrProviderClosed is returned by [Provider.ServeListener] and
+// [Provider.ListenAndServe] after [Provider.Shutdown] or [Provider.Close].
+var ErrProviderClosed = errors.New("odmr: provider closed")
+
+// Default limits of a [Provider]; a zero field in the struct means these.
+const (
+	DefaultCommandTimeout  = 5 * time.Minute
+	DefaultReplyTimeout    = 5 * time.Minute
+	DefaultDataTimeout     = 10 * time.Minute
+	DefaultWriteTimeout    = time.Minute
+	DefaultMaxErrors       = 10
+	DefaultMaxAuthFailures = 3
+)
+
+const (
+	maxCommandLine = 4096  // longer than RFC 5321's 512, for long ATRN lists
+	maxSASLLine    = 12288 // RFC 4954 section 4
+)
+
+// Provider is the side of ODMR that holds mail and answers ATRN (RFC 2645
+// section 4). Set its fields, then call [Provider.Serve] for each
+// connection the program accepts, or [Provider.ListenAndServe] to let the
+// provider accept them. The fields must not change once it serves.
+//
+// A Provider needs an Authenticator, an Authorizer and a Queue; every
+// other field has a documented zero value.
+type Provider struct {
+	// Hostname names the provider in its greeting, EHLO reply and CRAM-MD5
+	// challenges. "" means os.Hostname(), or "localhost" if that fails.
+	Hostname string
+
+	// Authenticator looks up credentials for AUTH.
+	Authenticator Authenticator
+	// Authorizer tells which domains an authenticated identity may pull.
+	Authorizer DomainAuthorizer
+	// Queue holds the mail.
+	Queue QueueSource
+
+	// AllowInsecureAuth offers and accepts PLAIN and LOGIN, which send the
+	// secret itself, on connections without TLS. False means only CRAM-MD5
+	// is usable in clear text.
+	AllowInsecureAuth bool
+	// DisableCRAMMD5 turns CRAM-MD5 off, as RFC 2645 section 5.1.2 allows a
+	// site that uses stronger mechanisms. fetchmail needs CRAM-MD5.
+	DisableCRAMMD5 bool
+
+	// CommandTimeout is how long the provider waits for each command before
+	// the role swap. 0 means DefaultCommandTimeout.
+	CommandTimeout time.Duration
+	// ReplyTimeout is how long the provider, once the roles are reversed,
+	// waits for the customer's greeting and for each reply. 0 means
+	// DefaultReplyTimeout.
+	ReplyTimeout time.Duration
+	// DataTimeout is how long it waits for the reply to the end of a
+	// message. 0 means DefaultDataTimeout.
+	DataTimeout time.Duration
+	// WriteTimeout bounds each write to the connection. 0 means
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
+	// MaxErrors is how many error replies a session may earn before it is
+	// closed with 421. 0 means DefaultMaxErrors.
+	MaxErrors int
+	// MaxAuthFailures is how many failed AUTH commands a session may make;
+	// the next failure closes it with 421. 0 means DefaultMaxAuthFailures.
+	MaxAuthFailures int
+
+	// Logger receives one record per session event. Secrets and SASL
+	// payloads are never logged. nil means slog.Default().
+	Logger *slog.Logger
+
+	mu         sync.Mutex
+	listeners  map[*net.Listener]struct{}
+	sessions   map[*session]struct{}
+	sessionsWG sync.WaitGroup
+	baseCtx    context.Context
+	cancel     context.CancelFunc
+	shutdown   atomic.Bool
+}
+
+func (p *Provider) hostname() string {
+	if p.Hostname != "" {
+		return p.Hostname
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+func (p *Provider) logger() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.Default()
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// init sets up the provider's bookkeeping; p.mu must be held.
+func (p *Provider) initLocked() {
+	if p.baseCtx == nil {
+		p.baseCtx, p.cancel = context.WithCancel(context.Background())
+		p.listeners = make(map[*net.Listener]struct{})
+		p.sessions = make(map[*session]struct{})
+	}
+}
+
+// Serve runs one ODMR session on conn and closes conn when it ends. It
+// returns nil when the session ended normally (QUIT, or the delivery ran
+// to the end) and the error that ended it otherwise. Mail that was not
+// acknowledged by the customer stays queued whatever happens.
+func (p *Provider) Serve(conn net.Conn) error {
+	p.mu.Lock()
+	p.initLocked()
+	if p.shutdown.Load() {
+		p.mu.Unlock()
+		s := &session{p: p, conn: conn, bw: bufio.NewWriter(conn)}
+		s.reply(errShuttingDown)
+		conn.Close()
+		return ErrProviderClosed
+	}
+	ctx := p.baseCtx
+	s := newSession(p, conn)
+	p.sessions[s] = struct{}{}
+	p.sessionsWG.Add(1)
+	p.mu.Unlock()
+
+	defer func() {
+		p.mu.Lock()
+		delete(p.sessions, s)
+		p.mu.Unlock()
+		p.sessionsWG.Done()
+	}()
+	return s.run(ctx)
+}
+
+// ListenAndServe listens on the TCP address addr (":366" when empty) and
+// serves each connection in its own goroutine until Shutdown or Close.
+func (p *Provider) ListenAndServe(addr string) error {
+	if addr == "" {
+		addr = fmt.Sprintf(":%d", Port)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return p.ServeListener(l)
+}
+
+// ServeListener accepts connections on l and serves each in its own
+// goroutine. It returns ErrProviderClosed after Shutdown or Close, and
+// closes l.
+func (p *Provider) ServeListener(l net.Listener) error {
+	p.mu.Lock()
+	p.initLocked()
+	if p.shutdown.Load() {
+		p.mu.Unlock()
+		l.Close()
+		return ErrProviderClosed
+	}
+	p.listeners[&l] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.listeners, &l)
+		p.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if p.shutdown.Load() {
+				return ErrProviderClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.logger().Warn("odmr: accept failed, retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		go p.Serve(conn)
+	}
+}
+
+// Shutdown stops the provider gracefully: it closes the listeners, ends
+// the sessions that have not reached the role swap with a 421 reply, and
+// waits for deliveries under way to finish. If ctx ends first it returns
+// ctx.Err(), and Close ends what is left.
+func (p *Provider) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.initLocked()
+	p.shutdown.Store(true)
+	for l := range p.listeners {
+		(*l).Close()
+	}
+	for s := range p.sessions {
+		s.interruptIdle()
+	}
+	p.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		p.sessionsWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close stops the provider at once: it closes the listeners and every
+// session's connection. Mail being delivered stays queued unless the
+// customer had acknowledged it.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	p.initLocked()
+	p.shutdown.Store(true)
+	var err error
+	for l := range p.listeners {
+		if e := (*l).Close(); e != nil && err == nil {
+			err = e
+		}
+	}
+	p.cancel()
+	p.mu.Unlock()
+	return err
+}
+
+// session is one ODMR session on the provider side.
+type session struct {
+	p     *Provider
+	conn  net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	log   *slog.Logger
+	state atomic.Int32
+
+	helo         string
+	identity     string
+	errs         int
+	authFailures int
+	isTLS        bool
+
+	// Counts for the closing log record.
+	messages, delivered, failed, deferred int
+}
+
+func newSession(p *Provider, conn net.Conn) *session {
+	s := &session{
+		p:    p,
+		conn: conn,
+		br:   bufio.NewReaderSize(conn, 4096),
+		bw:   bufio.NewWriterSize(conn, 4096),
+		log:  p.logger().With("remote", conn.RemoteAddr().String()),
+	}
+	_, s.isTLS = conn.(*tls.Conn)
+	return s
+}
+
+func (s *session) State() State { return State(s.state.Load()) }
+
+// interruptIdle wakes a session blocked reading a command so it sees the
+// shutdown flag. Sessions in the reversed state keep delivering.
+func (s *session) interruptIdle() {
+	if s.State() < StateReversed {
+		s.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// errSessionOver ends the command loop after a reply that closes the session.
+var errSessionOver = errors.New("odmr: session closed by provider")
+
+func (s *session) run(ctx context.Context) (err error) {
+	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { s.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	defer func() {
+		s.state.Store(int32(StateClosed))
+		s.conn.Close()
+		attrs := []any{
+			"identity", s.identity, "messages", s.messages, "delivered", s.delivered,
+			"failed", s.failed, "deferred", s.deferred, "duration", time.Since(start).Round(time.Millisecond),
+		}
+		if err != nil && !errors.Is(err, errSessionOver) {
+			s.log.Info("odmr: session ended", append(attrs, "err", err)...)
+		} else {
+			s.log.Info("odmr: session ended", attrs...)
+			err = nil
+		}
+	}()
+
+	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
+		s.reply(errLocalError.withMessage("Service not configured"))
+		return errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")
+	}
+	s.log.Debug("odmr: session started")
+	if err := s.replyLine(220, fmt.Sprintf("%s ODMR service ready", s.p.hostname())); err != nil {
+		return err
+	}
+	for {
+		line, err := s.readCommand()
+		if err != nil {
+			return s.readFailed(ctx, err)
+		}
+		if err := s.dispatch(ctx, line); err != nil {
+			return err
+		}
+	}
+}
+
+// readFailed answers the error that ended reading a command.
+func (s *session) readFailed(ctx context.Context, err error) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return fmt.Errorf("odmr: connection closed by customer in %s state", s.State())
+	case errors.Is(err, wire.ErrFlood):
+		s.reply(errLineTooLong.withMessage("Line too long, closing connection"))
+		return err
+	case errors.As(err, &ne) && ne.Timeout():
+		if s.p.shutdown.Load() || ctx.Err() != nil {
+			s.reply(errShuttingDown)
+			return errSessionOver
+		}
+		s.reply(errTimeout)
+		return fmt.Errorf("odmr: customer idle for %v", s.commandTimeout())
+	}
+	return err
+}
+
+func (s *session) commandTimeout() time.Duration {
+	return orDefault(s.p.CommandTimeout, DefaultCommandTimeout)
+}
+
+// readLine reads one line under the command timeout. Errors about the
+// line itself (too long, bare CR) come back as *Error.
+func (s *session) readLine(max int) (string, error) {
+	s.conn.SetReadDeadline(time.Now().Add(s.commandTimeout()))
+	if s.p.shutdown.Load() && s.State() < StateReversed {
+		// Shutdown may have run between the check and the deadline.
+		return "", os.ErrDeadlineExceeded
+	}
+	line, err := wire.ReadLine(s.br, max)
+	switch {
+	case errors.Is(err, wire.ErrLineTooLong):
+		return "", errLineTooLong
+	case errors.Is(err, wire.ErrBareCR):
+		return "", errSyntax.withMessage("Bare CR or NUL in command")
+	}
+	return string(line), err
+}
+
+// readCommand reads command lines, answering those that are malformed.
+func (s *session) readCommand() (string, error) {
+	for {
+		line, err := s.readLine(maxCommandLine)
+		var e *Error
+		if errors.As(err, &e) {
+			if err := s.fail(e); err != nil {
+				return "", err
+			}
+			continue
+		}
+		return line, err
+	}
+}
+
+// dispatch runs one command; a non-nil error ends the session.
+func (s *session) dispatch(ctx context.Context, line string) error {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	arg = strings.TrimSpace(arg)
+	switch verb {
+	case "EHLO", "HELO":
+		return s.handleHello(verb, arg)
+	case "AUTH":
+		return s.handleAuth(ctx, arg)
+	case "ATRN":
+		return s.handleATRN(ctx, arg)
+	case "NOOP":
+		return s.replyLine(250, "2.0.0 OK")
+	case "RSET":
+		return s.replyLine(250, "2.0.0 OK")
+	case "QUIT":
+		s.replyLine(221, "2.0.0 Bye")
+		return errSessionOver
+	case "GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE":
+		// Cross-protocol requests (a browser aimed at port 366) are not
+		// a confused mail client: close at once.
+		s.reply(errCrossProtocol)
+		return errors.New("odmr: HTTP request on the ODMR port")
+	case "":
+		return s.fail(errSyntax.withMessage("Empty command"))
+	}
+	return s.fail(ErrNotImplemented.withMessage("Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT"))
+}
+
+func (s *session) handleHello(verb, arg string) error {
+	if arg == "" {
+		return s.fail(errBadArguments.withMessage("%s requires a domain or address", verb))
+	}
+	s.helo = arg
+	host := s.p.hostname()
+	if verb == "HELO" {
+		return s.replyLine(250, host)
+	}
+	lines := []string{host + " greets " + arg}
+	if mechs := s.mechanisms(); len(mechs) > 0 {
+		lines = append(lines, "AUTH "+strings.Join(mechs, " "))
+	}
+	lines = append(lines, "ENHANCEDSTATUSCODES", "ATRN")
+	return s.replyLines(250, lines...)
+}
+
+// mechanisms lists the SASL mechanisms offered on this connection.
+func (s *session) mechanisms() []string {
+	var m []string
+	if !s.p.DisableCRAMMD5 {
+		m = append(m, CRAMMD5)
+	}
+	if s.isTLS || s.p.AllowInsecureAuth {
+		m = append(m, sasl.Plain, sasl.Login)
+	}
+	return m
+}
+
+func (s *session) handleAuth(ctx context.Context, arg string) error {
+	if s.helo == "" {
+		return s.fail(errBadSequence.withMessage("Send EHLO first"))
+	}
+	if s.identity != "" {
+		return s.fail(errBadSequence.withMessage("Already authenticated"))
+	}
+	mech, ir, hasIR := strings.Cut(arg, " ")
+	mech = strings.ToUpper(mech)
+	if mech == "" {
+		return s.fail(errBadArguments.withMessage("AUTH requires a mechanism"))
+	}
+	offered := false
+	for _, m := range s.mechanisms() {
+		offered = offered || m == mech
+	}
+	if !offered {
+		if (mech == sasl.Plain || mech == sasl.Login) && !s.isTLS {
+			return s.fail(errEncryptionReq)
+		}
+		return s.fail(errUnknownMech)
+	}
+
+	var user string
+	srv := s.saslServer(ctx, mech, &user)
+	var resp []byte
+	if hasIR {
+		ir = strings.TrimSpace(ir)
+		switch ir {
+		case "*":
+			return s.fail(errAuthCancelled)
+		case "=":
+			resp = []byte{}
+		default:
+			b, err := base64.StdEncoding.DecodeString(ir)
+			if err != nil {
+				return s.fail(errBadBase64)
+			}
+			resp = b
+		}
+	}
+	for {
+		chal, done, err := srv.Next(resp)
+		if err != nil {
+			return s.authFailed(mech, user, err)
+		}
+		if done {
+			s.identity = user
+			s.state.Store(int32(StateAuthenticated))
+			s.log = s.log.With("identity", user)
+			s.log.Info("odmr: authenticated", "mechanism", mech)
+			return s.replyLine(235, "2.7.0 Authentication successful")
+		}
+		if err := s.replyLine(334, base64.StdEncoding.EncodeToString(chal)); err != nil {
+			return err
+		}
+		line, err := s.readLine(maxSASLLine)
+		var e *Error
+		if errors.As(err, &e) {
+			return s.fail(e)
+		} else if err != nil {
+			return s.readFailed(ctx, err)
+		}
+		if line == "*" {
+			return s.fail(errAuthCancelled)
+		}
+		resp, err = base64.StdEncoding.DecodeString(line)
+		if err != nil {
+			return s.fail(errBadBase64)
+		}
+	}
+}
+
+// errTempAuth marks a credential store failure.
+type errTempAuth struct{ err error }
+
+func (e errTempAuth) Error() string { return "odmr: credential lookup failed: " + e.err.Error() }
+func (e errTempAuth) Unwrap() error { return e.err }
+
+// secret looks a user up, separating unknown users from store failures.
+func (s *session) secret(ctx context.Context, user string) ([]byte, error) {
+	sec, err := s.p.Authenticator.Secret(ctx, user)
+	if err != nil && !errors.Is(err, ErrUnknownUser) {
+		return nil, errTempAuth{err}
+	}
+	return sec, err
+}
+
+func (s *session) checkPassword(ctx context.Context, user, password string) error {
+	sec, err := s.secret(ctx, user)
+	if errors.Is(err, ErrUnknownUser) {
+		equalSecret(password, []byte("odmr-unknown-user-placeholder"))
+		return ErrAuthFailed
+	} else if err != nil {
+		return err
+	}
+	if !equalSecret(password, sec) {
+		return ErrAuthFailed
+	}
+	return nil
+}
+
+func (s *session) saslServer(ctx context.Context, mech string, user *string) sasl.Server {
+	switch mech {
+	case CRAMMD5:
+		return NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
+			*user = u
+			return s.secret(ctx, u)
+		})
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(authz, u, pass string) error {
+			*user = u
+			if authz != "" && authz != u {
+				return ErrAuthFailed
+			}
+			return s.checkPassword(ctx, u, pass)
+		})
+	case sasl.Login:
+		return &loginServer{check: func(u, pass string) error {
+			*user = u
+			return s.checkPassword(ctx, u, pass)
+		}}
+	}
+	panic("odmr: unexpected mechanism " + mech)
+}
+
+func (s *session) authFailed(mech, user string, err error) error {
+	var temp errTempAuth
+	if errors.As(err, &temp) {
+		s.log.Warn("odmr: credential store failed", "mechanism", mech, "user", user, "err", temp.err)
+		return s.fail(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"})
+	}
+	s.authFailures++
+	s.log.Info("odmr: authentication failed", "mechanism", mech, "user", user, "failures", s.authFailures)
+	if s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures) {
+		s.reply(errTooManyAuth)
+		return errors.New("odmr: too many failed authentication attempts")
+	}
+	return s.fail(ErrAuthFailed)
+}
+
+func (s *session) handleATRN(ctx context.Context, arg string) error {
+	if s.identity == "" {
+		return s.fail(ErrAuthRequired)
+	}
+	domains, err := ParseATRN(arg)
+	if err != nil {
+		return s.fail(errBadArguments.withMessage("%s", strings.TrimPrefix(err.Error(), "odmr: ")))
+	}
+	allowed, err := s.p.Authorizer.Domains(ctx, s.identity)
+	if err != nil {
+		s.log.Warn("odmr: domain authorizer failed", "err", err)
+		return s.fail(ErrTryLater)
+	}
+	permitted := make(map[string]bool, len(allowed))
+	var all []string
+	for _, d := range allowed {
+		d = strings.ToLower(strings.TrimSuffix(d, "."))
+		if d != "" && !permitted[d] {
+			permitted[d] = true
+			all = append(all, d)
+		}
+	}
+	if len(domains) == 0 {
+		domains = all
+		if len(domains) == 0 {
+			s.log.Info("odmr: ATRN refused", "reason", "identity has no domains")
+			return s.fail(errNoDomains)
+		}
+	}
+	for _, d := range domains {
+		if !permitted[d] {
+			s.log.Info("odmr: ATRN refused", "domains", domains, "denied", d)
+			return s.fail(ErrATRNRefused.withMessage("Access to domain %s denied", d))
+		}
+	}
+	has, err := s.p.Queue.HasMail(ctx, domains)
+	if err != nil {
+		s.log.Warn("odmr: queue failed", "domains", domains, "err", err)
+		return s.fail(ErrTryLater)
+	}
+	if !has {
+		s.log.Info("odmr: no mail", "domains", domains)
+		return s.reply(ErrNoMail)
+	}
+	s.log = s.log.With("domains", domains)
+	if err := s.replyLine(250, "2.0.0 OK now reversing the connection"); err != nil {
+		return err
+	}
+	s.state.Store(int32(StateReversed))
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	rc := Reverse(s.conn, buffered)
+	return s.deliver(ctx, rc, domains)
+}
+
+// fail sends an error reply and counts it; too many errors end the session.
+func (s *session) fail(e *Error) error {
+	if e.Code >= 500 {
+		s.errs++
+		if s.errs >= orDefault(s.p.MaxErrors, DefaultMaxErrors) {
+			s.reply(errTooManyErrors)
+			return errors.New("odmr: too many errors")
+		}
+	}
+	return s.reply(e)
+}
+
+// reply sends e as a single-line reply.
+func (s *session) reply(e *Error) error {
+	text := e.Message
+	if ec := e.EnhancedCode.String(); ec != "" {
+		text = ec + " " + text
+	}
+	return s.replyLine(e.Code, text)
+}
+
+func (s *session) replyLine(code int, text string) error {
+	return s.replyLines(code, text)
+}
+
+// replyLines writes a reply, multi-line when given several lines, in one
+// write: fetchmail reads the EHLO reply as it arrives.
+func (s *session) replyLines(code int, lines ...string) error {
+	for i, l := range lines {
+		sep := byte('-')
+		if i == len(lines)-1 {
+			sep = ' '
+		}
+		fmt.Fprintf(s.bw, "%03d%c%s\r\n", code, sep, l)
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(orDefault(s.p.WriteTimeout, DefaultWriteTimeout)))
+	return s.bw.Flush()
+}
+
+// deliver runs the reversed state: the provider is now the SMTP client.
+func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) error {
+	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
+	c := smtp.NewClient(dc)
+	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
+	c.SubmissionTimeout = orDefault(s.p.DataTimeout, DefaultDataTimeout)
+	defer c.Close()
+
+	// Hello reads the customer's 220 greeting first.
+	if err := c.Hello(s.p.hostname()); err != nil {
+		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
+	}
+	batch, err := s.p.Queue.Claim(ctx, domains)
+	if err != nil {
+		s.log.Warn("odmr: queue claim failed", "err", err)
+		c.Quit()
+		return nil
+	}
+	defer batch.Close()
+	for {
+		msg, err := batch.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			s.log.Warn("odmr: queue failed during delivery", "err", err)
+			break
+		}
+		if err := s.deliverOne(ctx, c, msg, domains); err != nil {
+			return err
+		}
+	}
+	if err := c.Quit(); err != nil {
+		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
+	}
+	return nil
+}
+
+// deliverOne sends one message. It returns an error only when the
+// connection can no longer be used.
+func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, domains []string) (connErr error) {
+	env := msg.Envelope()
+	s.messages++
+	results := make([]RecipientResult, 0, len(env.To))
+	var rcpts []string
+	for _, r := range env.To {
+		if inDomains(r, domains) {
+			rcpts = append(rcpts, r)
+		} else {
+			results = append(results, RecipientResult{r, errLocalError.withMessage("Recipient not in the session's domains")})
+		}
+	}
+	set := func(list []string, err error) {
+		for _, r := range list {
+			results = append(results, RecipientResult{r, err})
+		}
+	}
+	defer func() {
+		for _, r := range results {
+			switch {
+			case r.Err == nil:
+				s.delivered++
+			case Permanent(r.Err):
+				s.failed++
+			default:
+				s.deferred++
+			}
+		}
+		if err := msg.Complete(ctx, results); err != nil {
+			s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
+		}
+		s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
+	}()
+	if len(rcpts) == 0 {
+		return nil
+	}
+	if perm := s.unsendable(c, env); perm != nil {
+		set(rcpts, perm)
+		return nil
+	}
+
+	// lost records a broken connection: every recipient not yet settled
+	// stays queued.
+	lost := func(list []string, err error) error {
+		set(list, fmt.Errorf("%w: %v", errLostConnection, err))
+		return err
+	}
+	opts := &smtp.MailOptions{Size: env.Size, UTF8: env.UTF8}
+	if err := c.Mail(env.From, opts); err != nil {
+		if e := AsError(err); e != nil {
+			set(rcpts, e)
+			return s.reset(c)
+		}
+		return lost(rcpts, err)
+	}
+	var accepted []string
+	for i, r := range rcpts {
+		err := c.Rcpt(r, nil)
+		if e := AsError(err); e != nil {
+			results = append(results, RecipientResult{r, e})
+			continue
+		} else if err != nil {
+			return lost(append(accepted, rcpts[i:]...), err)
+		}
+		accepted = append(accepted, r)
+	}
+	if len(accepted) == 0 {
+		return s.reset(c)
+	}
+	body, err := msg.Open()
+	if err != nil {
+		s.log.Error("odmr: cannot open queued message", "id", env.ID, "err", err)
+		set(accepted, errLocalError)
+		return s.reset(c)
+	}
+	defer body.Close()
+	w, err := c.Data()
+	if e := AsError(err); e != nil {
+		set(accepted, e)
+		return s.reset(c)
+	} else if err != nil {
+		return lost(accepted, err)
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		// Never send the final dot after a short copy: the customer would
+		// take a truncated message. Dropping the connection makes it
+		// discard what it has.
+		s.log.Error("odmr: delivery interrupted mid-message", "id", env.ID, "err", err)
+		return lost(accepted, err)
+	}
+	err = w.Close()
+	if e := AsError(err); e != nil {
+		set(accepted, e)
+		return nil
+	} else if err != nil {
+		return lost(accepted, err)
+	}
+	set(accepted, nil)
+	return nil
+}
+
+// unsendable returns a permanent failure when the customer cannot take env.
+func (s *session) unsendable(c *smtp.Client, env Envelope) error {
+	if env.UTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			return &Error{Code: 553, EnhancedCode: EnhancedCode{5, 6, 7}, Message: "Receiver does not support SMTPUTF8"}
+		}
+	}
+	if env.Body == BodyBinaryMIME {
+		return &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "Binary message cannot be relayed to this receiver"}
+	}
+	if limit, ok := c.MaxMessageSize(); ok && limit > 0 && env.Size > int64(limit) {
+		return &Error{Code: 552, EnhancedCode: EnhancedCode{5, 3, 4}, Message: fmt.Sprintf("Message size %d exceeds receiver's limit %d", env.Size, limit)}
+	}
+	return nil
+}
+
+// reset ends a transaction that will not be sent.
+func (s *session) reset(c *smtp.Client) error {
+	if err := c.Reset(); err != nil && AsError(err) == nil {
+		return err
+	}
+	return nil
+}
+
+// deadlineConn bounds each write and stops every operation once ctx is
+// done, whatever deadlines the SMTP client sets for itself.
+type deadlineConn struct {
+	net.Conn
+	ctx   context.Context
+	write time.Duration
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	c.Conn.SetWriteDeadline(time.Now().Add(c.write))
+	return c.Conn.Write(p)
+}
