@@ -93,6 +93,10 @@ type Provider struct {
 	// payloads are never logged. nil means slog.Default().
 	Logger *slog.Logger
 
+	// challenge, when set, replaces the CRAM-MD5 challenge generator so
+	// tests can replay golden transcripts.
+	challenge func(hostname string) []byte
+
 	mu         sync.Mutex
 	listeners  map[*net.Listener]struct{}
 	sessions   map[*session]struct{}
@@ -318,7 +322,7 @@ func (s *session) run(ctx context.Context) (err error) {
 	defer stop()
 	defer func() {
 		s.state.Store(int32(StateClosed))
-		s.conn.Close()
+		lingeringClose(s.conn)
 		attrs := []any{
 			"identity", s.identity, "messages", s.messages, "delivered", s.delivered,
 			"failed", s.failed, "deferred", s.deferred, "duration", time.Since(start).Round(time.Millisecond),
@@ -336,7 +340,7 @@ func (s *session) run(ctx context.Context) (err error) {
 		return errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")
 	}
 	s.log.Debug("odmr: session started")
-	if err := s.replyLine(220, fmt.Sprintf("%s ODMR service ready", s.p.hostname())); err != nil {
+	if err := s.replyLine(220, s.p.hostname()+" on-demand mail relay server ready"); err != nil {
 		return err
 	}
 	for {
@@ -446,7 +450,7 @@ func (s *session) handleHello(verb, arg string) error {
 	if verb == "HELO" {
 		return s.replyLine(250, host)
 	}
-	lines := []string{host + " greets " + arg}
+	lines := []string{host}
 	if mechs := s.mechanisms(); len(mechs) > 0 {
 		lines = append(lines, "AUTH "+strings.Join(mechs, " "))
 	}
@@ -571,10 +575,14 @@ func (s *session) checkPassword(ctx context.Context, user, password string) erro
 func (s *session) saslServer(ctx context.Context, mech string, user *string) sasl.Server {
 	switch mech {
 	case CRAMMD5:
-		return NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
+		srv := NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
 			*user = u
 			return s.secret(ctx, u)
-		})
+		}).(*cramMD5Server)
+		if s.p.challenge != nil {
+			srv.challenge = s.p.challenge(s.p.hostname())
+		}
+		return srv
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(authz, u, pass string) error {
 			*user = u
@@ -658,7 +666,10 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 	s.state.Store(int32(StateReversed))
 	buffered, _ := s.br.Peek(s.br.Buffered())
 	rc := Reverse(s.conn, buffered)
-	return s.deliver(ctx, rc, domains)
+	if err := s.deliver(ctx, rc, domains); err != nil {
+		return err
+	}
+	return errSessionOver
 }
 
 // fail sends an error reply and counts it; too many errors end the session.
@@ -863,6 +874,23 @@ func (s *session) reset(c *smtp.Client) error {
 		return err
 	}
 	return nil
+}
+
+// lingeringClose half-closes conn and reads what the peer still sends for
+// a moment before closing, so that a reply written just before (a 421, a
+// 500) reaches a peer that was still sending instead of being lost to a
+// TCP reset.
+func lingeringClose(conn net.Conn) {
+	defer conn.Close()
+	cw, ok := conn.(interface{ CloseWrite() error })
+	if !ok {
+		return
+	}
+	if cw.CloseWrite() != nil {
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(conn, 256<<10))
 }
 
 // deadlineConn bounds each write and stops every operation once ctx is
