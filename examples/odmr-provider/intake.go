@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/go-odmr/odmr"
+)
+
+// enqueuer stores an accepted message; it returns only once the message is
+// safely queued.
+type enqueuer func(ctx context.Context, env odmr.Envelope, body io.Reader) error
+
+// intake is the SMTP server that accepts mail for the customers' domains:
+// it is the MX the customers' domains point at. It relays nothing: a
+// recipient outside the accounts' domains gets 550 5.7.1.
+type intake struct {
+	accounts odmr.Accounts
+	enqueue  enqueuer
+	log      *slog.Logger
+}
+
+func (in *intake) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &intakeSession{in: in, remote: c.Conn().RemoteAddr().String()}, nil
+}
+
+type intakeSession struct {
+	in     *intake
+	remote string
+	env    odmr.Envelope
+}
+
+var errRelayDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied: not a domain served here"}
+
+func (s *intakeSession) Mail(from string, opts *smtp.MailOptions) error {
+	s.env = odmr.Envelope{From: from}
+	if opts != nil {
+		s.env.Size = opts.Size
+		s.env.Body = odmr.BodyType(opts.Body)
+		s.env.UTF8 = opts.UTF8
+	}
+	return nil
+}
+
+func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if _, ok := s.in.accounts.Owner(odmr.RecipientDomain(to)); !ok {
+		return errRelayDenied
+	}
+	s.env.To = append(s.env.To, to)
+	return nil
+}
+
+func (s *intakeSession) Data(r io.Reader) error {
+	env := s.env
+	env.Size = 0 // the queue measures what it stores
+	if err := s.in.enqueue(context.Background(), env, r); err != nil {
+		var se *smtp.SMTPError
+		if e := odmr.AsError(err); e != nil && !errors.As(err, &se) {
+			se = &smtp.SMTPError{Code: e.Code, EnhancedCode: smtp.EnhancedCode(e.EnhancedCode), Message: e.Message}
+		}
+		if se != nil {
+			return se
+		}
+		s.in.log.Error("odmr-provider: cannot queue message", "from", env.From, "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}
+	}
+	s.in.log.Info("odmr-provider: queued", "remote", s.remote, "from", env.From, "to", env.To)
+	return nil
+}
+
+func (s *intakeSession) Reset()        { s.env = odmr.Envelope{} }
+func (s *intakeSession) Logout() error { return nil }

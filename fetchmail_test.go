@@ -1,0 +1,197 @@
+package odmr
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests run the real fetchmail, the ODMR customer people actually
+// use, against Provider. fetchmail relays the reversed session to a go-smtp
+// server in the test. Outside CI they skip when fetchmail is missing; under
+// CI (CI set) a missing fetchmail fails them.
+
+func needFetchmail(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("fetchmail")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("fetchmail is not installed, and CI is set: .ci/run must install it (apt-get install fetchmail)")
+		}
+		t.Skip("fetchmail is not installed (apt-get install fetchmail); skipping the interop test outside CI")
+	}
+	return path
+}
+
+// sinkMessage is what the local MTA behind fetchmail received.
+type sinkMessage struct {
+	From string
+	To   []string
+	Data string
+}
+
+// smtpSink is a go-smtp server standing in for fetchmail's local MTA.
+type smtpSink struct {
+	mu   sync.Mutex
+	msgs []sinkMessage
+}
+
+func (s *smtpSink) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{sink: s}, nil }
+
+func (s *smtpSink) messages() []sinkMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sinkMessage(nil), s.msgs...)
+}
+
+type sinkSession struct {
+	sink *smtpSink
+	cur  sinkMessage
+}
+
+func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
+	ss.cur = sinkMessage{From: from}
+	return nil
+}
+
+func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.cur.To = append(ss.cur.To, to)
+	return nil
+}
+
+func (ss *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	ss.cur.Data = string(b)
+	ss.sink.mu.Lock()
+	ss.sink.msgs = append(ss.sink.msgs, ss.cur)
+	ss.sink.mu.Unlock()
+	return nil
+}
+
+func (ss *sinkSession) Reset()        {}
+func (ss *sinkSession) Logout() error { return nil }
+
+func startSink(t *testing.T) (*smtpSink, string) {
+	t.Helper()
+	sink := &smtpSink{}
+	srv := smtp.NewServer(sink)
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = true
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sink, l.Addr().String()
+}
+
+// runFetchmail polls the provider at addr once, relaying to sinkAddr, and
+// returns fetchmail's exit code and output.
+func runFetchmail(t *testing.T, bin, addr, user, secret, domains, sinkAddr string) (int, string) {
+	t.Helper()
+	dir := t.TempDir()
+	host, port, _ := net.SplitHostPort(addr)
+	sinkHost, sinkPort, _ := net.SplitHostPort(sinkAddr)
+	rc := fmt.Sprintf(`set no syslog
+set no bouncemail
+poll %q with protocol ODMR service %s timeout 20
+    user %q password %q
+    fetchdomains %s
+    smtphost "%s/%s"
+`, host, port, user, secret, strings.ReplaceAll(domains, ",", " "), sinkHost, sinkPort)
+	rcPath := filepath.Join(dir, "fetchmailrc")
+	require.NoError(t, os.WriteFile(rcPath, []byte(rc), 0o600))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-v", "-v", "--nodetach", "--nosyslog", "-f", rcPath, "--pidfile", filepath.Join(dir, "pid"))
+	cmd.Env = append(os.Environ(), "FETCHMAILHOME="+dir, "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, ctx.Err(), "fetchmail timed out:\n%s", out)
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	assert.NotContains(t, string(out), "panic")
+	return code, string(out)
+}
+
+func TestFetchmailInterop(t *testing.T) {
+	bin := needFetchmail(t)
+	body := "From: s@x.test\r\nTo: u@example.org\r\nSubject: interop\r\n\r\n.dot-stuffed line\r\n\xc3\xa9t\xc3\xa9\r\n"
+
+	t.Run("mail delivered", func(t *testing.T) {
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		f.enqueue(t, "", "Subject: second\r\n\r\nfor example.com\r\n", "w@example.com")
+		sink, sinkAddr := startSink(t)
+		code, out := runFetchmail(t, bin, f.addr, testUser, testSecret, "example.org,example.com", sinkAddr)
+		require.Equal(t, 0, code, out)
+		msgs := sink.messages()
+		require.Len(t, msgs, 2, out)
+		assert.Equal(t, sinkMessage{From: "s@x.test", To: []string{"u@example.org"}, Data: body}, msgs[0])
+		assert.Equal(t, []string{"w@example.com"}, msgs[1].To)
+		assert.Equal(t, 0, f.q.Len(), "delivered mail is acknowledged to the queue")
+		assert.NotContains(t, out, testSecret)
+	})
+
+	t.Run("no mail is 453 and exit 0", func(t *testing.T) {
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "v@example.net")
+		sink, sinkAddr := startSink(t)
+		code, out := runFetchmail(t, bin, f.addr, testUser, testSecret, "example.org", sinkAddr)
+		assert.Equal(t, 0, code, out)
+		assert.Contains(t, out, "453")
+		assert.Empty(t, sink.messages())
+	})
+
+	t.Run("refused domain is 450 and exit 4", func(t *testing.T) {
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		f.enqueue(t, "s@x.test", body, "v@example.net")
+		sink, sinkAddr := startSink(t)
+		code, out := runFetchmail(t, bin, f.addr, testUser, testSecret, "example.org,example.net", sinkAddr)
+		assert.Equal(t, 4, code, out)
+		assert.Contains(t, out, "450")
+		assert.Empty(t, sink.messages())
+		assert.Equal(t, 2, f.q.Len())
+	})
+
+	t.Run("wrong secret is 535", func(t *testing.T) {
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		sink, sinkAddr := startSink(t)
+		code, out := runFetchmail(t, bin, f.addr, testUser, "not-the-secret", "example.org", sinkAddr)
+		// fetchmail leaks its internal SM_ERROR (128) for a 535 after the
+		// CRAM-MD5 response; any non-zero status is a refusal to it.
+		assert.NotEqual(t, 0, code, out)
+		assert.Contains(t, out, "535")
+		assert.Empty(t, sink.messages())
+		assert.Equal(t, 1, f.q.Len())
+	})
+
+	t.Run("single-label domain as fetchmail sends its host name", func(t *testing.T) {
+		accts := Accounts{"vmuser": {Name: "vmuser", Secret: "pw-vm", Domains: []string{"vm"}}}
+		f := newFixture(t, func(p *Provider) { p.Authenticator, p.Authorizer = accts, accts })
+		f.enqueue(t, "s@x.test", body, "root@vm")
+		sink, sinkAddr := startSink(t)
+		code, out := runFetchmail(t, bin, f.addr, "vmuser", "pw-vm", "vm", sinkAddr)
+		require.Equal(t, 0, code, out)
+		require.Len(t, sink.messages(), 1)
+	})
+}
