@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestFlags(t *testing.T) {
+	_, err := parseFlags(nil)
+	assert.ErrorContains(t, err, "-accounts FILE is required")
+	_, err = parseFlags([]string{"-accounts", "x", "stray"})
+	assert.ErrorContains(t, err, `unexpected argument "stray"`)
+	c, err := parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	assert.Equal(t, ":366", c.listen)
+	assert.Equal(t, ":25", c.smtpAddr)
+}
+
+func TestMalformedAccountsFileFailsClearly(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "accounts")
+	require.NoError(t, os.WriteFile(p, []byte("# ok\nalice secret\n"), 0o600))
+	err := run([]string{"-accounts", p, "-listen", "127.0.0.1:0", "-smtp", ""})
+	assert.ErrorContains(t, err, "line 2")
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestProviderProcess runs the program as a user would: it queues mail over
+// SMTP, refuses to relay, answers ODMR, and stops cleanly on SIGTERM.
+func TestProviderProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the program")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "odmr-provider")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	accts := filepath.Join(dir, "accounts")
+	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
+	odmrAddr, smtpAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	defer cmd.Process.Kill()
+	logs := bufio.NewScanner(stderr)
+	for started := 0; started < 2 && logs.Scan(); {
+		if strings.Contains(logs.Text(), "listening") {
+			started++
+		}
+	}
+
+	c, err := smtp.Dial(smtpAddr)
+	require.NoError(t, err)
+	require.NoError(t, c.Mail("s@x.test", nil))
+	err = c.Rcpt("someone@elsewhere.test", nil)
+	var se *smtp.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 550, se.Code)
+	assert.Equal(t, smtp.EnhancedCode{5, 7, 1}, se.EnhancedCode)
+	require.NoError(t, c.Rcpt("u@example.org", nil))
+	w, err := c.Data()
+	require.NoError(t, err)
+	_, err = w.Write([]byte("Subject: hi\r\n\r\nqueued\r\n"))
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	require.NoError(t, c.Quit())
+
+	conn, err := net.DialTimeout("tcp", odmrAddr, 5*time.Second)
+	require.NoError(t, err)
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	greeting, err := bufio.NewReader(conn).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "220 prov.test on-demand mail relay server ready\r\n", greeting)
+	conn.Close()
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	var rest strings.Builder
+	for logs.Scan() {
+		rest.WriteString(logs.Text() + "\n")
+	}
+	require.NoError(t, cmd.Wait())
+	assert.Contains(t, rest.String(), "stopped")
+}
