@@ -2,6 +2,7 @@ package odmr
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -68,6 +69,17 @@ type Provider struct {
 	// site that uses stronger mechanisms. fetchmail needs CRAM-MD5.
 	DisableCRAMMD5 bool
 
+	// TLSConfig enables STARTTLS (RFC 3207) and [Provider.ListenAndServeTLS].
+	// nil means no TLS: STARTTLS is not offered and is answered 454.
+	TLSConfig *tls.Config
+	// RequireTLS refuses AUTH and ATRN with 530 5.7.0 until the session
+	// runs over TLS. fetchmail does not do STARTTLS: leave it off for it.
+	RequireTLS bool
+	// ExternalAuth, if set, offers SASL EXTERNAL under TLS to clients that
+	// presented a certificate the TLS config verified, and maps the
+	// connection state to an identity. nil means no EXTERNAL.
+	ExternalAuth func(ctx context.Context, cs tls.ConnectionState) (identity string, err error)
+
 	// CommandTimeout is how long the provider waits for each command before
 	// the role swap. 0 means DefaultCommandTimeout.
 	CommandTimeout time.Duration
@@ -88,6 +100,37 @@ type Provider struct {
 	// MaxAuthFailures is how many failed AUTH commands a session may make;
 	// the next failure closes it with 421. 0 means DefaultMaxAuthFailures.
 	MaxAuthFailures int
+	// AuthFailuresAllowed is how many failed AUTH commands one identity, or
+	// one remote address, may make before each further failure locks it
+	// out for AuthBackoff, doubling up to MaxAuthBackoff; AUTH is answered
+	// 454 meanwhile. 0 means DefaultAuthFailuresAllowed; negative turns the
+	// lockout off.
+	AuthFailuresAllowed int
+	// AuthBackoff and MaxAuthBackoff: 0 means DefaultAuthBackoff and
+	// DefaultMaxAuthBackoff.
+	AuthBackoff, MaxAuthBackoff time.Duration
+	// ATRNInterval and ATRNBurst limit each identity to a burst of
+	// ATRNBurst commands, then one per ATRNInterval (RFC 2645 section 5.2.1
+	// lets a provider refuse frequent requests with 450). 0 means
+	// DefaultATRNInterval and DefaultATRNBurst; a negative interval turns
+	// the limit off.
+	ATRNInterval time.Duration
+	ATRNBurst    int
+
+	// MaxSessions caps the sessions served at once; MaxSessionsPerAddr
+	// those from one remote IP address. Further connections are answered
+	// 421 and closed. 0 means DefaultMaxSessions and
+	// DefaultMaxSessionsPerAddr; negative means no cap.
+	MaxSessions, MaxSessionsPerAddr int
+	// SessionTimeout bounds the time from connection to the role swap,
+	// whatever the customer does. 0 means DefaultSessionTimeout.
+	SessionTimeout time.Duration
+
+	// Debug, if set, receives a transcript of each session before the role
+	// swap in the RFC's notation ("C: ", "P: "), with AUTH exchanges
+	// redacted, and the SMTP exchange after it. Writes from concurrent
+	// sessions are serialized per line.
+	Debug io.Writer
 
 	// Logger receives one record per session event. Secrets and SASL
 	// payloads are never logged. nil means slog.Default().
@@ -100,6 +143,10 @@ type Provider struct {
 	mu         sync.Mutex
 	listeners  map[*net.Listener]struct{}
 	sessions   map[*session]struct{}
+	perAddr    map[string]int
+	authFails  *failureLimiter
+	atrnLimits *atrnLimiter
+	debugMu    sync.Mutex
 	sessionsWG sync.WaitGroup
 	baseCtx    context.Context
 	cancel     context.CancelFunc
@@ -137,6 +184,13 @@ func (p *Provider) initLocked() {
 		p.baseCtx, p.cancel = context.WithCancel(context.Background())
 		p.listeners = make(map[*net.Listener]struct{})
 		p.sessions = make(map[*session]struct{})
+		p.perAddr = make(map[string]int)
+		free := orDefault(p.AuthFailuresAllowed, DefaultAuthFailuresAllowed)
+		if free < 0 {
+			free = int(^uint(0) >> 1)
+		}
+		p.authFails = newFailureLimiter(free, orDefault(p.AuthBackoff, DefaultAuthBackoff), orDefault(p.MaxAuthBackoff, DefaultMaxAuthBackoff))
+		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, DefaultATRNInterval), burst: orDefault(p.ATRNBurst, DefaultATRNBurst)}
 	}
 }
 
@@ -149,24 +203,60 @@ func (p *Provider) Serve(conn net.Conn) error {
 	p.initLocked()
 	if p.shutdown.Load() {
 		p.mu.Unlock()
-		s := &session{p: p, conn: conn, bw: bufio.NewWriter(conn)}
-		s.reply(errShuttingDown)
-		conn.Close()
+		p.refuse(conn, "shutting down", errShuttingDown.Message)
 		return ErrProviderClosed
 	}
 	ctx := p.baseCtx
+	host := remoteHost(conn.RemoteAddr())
+	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(p.sessions) >= limit {
+		p.mu.Unlock()
+		return p.refuse(conn, "too many sessions", "Too many connections, try again later")
+	}
+	if limit := orDefault(p.MaxSessionsPerAddr, DefaultMaxSessionsPerAddr); limit > 0 && p.perAddr[host] >= limit {
+		p.mu.Unlock()
+		return p.refuse(conn, "too many sessions from one address", "Too many connections from your address, try again later")
+	}
 	s := newSession(p, conn)
 	p.sessions[s] = struct{}{}
+	p.perAddr[host]++
 	p.sessionsWG.Add(1)
 	p.mu.Unlock()
 
 	defer func() {
 		p.mu.Lock()
 		delete(p.sessions, s)
+		if p.perAddr[host]--; p.perAddr[host] <= 0 {
+			delete(p.perAddr, host)
+		}
 		p.mu.Unlock()
 		p.sessionsWG.Done()
 	}()
 	return s.run(ctx)
+}
+
+// refuse answers a connection that will not be served with 421.
+func (p *Provider) refuse(conn net.Conn, why, text string) error {
+	p.logger().Warn("odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "421 4.7.0 %s\r\n", text)
+	conn.Close()
+	return fmt.Errorf("odmr: connection refused: %s", why)
+}
+
+// ListenAndServeTLS is ListenAndServe with implicit TLS: the TLS handshake
+// comes first, with p.TLSConfig, which must be set. addr "" means ":366".
+func (p *Provider) ListenAndServeTLS(addr string) error {
+	if p.TLSConfig == nil {
+		return errors.New("odmr: ListenAndServeTLS needs Provider.TLSConfig")
+	}
+	if addr == "" {
+		addr = fmt.Sprintf(":%d", Port)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return p.ServeListener(tls.NewListener(l, p.TLSConfig))
 }
 
 // ListenAndServe listens on the TCP address addr (":366" when empty) and
@@ -273,7 +363,9 @@ func (p *Provider) Close() error {
 // session is one ODMR session on the provider side.
 type session struct {
 	p     *Provider
-	conn  net.Conn
+	raw   net.Conn // the accepted connection, for deadlines from other goroutines
+	conn  net.Conn // raw, or the TLS connection over it
+	start time.Time
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	log   *slog.Logger
@@ -281,6 +373,7 @@ type session struct {
 
 	helo         string
 	identity     string
+	inSASL       bool // redact client lines in the debug transcript
 	errs         int
 	authFailures int
 	isTLS        bool
@@ -291,11 +384,13 @@ type session struct {
 
 func newSession(p *Provider, conn net.Conn) *session {
 	s := &session{
-		p:    p,
-		conn: conn,
-		br:   bufio.NewReaderSize(conn, 4096),
-		bw:   bufio.NewWriterSize(conn, 4096),
-		log:  p.logger().With("remote", conn.RemoteAddr().String()),
+		p:     p,
+		raw:   conn,
+		conn:  conn,
+		start: time.Now(),
+		br:    bufio.NewReaderSize(conn, 4096),
+		bw:    bufio.NewWriterSize(conn, 4096),
+		log:   p.logger().With("remote", conn.RemoteAddr().String()),
 	}
 	_, s.isTLS = conn.(*tls.Conn)
 	return s
@@ -307,7 +402,7 @@ func (s *session) State() State { return State(s.state.Load()) }
 // shutdown flag. Sessions in the reversed state keep delivering.
 func (s *session) interruptIdle() {
 	if s.State() < StateReversed {
-		s.conn.SetReadDeadline(time.Unix(1, 0))
+		s.raw.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -315,10 +410,10 @@ func (s *session) interruptIdle() {
 var errSessionOver = errors.New("odmr: session closed by provider")
 
 func (s *session) run(ctx context.Context) (err error) {
-	start := time.Now()
+	start := s.start
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { s.conn.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { s.raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	defer func() {
 		s.state.Store(int32(StateClosed))
@@ -381,12 +476,19 @@ func (s *session) commandTimeout() time.Duration {
 // readLine reads one line under the command timeout. Errors about the
 // line itself (too long, bare CR) come back as *Error.
 func (s *session) readLine(max int) (string, error) {
-	s.conn.SetReadDeadline(time.Now().Add(s.commandTimeout()))
+	deadline := time.Now().Add(s.commandTimeout())
+	if end := s.start.Add(orDefault(s.p.SessionTimeout, DefaultSessionTimeout)); end.Before(deadline) {
+		deadline = end
+	}
+	s.conn.SetReadDeadline(deadline)
 	if s.p.shutdown.Load() && s.State() < StateReversed {
 		// Shutdown may have run between the check and the deadline.
 		return "", os.ErrDeadlineExceeded
 	}
 	line, err := wire.ReadLine(s.br, max)
+	if err == nil && s.p.Debug != nil {
+		s.debug("C: ", string(line))
+	}
 	switch {
 	case errors.Is(err, wire.ErrLineTooLong):
 		return "", errLineTooLong
@@ -419,6 +521,8 @@ func (s *session) dispatch(ctx context.Context, line string) error {
 	switch verb {
 	case "EHLO", "HELO":
 		return s.handleHello(verb, arg)
+	case "STARTTLS":
+		return s.handleStartTLS(ctx, arg)
 	case "AUTH":
 		return s.handleAuth(ctx, arg)
 	case "ATRN":
@@ -454,6 +558,9 @@ func (s *session) handleHello(verb, arg string) error {
 	if mechs := s.mechanisms(); len(mechs) > 0 {
 		lines = append(lines, "AUTH "+strings.Join(mechs, " "))
 	}
+	if s.p.TLSConfig != nil && !s.isTLS {
+		lines = append(lines, "STARTTLS")
+	}
 	lines = append(lines, "ENHANCEDSTATUSCODES", "ATRN")
 	return s.replyLines(250, lines...)
 }
@@ -467,7 +574,52 @@ func (s *session) mechanisms() []string {
 	if s.isTLS || s.p.AllowInsecureAuth {
 		m = append(m, sasl.Plain, sasl.Login)
 	}
+	if s.p.ExternalAuth != nil && s.isTLS {
+		if cs := s.conn.(*tls.Conn).ConnectionState(); len(cs.VerifiedChains) > 0 {
+			m = append(m, sasl.External)
+		}
+	}
 	return m
+}
+
+// errTLSRequired answers AUTH and ATRN in clear when TLS is required.
+var errTLSRequired = &Error{Code: 530, EnhancedCode: EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+
+func (s *session) handleStartTLS(ctx context.Context, arg string) error {
+	switch {
+	case s.isTLS:
+		return s.fail(errBadSequence.withMessage("TLS already active"))
+	case s.p.TLSConfig == nil:
+		return s.reply(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "TLS not available"})
+	case arg != "":
+		return s.fail(errBadArguments.withMessage("STARTTLS takes no parameters"))
+	case s.identity != "":
+		return s.fail(errBadSequence.withMessage("Already authenticated"))
+	}
+	if err := s.replyLine(220, "2.0.0 Ready to start TLS"); err != nil {
+		return err
+	}
+	// Bytes that came after STARTTLS in clear are not part of the TLS
+	// session: executing them would let an attacker inject commands
+	// (CVE-2011-0411 and kin). Drop them.
+	if n := s.br.Buffered(); n > 0 {
+		s.br.Discard(n)
+		s.log.Warn("odmr: discarded bytes pipelined after STARTTLS", "bytes", n)
+	}
+	tc := tls.Server(s.raw, s.p.TLSConfig)
+	hsCtx, cancel := context.WithTimeout(ctx, s.commandTimeout())
+	defer cancel()
+	if err := tc.HandshakeContext(hsCtx); err != nil {
+		return fmt.Errorf("odmr: TLS handshake: %w", err)
+	}
+	s.conn = tc
+	s.br.Reset(tc)
+	s.bw.Reset(tc)
+	s.isTLS = true
+	s.helo = "" // RFC 3207 section 4.2: the client starts over with EHLO
+	s.log = s.log.With("tls", tls.VersionName(tc.ConnectionState().Version))
+	s.log.Debug("odmr: TLS started")
+	return nil
 }
 
 func (s *session) handleAuth(ctx context.Context, arg string) error {
@@ -476,6 +628,13 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	}
 	if s.identity != "" {
 		return s.fail(errBadSequence.withMessage("Already authenticated"))
+	}
+	if s.p.RequireTLS && !s.isTLS {
+		return s.fail(errTLSRequired)
+	}
+	if wait := s.p.authFails.blocked(remoteHost(s.raw.RemoteAddr()), time.Now()); wait > 0 {
+		s.log.Info("odmr: AUTH refused while the address is locked out", "wait", wait.Round(time.Second))
+		return s.fail(errAuthLocked(wait))
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	mech = strings.ToUpper(mech)
@@ -511,12 +670,23 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 			resp = b
 		}
 	}
+	s.inSASL = true
+	defer func() { s.inSASL = false }()
 	for {
 		chal, done, err := srv.Next(resp)
+		if err == nil && done && user != "" {
+			if wait := s.p.authFails.blocked("user:"+user, time.Now()); wait > 0 {
+				// Even right credentials wait out a lockout, or the
+				// lockout would tell a guesser when it got them right.
+				s.log.Info("odmr: AUTH refused while the identity is locked out", "user", user, "wait", wait.Round(time.Second))
+				return s.fail(errAuthLocked(wait))
+			}
+		}
 		if err != nil {
 			return s.authFailed(mech, user, err)
 		}
 		if done {
+			s.p.authFails.succeed("user:" + user)
 			s.identity = user
 			s.state.Store(int32(StateAuthenticated))
 			s.log = s.log.With("identity", user)
@@ -596,6 +766,18 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 			*user = u
 			return s.checkPassword(ctx, u, pass)
 		}}
+	case sasl.External:
+		return sasl.NewExternalServer(func(authz string) error {
+			id, err := s.p.ExternalAuth(ctx, s.conn.(*tls.Conn).ConnectionState())
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrAuthFailed, err)
+			}
+			*user = id
+			if authz != "" && authz != id {
+				return ErrAuthFailed
+			}
+			return nil
+		})
 	}
 	panic("odmr: unexpected mechanism " + mech)
 }
@@ -607,6 +789,11 @@ func (s *session) authFailed(mech, user string, err error) error {
 		return s.fail(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"})
 	}
 	s.authFailures++
+	now := time.Now()
+	s.p.authFails.fail(remoteHost(s.raw.RemoteAddr()), now)
+	if user != "" {
+		s.p.authFails.fail("user:"+user, now)
+	}
 	s.log.Info("odmr: authentication failed", "mechanism", mech, "user", user, "failures", s.authFailures)
 	if s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures) {
 		s.reply(errTooManyAuth)
@@ -616,8 +803,15 @@ func (s *session) authFailed(mech, user string, err error) error {
 }
 
 func (s *session) handleATRN(ctx context.Context, arg string) error {
+	if s.p.RequireTLS && !s.isTLS {
+		return s.fail(errTLSRequired)
+	}
 	if s.identity == "" {
 		return s.fail(ErrAuthRequired)
+	}
+	if !s.p.atrnLimits.allow(s.identity, time.Now()) {
+		s.log.Info("odmr: ATRN refused", "reason", "rate limit")
+		return s.fail(ErrATRNRefused.withMessage("Too many ATRN requests; wait before asking again"))
 	}
 	domains, err := ParseATRN(arg)
 	if err != nil {
@@ -706,6 +900,12 @@ func (s *session) replyLines(code int, lines ...string) error {
 			sep = ' '
 		}
 		fmt.Fprintf(s.bw, "%03d%c%s\r\n", code, sep, l)
+		if s.p.Debug != nil {
+			if code == 334 {
+				l = "<redacted>"
+			}
+			s.debug("P: ", fmt.Sprintf("%03d%c%s", code, sep, l))
+		}
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(orDefault(s.p.WriteTimeout, DefaultWriteTimeout)))
 	return s.bw.Flush()
@@ -713,6 +913,9 @@ func (s *session) replyLines(code int, lines ...string) error {
 
 // deliver runs the reversed state: the provider is now the SMTP client.
 func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) error {
+	if s.p.Debug != nil {
+		rc = &debugConn{Conn: rc, s: s}
+	}
 	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
 	c := smtp.NewClient(dc)
 	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
@@ -874,6 +1077,65 @@ func (s *session) reset(c *smtp.Client) error {
 		return err
 	}
 	return nil
+}
+
+// debug writes one transcript line, redacting SASL data.
+func (s *session) debug(prefix, line string) {
+	if prefix == "C: " {
+		if s.inSASL {
+			line = "<redacted>"
+		} else if verb, rest, ok := strings.Cut(line, " "); ok && strings.EqualFold(verb, "AUTH") {
+			if mech, _, hasIR := strings.Cut(rest, " "); hasIR {
+				line = verb + " " + mech + " <redacted>"
+			}
+		}
+	}
+	s.p.debugMu.Lock()
+	defer s.p.debugMu.Unlock()
+	fmt.Fprintf(s.p.Debug, "%s %s%s\n", s.raw.RemoteAddr(), prefix, line)
+}
+
+// debugConn copies the reversed session into the debug transcript, line by
+// line: what the provider reads is the customer's ("C: ").
+type debugConn struct {
+	net.Conn
+	s          *session
+	rbuf, wbuf []byte
+}
+
+func (c *debugConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.rbuf = c.lines("C: ", append(c.rbuf, p[:n]...))
+	return n, err
+}
+
+func (c *debugConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.wbuf = c.lines("P: ", append(c.wbuf, p[:n]...))
+	return n, err
+}
+
+// lines writes the complete lines of buf and returns the rest, keeping at
+// most a few KiB of an unfinished line.
+func (c *debugConn) lines(prefix string, buf []byte) []byte {
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			break
+		}
+		c.s.debug(prefix, strings.TrimSuffix(string(buf[:i]), "\r"))
+		buf = buf[i+1:]
+	}
+	if len(buf) > 4096 {
+		c.s.debug(prefix, string(buf)+" [...]")
+		buf = buf[:0]
+	}
+	return append([]byte(nil), buf...)
+}
+
+func errAuthLocked(wait time.Duration) *Error {
+	return &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0},
+		Message: fmt.Sprintf("Too many failed authentication attempts; try again in %v", wait.Round(time.Second)+time.Second)}
 }
 
 // lingeringClose half-closes conn and reads what the peer still sends for

@@ -568,7 +568,7 @@ func TestFullSessionDeliversThroughReversedConnection(t *testing.T) {
 	assert.Equal(t, []string{"v@example.net"}, f.q.Messages()[0].To)
 	assert.Equal(t, 0, f.q.Queued("example.org"))
 	assert.Equal(t, 1, f.q.Queued("example.net"))
-	assert.Contains(t, f.logs.String(), "delivered=4")
+	require.Eventually(t, func() bool { return strings.Contains(f.logs.String(), "delivered=4") }, 5*time.Second, 10*time.Millisecond)
 }
 
 func TestRecipientOutcomesReachTheQueue(t *testing.T) {
@@ -727,3 +727,7 @@ func TestServeWithoutConfigurationAnswers451(t *testing.T) {
 	assert.True(t, strings.HasPrefix(line, "451 "), line)
 	assert.ErrorContains(t, <-done, "Authenticator")
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }

@@ -1,0 +1,356 @@
+package odmr
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
+	"math/big"
+	"net"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// testPKI is a CA with a server certificate for 127.0.0.1/localhost and
+// client certificates, all made in the test.
+type testPKI struct {
+	caPool *x509.CertPool
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	server tls.Certificate
+}
+
+var (
+	pkiOnce sync.Once
+	pki     *testPKI
+)
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	pkiOnce.Do(func() {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		tmpl := &x509.Certificate{
+			SerialNumber:          big.NewInt(1),
+			Subject:               pkix.Name{CommonName: "odmr test CA"},
+			NotBefore:             time.Now().Add(-time.Hour),
+			NotAfter:              time.Now().Add(24 * time.Hour),
+			IsCA:                  true,
+			KeyUsage:              x509.KeyUsageCertSign,
+			BasicConstraintsValid: true,
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		require.NoError(t, err)
+		ca, err := x509.ParseCertificate(der)
+		require.NoError(t, err)
+		p := &testPKI{caPool: x509.NewCertPool(), ca: ca, caKey: key}
+		p.caPool.AddCert(ca)
+		p.server = p.issue(t, "provider.test", false, ca, key)
+		pki = p
+	})
+	return pki
+}
+
+// issue makes a leaf certificate signed by parent (self-signed when parent
+// is nil).
+func (p *testPKI) issue(t *testing.T, cn string, client bool, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost", cn},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	if client {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func (p *testPKI) serverConfig() *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{p.server},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    p.caPool,
+	}
+}
+
+func (p *testPKI) clientConfig(certs ...tls.Certificate) *tls.Config {
+	return &tls.Config{RootCAs: p.caPool, ServerName: "provider.test", Certificates: certs}
+}
+
+// startTLS runs STARTTLS on c and returns the client over TLS.
+func (c *client) startTLS(cfg *tls.Config) {
+	c.t.Helper()
+	c.cmd(220, "STARTTLS")
+	tc := tls.Client(c.conn, cfg)
+	require.NoError(c.t, tc.Handshake())
+	c.conn = tc
+	c.tp = textproto.NewConn(tc)
+}
+
+// withTLS configures TLS; the test must have called newTestPKI first.
+func withTLS(p *Provider) { p.TLSConfig = pki.serverConfig() }
+
+func TestSTARTTLSThenPLAIN(t *testing.T) {
+	newTestPKI(t)
+	f := newFixture(t, withTLS)
+	c := f.dial(t)
+	ehlo := c.cmd(250, "EHLO customer.test")
+	assert.Contains(t, ehlo, "STARTTLS")
+	assert.NotContains(t, ehlo, "PLAIN")
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + testSecret))
+	c.cmd(538, "AUTH PLAIN "+plain)
+
+	c.startTLS(pki.clientConfig())
+	// RFC 3207: the session starts over, EHLO first.
+	c.cmd(503, "AUTH PLAIN "+plain)
+	ehlo = c.cmd(250, "EHLO customer.test")
+	assert.Contains(t, ehlo, "AUTH CRAM-MD5 PLAIN LOGIN")
+	assert.NotContains(t, ehlo, "STARTTLS")
+	c.cmd(503, "STARTTLS")
+	c.cmd(235, "AUTH PLAIN "+plain)
+	c.cmd(453, "ATRN")
+}
+
+func TestSTARTTLSUnavailableIs454(t *testing.T) {
+	f := newFixture(t)
+	c := f.dial(t)
+	assert.NotContains(t, c.cmd(250, "EHLO customer.test"), "STARTTLS")
+	c.cmd(454, "STARTTLS")
+}
+
+func TestPipelinedPlaintextAfterSTARTTLSIsNotExecuted(t *testing.T) {
+	newTestPKI(t)
+	f := newFixture(t, withTLS, func(p *Provider) { p.AllowInsecureAuth = true })
+	f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "u@example.org")
+	c := f.dial(t)
+	c.cmd(250, "EHLO customer.test")
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + testSecret))
+	// The injected commands ride in the same packet as STARTTLS.
+	c.raw("STARTTLS\r\nAUTH PLAIN " + plain + "\r\nATRN example.org\r\n")
+	c.expect(220)
+	tc := tls.Client(c.conn, pki.clientConfig())
+	require.NoError(t, tc.Handshake())
+	c.conn, c.tp = tc, textproto.NewConn(tc)
+	// Had the injected AUTH run, this would be 250 or the 503 of a second
+	// AUTH; as it is, the session is fresh.
+	c.cmd(250, "EHLO customer.test")
+	c.cmd(530, "ATRN example.org")
+	assert.Contains(t, f.logs.String(), "discarded bytes pipelined after STARTTLS")
+}
+
+func TestRequireTLS(t *testing.T) {
+	newTestPKI(t)
+	f := newFixture(t, withTLS, func(p *Provider) { p.RequireTLS = true })
+	f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "u@example.org")
+	c := f.dial(t)
+	c.cmd(250, "EHLO customer.test")
+	c.cmd(530, "AUTH CRAM-MD5")
+	c.cmd(530, "ATRN example.org")
+	c.startTLS(pki.clientConfig())
+	c.cmd(250, "EHLO customer.test")
+	c.authCRAM(testUser, testSecret, 235)
+	c.cmd(250, "ATRN example.org")
+
+	// The delivery after the swap runs inside the same TLS session.
+	_, isTLS := c.conn.(*tls.Conn)
+	require.True(t, isTLS)
+	got, cmds := scriptedCustomer{}.run(t, c)
+	require.Len(t, got, 1)
+	assert.Equal(t, "EHLO provider.test", cmds[0])
+	assert.Equal(t, 0, f.q.Len())
+}
+
+func TestImplicitTLS(t *testing.T) {
+	newTestPKI(t)
+	q := &MemoryQueue{}
+	q.Enqueue(Envelope{From: "s@x.test", To: []string{"u@example.org"}}, strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+	accts := Accounts{testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}}}
+	p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts, Queue: q, TLSConfig: pki.serverConfig(), Logger: discardLogger()}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go p.ServeListener(tls.NewListener(l, p.TLSConfig))
+	defer p.Close()
+
+	conn, err := tls.Dial("tcp", l.Addr().String(), pki.clientConfig())
+	require.NoError(t, err)
+	defer conn.Close()
+	c := &client{t: t, conn: conn, tp: textproto.NewConn(conn)}
+	c.expect(220)
+	ehlo := c.cmd(250, "EHLO customer.test")
+	assert.Contains(t, ehlo, "PLAIN")
+	assert.NotContains(t, ehlo, "STARTTLS")
+	c.authCRAM(testUser, testSecret, 235)
+	c.cmd(250, "ATRN")
+	got, _ := scriptedCustomer{}.run(t, c)
+	assert.Len(t, got, 1)
+}
+
+func TestListenAndServeTLSNeedsConfig(t *testing.T) {
+	assert.ErrorContains(t, (&Provider{}).ListenAndServeTLS("127.0.0.1:0"), "TLSConfig")
+}
+
+func TestEXTERNAL(t *testing.T) {
+	newTestPKI(t)
+	mapCert := func(ctx context.Context, cs tls.ConnectionState) (string, error) {
+		if cn := cs.PeerCertificates[0].Subject.CommonName; cn == testUser {
+			return cn, nil
+		}
+		return "", errors.New("certificate not mapped to an account")
+	}
+	f := newFixture(t, withTLS, func(p *Provider) { p.ExternalAuth = mapCert })
+
+	t.Run("a mapped certificate authenticates", func(t *testing.T) {
+		c := f.dial(t)
+		c.cmd(250, "EHLO customer.test")
+		c.startTLS(pki.clientConfig(pki.issue(t, testUser, true, pki.ca, pki.caKey)))
+		assert.Contains(t, c.cmd(250, "EHLO customer.test"), "EXTERNAL")
+		c.cmd(235, "AUTH EXTERNAL =")
+		c.cmd(453, "ATRN")
+	})
+	t.Run("an authorization identity of another user is refused", func(t *testing.T) {
+		c := f.dial(t)
+		c.cmd(250, "EHLO customer.test")
+		c.startTLS(pki.clientConfig(pki.issue(t, testUser, true, pki.ca, pki.caKey)))
+		c.cmd(250, "EHLO customer.test")
+		c.cmd(535, "AUTH EXTERNAL "+base64.StdEncoding.EncodeToString([]byte("bob")))
+	})
+	t.Run("an unmapped certificate is refused", func(t *testing.T) {
+		c := f.dial(t)
+		c.cmd(250, "EHLO customer.test")
+		c.startTLS(pki.clientConfig(pki.issue(t, "mallory", true, pki.ca, pki.caKey)))
+		c.cmd(250, "EHLO customer.test")
+		c.cmd(535, "AUTH EXTERNAL =")
+	})
+	t.Run("an untrusted certificate fails the handshake", func(t *testing.T) {
+		c := f.dial(t)
+		c.cmd(250, "EHLO customer.test")
+		c.cmd(220, "STARTTLS")
+		// GetClientCertificate sends the certificate even though the
+		// server's CA list does not include its issuer.
+		selfSigned := pki.issue(t, testUser, true, nil, nil)
+		cfg := pki.clientConfig()
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &selfSigned, nil }
+		tc := tls.Client(c.conn, cfg)
+		err := tc.Handshake()
+		if err == nil {
+			// TLS 1.3 reports the client certificate's rejection on the
+			// first read.
+			_, err = tc.Read(make([]byte, 1))
+		}
+		assert.Error(t, err)
+	})
+	t.Run("without a certificate EXTERNAL is not offered", func(t *testing.T) {
+		c := f.dial(t)
+		c.cmd(250, "EHLO customer.test")
+		c.startTLS(pki.clientConfig())
+		assert.NotContains(t, c.cmd(250, "EHLO customer.test"), "EXTERNAL")
+		c.cmd(504, "AUTH EXTERNAL =")
+	})
+}
+
+func TestATRNRateLimitIs450(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.ATRNBurst = 2; p.ATRNInterval = time.Hour })
+	c := f.dial(t)
+	c.login()
+	c.cmd(453, "ATRN")
+	c.cmd(453, "ATRN")
+	msg := c.cmd(450, "ATRN")
+	assert.Contains(t, msg, "4.7.1")
+	assert.Contains(t, msg, "Too many ATRN requests")
+}
+
+func TestAuthLockoutPerAddressAndIdentity(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.AuthFailuresAllowed = 2; p.AuthBackoff = time.Hour })
+	c := f.dial(t)
+	c.cmd(250, "EHLO customer.test")
+	c.authCRAM(testUser, "wrong", 535)
+	c.authCRAM(testUser, "wrong", 535)
+	c.authCRAM(testUser, "wrong", 535) // the third failure starts the lockout
+	// Now even a right secret, in a new session, waits.
+	c2 := f.dial(t)
+	c2.cmd(250, "EHLO customer.test")
+	assert.Contains(t, c2.cmd(454, "AUTH CRAM-MD5"), "try again in")
+}
+
+func TestSessionCapPerAddress(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.MaxSessionsPerAddr = 1 })
+	c := f.dial(t)
+	conn, err := net.Dial("tcp", f.addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := textproto.NewReader(bufioReader(conn)).ReadLine()
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(line, "421 4.7.0 Too many connections"), line)
+	c.cmd(250, "NOOP")
+}
+
+func TestTricklingClientIsCutOffAtIdleTimeout(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.CommandTimeout = 300 * time.Millisecond })
+	c := f.dial(t)
+	start := time.Now()
+	var err error
+	for i := 0; i < 50 && err == nil; i++ {
+		// One byte at a time, never a whole line.
+		_, err = c.conn.Write([]byte("N"))
+		time.Sleep(50 * time.Millisecond)
+		if time.Since(start) > 600*time.Millisecond {
+			break
+		}
+	}
+	line, rerr := c.tp.ReadLine()
+	require.NoError(t, rerr)
+	assert.True(t, strings.HasPrefix(line, "421 4.4.2"), line)
+}
+
+func TestDebugTranscriptRedactsAUTH(t *testing.T) {
+	debug := &syncBuffer{}
+	f := newFixture(t, func(p *Provider) { p.Debug = debug; p.AllowInsecureAuth = true })
+	f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "u@example.org")
+	c := f.dial(t)
+	c.cmd(250, "EHLO customer.test")
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00wrong-password-1"))
+	c.cmd(535, "AUTH PLAIN "+plain)
+	c.cmd(334, "AUTH LOGIN")
+	c.cmd(334, base64.StdEncoding.EncodeToString([]byte(testUser)))
+	c.cmd(235, base64.StdEncoding.EncodeToString([]byte(testSecret)))
+	c.cmd(250, "ATRN example.org")
+	scriptedCustomer{}.run(t, c)
+	f.p.Shutdown(context.Background())
+
+	out := debug.String()
+	assert.Contains(t, out, "C: EHLO customer.test")
+	assert.Contains(t, out, "C: AUTH PLAIN <redacted>")
+	assert.Contains(t, out, "P: 334 <redacted>")
+	assert.Contains(t, out, "P: MAIL FROM:<s@x.test>")
+	assert.Contains(t, out, "C: 250 2.0.0 queued")
+	for _, secret := range []string{testSecret, "wrong-password-1", plain, base64.StdEncoding.EncodeToString([]byte(testSecret))} {
+		assert.NotContains(t, out, secret)
+		assert.NotContains(t, f.logs.String(), secret)
+	}
+}
