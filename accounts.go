@@ -10,10 +10,14 @@ import (
 )
 
 // Account is one customer of a provider: its user name, its shared secret
-// and the domains it may pull.
+// or SCRAM credentials, and the domains it may pull.
 type Account struct {
-	Name    string
-	Secret  string
+	Name string
+	// Secret is the shared secret; "" when only SCRAM credentials are kept,
+	// which rules out CRAM-MD5 for the account.
+	Secret string
+	// SCRAM holds stored SCRAM credentials, at most one per mechanism.
+	SCRAM   []SCRAMCredentials
 	Domains []string
 }
 
@@ -21,13 +25,33 @@ type Account struct {
 // [DomainAuthorizer] of a small provider. The map key is the user name.
 type Accounts map[string]Account
 
-// Secret returns the account's secret, or ErrUnknownUser.
+// Secret returns the account's secret, ErrUnknownUser, or ErrNoSecret for
+// an account that keeps only SCRAM credentials.
 func (a Accounts) Secret(ctx context.Context, username string) ([]byte, error) {
 	acct, ok := a[username]
 	if !ok {
 		return nil, ErrUnknownUser
 	}
+	if acct.Secret == "" {
+		return nil, ErrNoSecret
+	}
 	return []byte(acct.Secret), nil
+}
+
+// SCRAMCredentials returns the account's stored credentials for mechanism,
+// ErrUnknownUser, or ErrNoSecret when it has none stored (the provider then
+// derives them from the secret).
+func (a Accounts) SCRAMCredentials(ctx context.Context, mechanism, username string) (SCRAMCredentials, error) {
+	acct, ok := a[username]
+	if !ok {
+		return SCRAMCredentials{}, ErrUnknownUser
+	}
+	for _, c := range acct.SCRAM {
+		if c.Mechanism == mechanism {
+			return c, nil
+		}
+	}
+	return SCRAMCredentials{}, ErrNoSecret
 }
 
 // Domains returns the account's domains.
@@ -52,8 +76,12 @@ func (a Accounts) Owner(domain string) (Account, bool) {
 //
 //	NAME SECRET DOMAIN[,DOMAIN...]
 //
-// separated by spaces or tabs. Blank lines and lines starting with # are
-// ignored. A malformed line is an error that names its line number.
+// separated by spaces or tabs. SECRET is the shared secret, or instead one
+// or more SCRAM credentials separated by commas, as
+// [SCRAMCredentials.String] writes them (SCRAM-SHA-256$4096:salt$stored:server),
+// so that the file holds no password; such an account cannot use CRAM-MD5.
+// Blank lines and lines starting with # are ignored. A malformed line is an
+// error that names its line number.
 func ParseAccounts(r io.Reader) (Accounts, error) {
 	out := make(Accounts)
 	sc := bufio.NewScanner(r)
@@ -78,7 +106,18 @@ func ParseAccounts(r io.Reader) (Accounts, error) {
 				return nil, fmt.Errorf("odmr: accounts line %d: domain %s already belongs to %q", n, d, other.Name)
 			}
 		}
-		out[f[0]] = Account{Name: f[0], Secret: f[1], Domains: domains}
+		acct := Account{Name: f[0], Secret: f[1], Domains: domains}
+		if strings.HasPrefix(strings.ToUpper(f[1]), "SCRAM-") && strings.Contains(f[1], "$") {
+			acct.Secret = ""
+			for _, cred := range strings.Split(f[1], ",") {
+				c, err := ParseSCRAMCredentials(cred)
+				if err != nil {
+					return nil, fmt.Errorf("odmr: accounts line %d: %v", n, strings.TrimPrefix(err.Error(), "odmr: "))
+				}
+				acct.SCRAM = append(acct.SCRAM, c)
+			}
+		}
+		out[f[0]] = acct
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("odmr: reading accounts: %w", err)
@@ -101,6 +140,7 @@ func LoadAccounts(path string) (Accounts, error) {
 }
 
 var (
-	_ Authenticator    = Accounts(nil)
-	_ DomainAuthorizer = Accounts(nil)
+	_ Authenticator      = Accounts(nil)
+	_ SCRAMAuthenticator = Accounts(nil)
+	_ DomainAuthorizer   = Accounts(nil)
 )

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -65,6 +66,10 @@ type Provider struct {
 	// secret itself, on connections without TLS. False means only CRAM-MD5
 	// is usable in clear text.
 	AllowInsecureAuth bool
+	// DisableSCRAM turns SCRAM-SHA-256 and SCRAM-SHA-1 off. They are
+	// offered by default: they never send the secret, and the provider can
+	// check them against stored keys (see [SCRAMAuthenticator]).
+	DisableSCRAM bool
 	// DisableCRAMMD5 turns CRAM-MD5 off, as RFC 2645 section 5.1.2 allows a
 	// site that uses stronger mechanisms. fetchmail needs CRAM-MD5.
 	DisableCRAMMD5 bool
@@ -568,6 +573,9 @@ func (s *session) handleHello(verb, arg string) error {
 // mechanisms lists the SASL mechanisms offered on this connection.
 func (s *session) mechanisms() []string {
 	var m []string
+	if !s.p.DisableSCRAM {
+		m = append(m, SCRAMSHA256, SCRAMSHA1)
+	}
 	if !s.p.DisableCRAMMD5 {
 		m = append(m, CRAMMD5)
 	}
@@ -722,14 +730,56 @@ func (e errTempAuth) Unwrap() error { return e.err }
 // secret looks a user up, separating unknown users from store failures.
 func (s *session) secret(ctx context.Context, user string) ([]byte, error) {
 	sec, err := s.p.Authenticator.Secret(ctx, user)
-	if err != nil && !errors.Is(err, ErrUnknownUser) {
+	if err != nil && !errors.Is(err, ErrUnknownUser) && !errors.Is(err, ErrNoSecret) {
 		return nil, errTempAuth{err}
 	}
 	return sec, err
 }
 
+// scramCredentials returns the user's SCRAM credentials from the store, or
+// derives them from the shared secret. An unknown user gets made-up
+// credentials, stable per user, so that the exchange fails only at the
+// proof and does not tell which users exist.
+func (s *session) scramCredentials(ctx context.Context, mech, user string) (SCRAMCredentials, error) {
+	if sa, ok := s.p.Authenticator.(SCRAMAuthenticator); ok {
+		c, err := sa.SCRAMCredentials(ctx, mech, user)
+		switch {
+		case err == nil:
+			return c, nil
+		case errors.Is(err, ErrUnknownUser):
+			return fakeSCRAM(mech, user), nil
+		case !errors.Is(err, ErrNoSecret):
+			return c, errTempAuth{err}
+		}
+	}
+	sec, err := s.secret(ctx, user)
+	switch {
+	case errors.Is(err, ErrUnknownUser), errors.Is(err, ErrNoSecret):
+		return fakeSCRAM(mech, user), nil
+	case err != nil:
+		return SCRAMCredentials{}, err
+	}
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	return deriveSCRAM(mech, user, string(sec), salt, DefaultSCRAMIterations)
+}
+
 func (s *session) checkPassword(ctx context.Context, user, password string) error {
 	sec, err := s.secret(ctx, user)
+	if errors.Is(err, ErrNoSecret) {
+		if sa, ok := s.p.Authenticator.(SCRAMAuthenticator); ok {
+			for _, mech := range []string{SCRAMSHA256, SCRAMSHA1} {
+				c, err := sa.SCRAMCredentials(ctx, mech, user)
+				if err == nil {
+					if checkSCRAMPassword(c, user, password) {
+						return nil
+					}
+					return ErrAuthFailed
+				}
+			}
+		}
+		return ErrAuthFailed
+	}
 	if errors.Is(err, ErrUnknownUser) {
 		equalSecret(password, []byte("odmr-unknown-user-placeholder"))
 		return ErrAuthFailed
@@ -766,6 +816,14 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 			*user = u
 			return s.checkPassword(ctx, u, pass)
 		}}
+	case SCRAMSHA256, SCRAMSHA1:
+		srv, err := newSCRAMServer(mech, user, func(u string) (SCRAMCredentials, error) {
+			return s.scramCredentials(ctx, mech, u)
+		})
+		if err != nil {
+			panic(err) // the mechanism names are this package's own
+		}
+		return srv
 	case sasl.External:
 		return sasl.NewExternalServer(func(authz string) error {
 			id, err := s.p.ExternalAuth(ctx, s.conn.(*tls.Conn).ConnectionState())

@@ -184,14 +184,14 @@ func TestEHLOAdvertisesAUTHAndATRNInOneWrite(t *testing.T) {
 	require.NoError(t, err)
 	n, err = cli.Read(buf)
 	require.NoError(t, err)
-	assert.Equal(t, "250-provider.test\r\n250-AUTH CRAM-MD5\r\n250-ENHANCEDSTATUSCODES\r\n250 ATRN\r\n", string(buf[:n]))
+	assert.Equal(t, "250-provider.test\r\n250-AUTH SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5\r\n250-ENHANCEDSTATUSCODES\r\n250 ATRN\r\n", string(buf[:n]))
 }
 
 func TestEHLOAdvertisesPLAINWhenAllowed(t *testing.T) {
 	f := newFixture(t, func(p *Provider) { p.AllowInsecureAuth = true })
 	c := f.dial(t)
 	msg := c.cmd(250, "EHLO customer.test")
-	assert.Contains(t, msg, "AUTH CRAM-MD5 PLAIN LOGIN")
+	assert.Contains(t, msg, "AUTH SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN")
 }
 
 func TestOtherCommands502(t *testing.T) {

@@ -129,7 +129,7 @@ func TestSTARTTLSThenPLAIN(t *testing.T) {
 	// RFC 3207: the session starts over, EHLO first.
 	c.cmd(503, "AUTH PLAIN "+plain)
 	ehlo = c.cmd(250, "EHLO customer.test")
-	assert.Contains(t, ehlo, "AUTH CRAM-MD5 PLAIN LOGIN")
+	assert.Contains(t, ehlo, "AUTH SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN")
 	assert.NotContains(t, ehlo, "STARTTLS")
 	c.cmd(503, "STARTTLS")
 	c.cmd(235, "AUTH PLAIN "+plain)
