@@ -11,7 +11,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,8 +40,11 @@ func main() {
 
 type config struct {
 	listen, smtpAddr, accounts, hostname string
+	tlsCert, tlsKey, tlsListen           string
 	allowInsecureAuth, verbose           bool
+	requireTLS                           bool
 	maxMessageBytes                      int64
+	hashUser                             string
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -49,6 +55,11 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.accounts, "accounts", "", "accounts `FILE`: one account a line, NAME SECRET DOMAIN[,DOMAIN...]; # comments")
 	fs.StringVar(&c.hostname, "hostname", "", "host `NAME` in greetings (default: the system host name)")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "offer AUTH PLAIN and LOGIN without TLS")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "certificate `FILE` (PEM): enables STARTTLS on the ODMR and SMTP listeners")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "private key `FILE` (PEM) for -tls-cert")
+	fs.StringVar(&c.tlsListen, "tls-listen", "", "`ADDR` of an ODMR listener with implicit TLS (needs -tls-cert)")
+	fs.BoolVar(&c.requireTLS, "require-tls", false, "refuse AUTH and ATRN outside TLS (fetchmail cannot then connect)")
+	fs.StringVar(&c.hashUser, "hash-secret", "", "print SCRAM credentials for `USER` from a secret read on standard input, for the accounts file, and exit")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-size", 50<<20, "largest message the SMTP intake accepts, in `BYTES`")
 	fs.BoolVar(&c.verbose, "v", false, "log every session event")
 	fs.Usage = func() {
@@ -62,6 +73,15 @@ func parseFlags(args []string) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
 	}
+	if c.hashUser != "" {
+		return &c, nil
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
+	if (c.tlsListen != "" || c.requireTLS) && c.tlsCert == "" {
+		return nil, errors.New("-tls-listen and -require-tls need -tls-cert and -tls-key")
+	}
 	if c.accounts == "" {
 		return nil, errors.New("-accounts FILE is required: one account a line, NAME SECRET DOMAIN[,DOMAIN...]")
 	}
@@ -74,6 +94,9 @@ func run(args []string) error {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	if cfg.hashUser != "" {
+		return hashSecret(cfg.hashUser, os.Stdin, os.Stdout)
 	}
 	level := slog.LevelInfo
 	if cfg.verbose {
@@ -98,21 +121,40 @@ func run(args []string) error {
 	}
 	log.Warn("odmr-provider: using the in-memory queue: queued mail will not survive a restart")
 
+	var tlsConfig *tls.Config
+	if cfg.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
+		if err != nil {
+			return fmt.Errorf("loading -tls-cert/-tls-key: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	p := &odmr.Provider{
 		Hostname:          cfg.hostname,
 		Authenticator:     accounts,
 		Authorizer:        accounts,
 		Queue:             queue,
 		AllowInsecureAuth: cfg.allowInsecureAuth,
+		TLSConfig:         tlsConfig,
+		RequireTLS:        cfg.requireTLS,
 		Logger:            log,
 	}
 	odmrLn, err := listen(cfg.listen, "listen")
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- p.ServeListener(odmrLn) }()
-	log.Info("odmr-provider: ODMR listening", "addr", odmrLn.Addr().String(), "accounts", len(accounts))
+	log.Info("odmr-provider: ODMR listening", "addr", odmrLn.Addr().String(), "accounts", len(accounts), "starttls", tlsConfig != nil)
+	if cfg.tlsListen != "" {
+		tlsLn, err := listen(cfg.tlsListen, "tls-listen")
+		if err != nil {
+			p.Close()
+			return err
+		}
+		go func() { errc <- p.ServeListener(tls.NewListener(tlsLn, tlsConfig)) }()
+		log.Info("odmr-provider: ODMR listening with implicit TLS", "addr", tlsLn.Addr().String())
+	}
 
 	var intakeSrv *smtp.Server
 	if cfg.smtpAddr != "" {
@@ -138,6 +180,7 @@ func run(args []string) error {
 		intakeSrv.ReadTimeout = 5 * time.Minute
 		intakeSrv.WriteTimeout = time.Minute
 		intakeSrv.EnableSMTPUTF8 = true
+		intakeSrv.TLSConfig = tlsConfig
 		go func() { errc <- intakeSrv.Serve(smtpLn) }()
 		log.Info("odmr-provider: SMTP intake listening", "addr", smtpLn.Addr().String())
 	} else {
@@ -167,6 +210,29 @@ func run(args []string) error {
 	}
 	log.Info("odmr-provider: stopped")
 	return nil
+}
+
+// hashSecret reads a secret and prints SCRAM-SHA-256 and SCRAM-SHA-1
+// credentials for the accounts file.
+func hashSecret(user string, in io.Reader, out io.Writer) error {
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return err
+	}
+	secret := strings.TrimRight(line, "\r\n")
+	if secret == "" {
+		return errors.New("-hash-secret: no secret on standard input")
+	}
+	var creds []string
+	for _, mech := range []string{odmr.SCRAMSHA256, odmr.SCRAMSHA1} {
+		c, err := odmr.NewSCRAMCredentials(mech, user, secret, 0)
+		if err != nil {
+			return err
+		}
+		creds = append(creds, c.String())
+	}
+	_, err = fmt.Fprintln(out, strings.Join(creds, ","))
+	return err
 }
 
 // listen opens a TCP listener with an error message that says what to do.

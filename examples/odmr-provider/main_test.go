@@ -14,6 +14,8 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr"
 )
 
 func TestFlags(t *testing.T) {
@@ -98,4 +100,23 @@ func TestProviderProcess(t *testing.T) {
 	}
 	require.NoError(t, cmd.Wait())
 	assert.Contains(t, rest.String(), "stopped")
+}
+
+func TestTLSFlagsGoTogether(t *testing.T) {
+	_, err := parseFlags([]string{"-accounts", "x", "-tls-cert", "c.pem"})
+	assert.ErrorContains(t, err, "-tls-cert and -tls-key go together")
+	_, err = parseFlags([]string{"-accounts", "x", "-require-tls"})
+	assert.ErrorContains(t, err, "need -tls-cert")
+	err = run([]string{"-accounts", "x", "-tls-cert", "/nonexistent.pem", "-tls-key", "/nonexistent.key"})
+	assert.Error(t, err)
+}
+
+func TestHashSecretMakesAccountsFileCredentials(t *testing.T) {
+	var out strings.Builder
+	require.NoError(t, hashSecret("alice", strings.NewReader("s3cret\n"), &out))
+	accts, err := odmr.ParseAccounts(strings.NewReader("alice " + strings.TrimSpace(out.String()) + " example.org\n"))
+	require.NoError(t, err)
+	require.Len(t, accts["alice"].SCRAM, 2)
+	assert.Empty(t, accts["alice"].Secret)
+	assert.Error(t, hashSecret("alice", strings.NewReader(""), &out))
 }
