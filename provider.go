@@ -1040,7 +1040,9 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 				s.deferred++
 			}
 		}
-		if err := msg.Complete(ctx, results); err != nil {
+		// Record outcomes even when the session is being cancelled: an
+		// acknowledged message must not be delivered again.
+		if err := msg.Complete(context.WithoutCancel(ctx), results); err != nil {
 			s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
 		}
 		s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
