@@ -1,0 +1,755 @@
+package odmr
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"github.com/go-odmr/odmr/internal/wire"
+)
+
+// Default timeouts of a [Customer]; a zero field in the struct means these.
+// The customer's CommandTimeout defaults to [DefaultCommandTimeout].
+const (
+	// DefaultATRNTimeout is how long the customer waits for the reply to
+	// ATRN. RFC 2645 section 5.2.1 requires at least 10 minutes, the time
+	// a provider may need to go through its queue.
+	DefaultATRNTimeout = 10 * time.Minute
+	// DefaultIdleTimeout is how long the customer, once it is the SMTP
+	// server, waits for the provider's next command or data: the server
+	// timeout of RFC 5321 section 4.5.3.2.7.
+	DefaultIdleTimeout = 5 * time.Minute
+)
+
+// Errors of a [Customer] that are not replies from the provider.
+var (
+	// ErrNoATRN: the provider's EHLO reply does not list ATRN, so it is
+	// not an ODMR provider (RFC 2645 section 5.1.1). The customer quits
+	// before it authenticates.
+	ErrNoATRN = errors.New("odmr: provider does not offer ATRN")
+	// ErrNoAuthMechanism: the provider offers no SASL mechanism the
+	// customer may use: none it implements, or only PLAIN and LOGIN on a
+	// connection without TLS while AllowInsecureAuth is off.
+	ErrNoAuthMechanism = errors.New("odmr: provider offers no usable authentication mechanism")
+	// ErrNoStartTLS: the customer has a TLSConfig but the provider does not
+	// offer STARTTLS.
+	ErrNoStartTLS = errors.New("odmr: provider does not offer STARTTLS")
+	// ErrProtocol: the provider broke the protocol: a malformed or
+	// unexpected reply, or data sent ahead of a STARTTLS reply.
+	ErrProtocol = errors.New("odmr: protocol error")
+)
+
+// Customer is the side of ODMR that collects mail (RFC 2645 section 4): it
+// connects to a provider, authenticates, asks for its domains with ATRN
+// and, once the roles reverse, receives the mail as an SMTP server on the
+// same connection.
+//
+// Set its fields and call [Customer.Fetch] once per collection. Either
+// Sink or Handler receives the mail: Sink for an SMTP server run by this
+// package that hands each message to a [MessageSink], Handler to give the
+// connection itself to another SMTP stack (see [Relay]). Every other field
+// has a documented zero value. A Customer is safe for concurrent use; its
+// fields must not change while it fetches.
+type Customer struct {
+	// Addr is the provider, as "host" or "host:port". Without a port the
+	// ODMR port, 366, is used.
+	Addr string
+	// Dial opens the connection to the provider. nil means a net.Dialer.
+	// It may return a *tls.Conn for implicit TLS, which counts as a secure
+	// connection for AUTH.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSConfig makes the customer upgrade the connection with STARTTLS
+	// (RFC 3207) before it authenticates, and fail with ErrNoStartTLS when
+	// the provider does not offer it. A config without ServerName gets
+	// the host of Addr. nil means no STARTTLS.
+	TLSConfig *tls.Config
+
+	// Username and Secret are the credentials for AUTH.
+	Username string
+	Secret   string
+	// AllowInsecureAuth permits PLAIN and LOGIN, which send the secret
+	// itself, on a connection without TLS. False means only CRAM-MD5 is
+	// used in clear text. The customer picks CRAM-MD5 when the provider
+	// offers it, then PLAIN, then LOGIN.
+	AllowInsecureAuth bool
+
+	// Domains are the domains to pull with ATRN. None means a bare ATRN,
+	// which asks for every domain the account may pull.
+	Domains []string
+	// Hostname is the name the customer gives in EHLO and in its SMTP
+	// greeting after the swap. "" means os.Hostname(), or "localhost".
+	Hostname string
+
+	// Sink receives each message after the swap. The customer's SMTP
+	// server acknowledges a message to the provider only once Deliver has
+	// returned nil. A Sink that also implements [RecipientChecker] can
+	// refuse recipients one by one.
+	Sink MessageSink
+	// Handler, if set instead of Sink, is given the connection after the
+	// swap and runs the SMTP session itself, greeting included.
+	Handler Handler
+	// MaxMessageSize is the largest message, in bytes, the customer's
+	// SMTP server accepts; it is advertised with SIZE, and a larger
+	// message is refused with 552. 0 means no limit. It does not apply
+	// to a Handler.
+	MaxMessageSize int64
+
+	// CommandTimeout bounds the connection set-up and the wait for each
+	// reply before ATRN. 0 means DefaultCommandTimeout.
+	CommandTimeout time.Duration
+	// ATRNTimeout is how long the customer waits for the reply to ATRN.
+	// 0 means DefaultATRNTimeout; RFC 2645 requires at least 10 minutes.
+	ATRNTimeout time.Duration
+	// IdleTimeout is how long the customer waits, after the swap, for the
+	// provider to send something; each byte received or sent starts it
+	// again. 0 means DefaultIdleTimeout. It also applies to a Handler.
+	IdleTimeout time.Duration
+
+	// Logger receives a record for each step of a fetch. The secret and
+	// the SASL exchange are never logged. nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler runs the reversed state of an ODMR session (RFC 2645 section
+// 5.3), in which the customer is the SMTP server and the provider the
+// client. Use it to give the session to an SMTP stack of your own or to
+// a local mail server ([Relay]).
+type Handler interface {
+	// ServeReversed is called once the provider has accepted ATRN. The
+	// handler owns conn until it returns; it must send the SMTP greeting
+	// (220) first and serve until the provider quits. Reads return any
+	// bytes the provider sent ahead of the swap first. The customer closes
+	// conn afterwards. ctx is the context of the fetch; its cancellation
+	// already sets a past deadline on conn.
+	ServeReversed(ctx context.Context, conn net.Conn) error
+}
+
+// HandlerFunc adapts a function to [Handler].
+type HandlerFunc func(ctx context.Context, conn net.Conn) error
+
+// ServeReversed calls f.
+func (f HandlerFunc) ServeReversed(ctx context.Context, conn net.Conn) error {
+	return f(ctx, conn)
+}
+
+var _ Handler = HandlerFunc(nil)
+
+// FetchResult reports what one [Customer.Fetch] did. The counts are those
+// of the customer's own SMTP server: with a Handler they stay zero.
+type FetchResult struct {
+	// Domains are the domains requested, in canonical form; none for a
+	// bare ATRN.
+	Domains []string
+	// Mechanism is the SASL mechanism that authenticated the session.
+	Mechanism string
+	// NoMail is set when there was nothing to collect: the provider
+	// answered ATRN with 453, or it accepted ATRN and then ended the
+	// session before sending a message (RFC 2645 section 5.2.1 allows
+	// this; Exim does it when its queued mail is not yet due).
+	NoMail bool
+	// Messages counts the messages the sink accepted, Recipients their
+	// recipients and Bytes their size as received (after dot-unstuffing,
+	// before any change the sink makes).
+	Messages   int
+	Recipients int
+	Bytes      int64
+	// Refused counts the messages the customer refused after DATA (the
+	// sink failed, or the message was malformed or too large) and
+	// RefusedRecipients the recipients refused at RCPT. The provider keeps
+	// or bounces that mail, depending on the reply.
+	Refused           int
+	RefusedRecipients int
+	// Duration is the time the fetch took.
+	Duration time.Duration
+}
+
+// maxReplyLine and maxReplyLines bound what the customer reads of one
+// reply before the swap.
+const (
+	maxReplyLine  = 4096
+	maxReplyLines = 100
+	maxAuthSteps  = 8
+)
+
+// Fetch connects to the provider, pulls the mail for c.Domains and hands
+// it to c.Sink or c.Handler. It returns when the provider has ended the
+// session.
+//
+// Fetch returns a nil error when the session ran to its end, also when
+// there was no mail: result.NoMail tells. A reply that refused a command
+// comes back as an error wrapping an [*Error], which [errors.Is] matches
+// with the sentinels: [ErrATRNRefused] (450, a domain the account may not
+// pull), [ErrTryLater] (451), [ErrAuthRequired] (530), [ErrAuthFailed]
+// (535) and so on. [ErrNoATRN], [ErrNoAuthMechanism], [ErrNoStartTLS] and
+// [ErrProtocol] report a provider that cannot serve the request. When ctx
+// ends, the error matches ctx.Err(). A connection lost in the middle of a
+// message is an error, and that message stays queued at the provider.
+//
+// The result is never nil: after an error it counts what was received
+// before it.
+func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
+	start := time.Now()
+	res = &FetchResult{}
+	defer func() { res.Duration = time.Since(start) }()
+
+	if err := c.check(); err != nil {
+		return res, err
+	}
+	domains, err := ParseATRN(strings.Join(c.Domains, ","))
+	if err != nil {
+		return res, err
+	}
+	res.Domains = domains
+
+	addr := c.addr()
+	log := c.logger().With("provider", addr)
+	dialCtx, cancel := context.WithTimeout(ctx, orDefault(c.CommandTimeout, DefaultCommandTimeout))
+	conn, err := c.dial(dialCtx, "tcp", addr)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("odmr: fetch from %s stopped: %w", addr, ctx.Err())
+		}
+		return res, fmt.Errorf("odmr: connecting to %s: %w", addr, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	defer func() {
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("odmr: fetch from %s stopped: %w", addr, ctx.Err())
+		}
+	}()
+
+	s := &customerSession{c: c, ctx: ctx, conn: conn, br: bufio.NewReaderSize(conn, 4096), log: log}
+	_, s.secure = conn.(*tls.Conn)
+	reversed, err := s.initial(domains, res)
+	if err != nil || !reversed {
+		return res, err
+	}
+
+	// The reversed state: the customer is now the SMTP server.
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	rc := &idleConn{Conn: Reverse(s.conn, buffered), ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
+	if c.Handler != nil {
+		err = c.Handler.ServeReversed(ctx, rc)
+	} else {
+		err = c.receive(ctx, rc, res, log)
+	}
+	if err != nil {
+		log.Info("odmr: fetch failed after the swap", "err", err, "messages", res.Messages)
+		return res, err
+	}
+	log.Info("odmr: fetch done", "messages", res.Messages, "recipients", res.Recipients,
+		"bytes", res.Bytes, "refused", res.Refused, "no_mail", res.NoMail)
+	return res, nil
+}
+
+// check reports a configuration the customer cannot run with.
+func (c *Customer) check() error {
+	switch {
+	case c.Sink == nil && c.Handler == nil:
+		return errors.New("odmr: Customer needs a Sink or a Handler")
+	case c.Sink != nil && c.Handler != nil:
+		return errors.New("odmr: Customer has both a Sink and a Handler; set one")
+	case c.Username == "":
+		return errors.New("odmr: Customer needs a Username")
+	case strings.ContainsAny(c.Username, "\r\n\x00"):
+		return errors.New("odmr: Username contains CR, LF or NUL")
+	case strings.ContainsAny(c.hostname(), " \t\r\n\x00"):
+		return fmt.Errorf("odmr: invalid Hostname %q", c.hostname())
+	}
+	return nil
+}
+
+func (c *Customer) addr() string {
+	if _, _, err := net.SplitHostPort(c.Addr); err == nil {
+		return c.Addr
+	}
+	return net.JoinHostPort(strings.Trim(c.Addr, "[]"), strconv.Itoa(Port))
+}
+
+func (c *Customer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.Dial != nil {
+		return c.Dial(ctx, network, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+func (c *Customer) hostname() string {
+	if c.Hostname != "" {
+		return c.Hostname
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+func (c *Customer) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
+}
+
+// customerSession is the initial and authenticated states of one fetch,
+// in which the customer is the client.
+type customerSession struct {
+	c      *Customer
+	ctx    context.Context
+	conn   net.Conn
+	br     *bufio.Reader
+	log    *slog.Logger
+	secure bool // the connection runs over TLS
+}
+
+// reply is one reply read off the wire: its code and its lines of text.
+type reply struct {
+	code  int
+	lines []string
+}
+
+func (r *reply) text() string { return strings.Join(r.lines, "\n") }
+
+// err returns a failure reply as an *Error.
+func (r *reply) err() *Error { return parseReplyText(r.code, r.text()) }
+
+// commandError is a failure reply to one of the customer's commands. It
+// unwraps to the reply's *Error.
+type commandError struct {
+	what string
+	err  *Error
+}
+
+func (e *commandError) Error() string {
+	return "odmr: " + e.what + ": " + strings.TrimPrefix(e.err.Error(), "odmr: ")
+}
+
+func (e *commandError) Unwrap() error { return e.err }
+
+// initial runs the session up to the role swap. It reports whether the
+// roles reversed; false with a nil error means there is no mail.
+func (s *customerSession) initial(domains []string, res *FetchResult) (bool, error) {
+	c := s.c
+	cmdTimeout := orDefault(c.CommandTimeout, DefaultCommandTimeout)
+	r, err := s.read(cmdTimeout)
+	if err != nil {
+		return false, s.readErr("greeting", err)
+	}
+	if r.code != 220 {
+		if r.code >= 400 {
+			return false, &commandError{"provider not ready", r.err()}
+		}
+		return false, fmt.Errorf("%w: greeting %d %s", ErrProtocol, r.code, r.text())
+	}
+	ext, err := s.ehlo(cmdTimeout)
+	if err != nil {
+		return false, err
+	}
+	if c.TLSConfig != nil && !s.secure {
+		if _, ok := ext["STARTTLS"]; !ok {
+			s.quit()
+			return false, ErrNoStartTLS
+		}
+		if err := s.startTLS(cmdTimeout); err != nil {
+			return false, err
+		}
+		if ext, err = s.ehlo(cmdTimeout); err != nil {
+			return false, err
+		}
+	}
+	if _, ok := ext["ATRN"]; !ok {
+		s.quit()
+		return false, ErrNoATRN
+	}
+	client, err := c.saslClient(ext["AUTH"], s.secure)
+	if err != nil {
+		s.quit()
+		return false, err
+	}
+	mech, err := s.auth(client, cmdTimeout)
+	if err != nil {
+		return false, err
+	}
+	res.Mechanism = mech
+	s.log.Info("odmr: authenticated", "mechanism", mech)
+
+	atrn := FormatATRN(domains)
+	r, err = s.cmd(orDefault(c.ATRNTimeout, DefaultATRNTimeout), atrn, atrn)
+	if err != nil {
+		return false, s.readErr("ATRN", err)
+	}
+	switch {
+	case r.code == 250:
+		s.log.Info("odmr: ATRN accepted, serving the provider", "domains", domains)
+		return true, nil
+	case r.code == 453:
+		s.log.Info("odmr: no mail waiting", "domains", domains)
+		res.NoMail = true
+		s.quit()
+		return false, nil
+	case r.code >= 400:
+		s.quit()
+		return false, &commandError{atrn + " refused", r.err()}
+	}
+	return false, fmt.Errorf("%w: unexpected reply to ATRN: %d %s", ErrProtocol, r.code, r.text())
+}
+
+// ehlo says EHLO and returns the extensions offered, keyed by upper-case
+// keyword. AUTH holds the mechanisms offered, upper-cased, also those of
+// the old "AUTH=" form.
+func (s *customerSession) ehlo(timeout time.Duration) (map[string]string, error) {
+	line := "EHLO " + s.c.hostname()
+	r, err := s.cmd(timeout, line, line)
+	if err != nil {
+		return nil, s.readErr("EHLO", err)
+	}
+	if r.code != 250 {
+		s.quit()
+		if r.code >= 400 {
+			return nil, &commandError{"EHLO refused", r.err()}
+		}
+		return nil, fmt.Errorf("%w: unexpected reply to EHLO: %d %s", ErrProtocol, r.code, r.text())
+	}
+	ext := make(map[string]string)
+	var mechs []string
+	for _, l := range r.lines[1:] {
+		kw, param, _ := strings.Cut(strings.TrimSpace(l), " ")
+		kw = strings.ToUpper(kw)
+		if m, ok := strings.CutPrefix(kw, "AUTH="); ok {
+			kw, param = "AUTH", m+" "+param
+		}
+		if kw == "AUTH" {
+			mechs = append(mechs, strings.Fields(strings.ToUpper(param))...)
+			continue
+		}
+		ext[kw] = param
+	}
+	if len(mechs) > 0 {
+		ext["AUTH"] = strings.Join(mechs, " ")
+	}
+	return ext, nil
+}
+
+// startTLS upgrades the connection.
+func (s *customerSession) startTLS(timeout time.Duration) error {
+	r, err := s.cmd(timeout, "STARTTLS", "STARTTLS")
+	if err != nil {
+		return s.readErr("STARTTLS", err)
+	}
+	if r.code != 220 {
+		s.quit()
+		if r.code >= 400 {
+			return &commandError{"STARTTLS refused", r.err()}
+		}
+		return fmt.Errorf("%w: unexpected reply to STARTTLS: %d %s", ErrProtocol, r.code, r.text())
+	}
+	if s.br.Buffered() > 0 {
+		// Bytes sent before the handshake would be taken as protected
+		// (the STARTTLS command injection of CVE-2011-0411).
+		return fmt.Errorf("%w: provider sent data ahead of the TLS handshake", ErrProtocol)
+	}
+	cfg := s.c.TLSConfig.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(s.c.addr())
+	}
+	tc := tls.Client(s.conn, cfg)
+	if err := s.deadline(timeout); err != nil {
+		return err
+	}
+	if err := tc.HandshakeContext(s.ctx); err != nil {
+		return fmt.Errorf("odmr: TLS handshake with the provider: %w", err)
+	}
+	s.conn, s.secure = tc, true
+	s.br.Reset(tc)
+	s.log.Debug("odmr: TLS started", "version", tls.VersionName(tc.ConnectionState().Version))
+	return nil
+}
+
+// saslClient picks the mechanism: CRAM-MD5, then PLAIN, then LOGIN, the
+// last two only under TLS or when allowed in clear text.
+func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) {
+	has := make(map[string]bool)
+	for _, m := range strings.Fields(offered) {
+		has[m] = true
+	}
+	clearOK := secure || c.AllowInsecureAuth
+	switch {
+	case has[CRAMMD5]:
+		return NewCRAMMD5Client(c.Username, c.Secret), nil
+	case has[sasl.Plain] && clearOK:
+		return sasl.NewPlainClient("", c.Username, c.Secret), nil
+	case has[sasl.Login] && clearOK:
+		return &loginClient{username: c.Username, password: c.Secret}, nil
+	case offered == "":
+		return nil, fmt.Errorf("%w: the EHLO reply lists no AUTH", ErrNoAuthMechanism)
+	case has[sasl.Plain] || has[sasl.Login]:
+		return nil, fmt.Errorf("%w: the provider offers %s, which send the secret in clear text; use TLS or set AllowInsecureAuth",
+			ErrNoAuthMechanism, offered)
+	}
+	return nil, fmt.Errorf("%w: the provider offers %s", ErrNoAuthMechanism, offered)
+}
+
+// auth runs the AUTH exchange and returns the mechanism's name.
+func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (string, error) {
+	mech, ir, err := client.Start()
+	if err != nil {
+		return "", fmt.Errorf("odmr: AUTH: %w", err)
+	}
+	line := "AUTH " + mech
+	if ir != nil {
+		line += " " + encodeSASL(ir)
+	}
+	r, err := s.cmd(timeout, line, "AUTH "+mech)
+	for step := 0; ; step++ {
+		if err != nil {
+			return "", s.readErr("AUTH "+mech, err)
+		}
+		switch {
+		case r.code == 235:
+			return mech, nil
+		case r.code == 334 && step < maxAuthSteps:
+			chal, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.text()))
+			if err != nil {
+				s.cancelAuth(timeout)
+				return "", fmt.Errorf("%w: malformed AUTH %s challenge", ErrProtocol, mech)
+			}
+			resp, err := client.Next(chal)
+			if err != nil {
+				s.cancelAuth(timeout)
+				return "", fmt.Errorf("odmr: AUTH %s: %w", mech, err)
+			}
+			r, err = s.cmd(timeout, encodeSASL(resp), "(AUTH response)")
+			continue
+		case r.code >= 400:
+			s.quit()
+			return "", &commandError{"AUTH " + mech + " refused", r.err()}
+		}
+		s.quit()
+		return "", fmt.Errorf("%w: unexpected reply to AUTH %s: %d %s", ErrProtocol, mech, r.code, r.text())
+	}
+}
+
+func encodeSASL(b []byte) string {
+	if len(b) == 0 {
+		return "="
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// cancelAuth abandons a SASL exchange with "*" (RFC 4954 section 4).
+func (s *customerSession) cancelAuth(timeout time.Duration) {
+	if _, err := s.cmd(min(timeout, 10*time.Second), "*", "*"); err == nil {
+		s.quit()
+	}
+}
+
+// quit ends the session politely, not waiting long for the reply.
+func (s *customerSession) quit() {
+	s.cmd(min(orDefault(s.c.CommandTimeout, DefaultCommandTimeout), 10*time.Second), "QUIT", "QUIT")
+}
+
+// deadline bounds the next exchange by timeout. It sets the deadline
+// before it looks at the context, so that a cancellation cannot slip in
+// between and be overwritten.
+func (s *customerSession) deadline(timeout time.Duration) error {
+	s.conn.SetDeadline(time.Now().Add(timeout))
+	return s.ctx.Err()
+}
+
+// cmd sends one command line and reads the reply. logged is what the log
+// shows of the line.
+func (s *customerSession) cmd(timeout time.Duration, line, logged string) (*reply, error) {
+	if err := s.deadline(timeout); err != nil {
+		return nil, err
+	}
+	s.log.Debug("odmr: C: " + logged)
+	if _, err := io.WriteString(s.conn, line+"\r\n"); err != nil {
+		return nil, err
+	}
+	return s.read(timeout)
+}
+
+// read reads one reply, possibly of several lines.
+func (s *customerSession) read(timeout time.Duration) (*reply, error) {
+	if err := s.deadline(timeout); err != nil {
+		return nil, err
+	}
+	var r reply
+	for i := 0; ; i++ {
+		if i == maxReplyLines {
+			return nil, fmt.Errorf("%w: reply longer than %d lines", ErrProtocol, maxReplyLines)
+		}
+		line, err := wire.ReadLine(s.br, maxReplyLine)
+		switch {
+		case errors.Is(err, wire.ErrLineTooLong), errors.Is(err, wire.ErrFlood):
+			return nil, fmt.Errorf("%w: reply line longer than %d bytes", ErrProtocol, maxReplyLine)
+		case errors.Is(err, wire.ErrBareCR):
+			return nil, fmt.Errorf("%w: bare CR or NUL in a reply", ErrProtocol)
+		case err != nil:
+			return nil, err
+		}
+		code, cont, text, ok := parseReplyLine(line)
+		if !ok || (i > 0 && code != r.code) {
+			return nil, fmt.Errorf("%w: malformed reply %q", ErrProtocol, truncate(line, 80))
+		}
+		r.code = code
+		r.lines = append(r.lines, text)
+		if !cont {
+			s.log.Debug("odmr: P: " + strconv.Itoa(r.code) + " " + r.lines[0])
+			return &r, nil
+		}
+	}
+}
+
+// parseReplyLine splits "250-text" or "250 text" (or a bare "250").
+func parseReplyLine(line []byte) (code int, cont bool, text string, ok bool) {
+	if len(line) < 3 || (len(line) > 3 && line[3] != ' ' && line[3] != '-') {
+		return 0, false, "", false
+	}
+	for _, c := range line[:3] {
+		if c < '0' || c > '9' {
+			return 0, false, "", false
+		}
+	}
+	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+	if code < 200 || code > 599 {
+		return 0, false, "", false
+	}
+	if len(line) > 4 {
+		text = string(line[4:])
+	}
+	return code, len(line) > 3 && line[3] == '-', text, true
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}
+
+// readErr describes a failure to read a reply.
+func (s *customerSession) readErr(what string, err error) error {
+	if errors.Is(err, ErrProtocol) || s.ctx.Err() != nil {
+		return err
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("odmr: provider closed the connection (waiting for the reply to %s)", what)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("odmr: no reply to %s from the provider in time: %w", what, err)
+	}
+	return fmt.Errorf("odmr: %s: %w", what, err)
+}
+
+// loginClient is the LOGIN mechanism. Unlike go-sasl's it sends no
+// initial response and does not insist on the exact text of the
+// challenges: the first is answered with the user name, the second with
+// the password.
+type loginClient struct {
+	username, password string
+	step               int
+}
+
+func (c *loginClient) Start() (string, []byte, error) { return sasl.Login, nil, nil }
+
+func (c *loginClient) Next(challenge []byte) ([]byte, error) {
+	c.step++
+	switch c.step {
+	case 1:
+		return []byte(c.username), nil
+	case 2:
+		return []byte(c.password), nil
+	}
+	return nil, sasl.ErrUnexpectedServerChallenge
+}
+
+// idleConn is the connection after the swap. Each read waits at most idle
+// for the provider, and any traffic starts that wait again; once ctx is
+// done every operation fails. It records why reading ended.
+type idleConn struct {
+	net.Conn
+	ctx  context.Context
+	idle time.Duration
+
+	mu      sync.Mutex
+	readErr error
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	if err := c.ctx.Err(); err != nil {
+		c.setErr(err)
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.setErr(err)
+	}
+	return n, err
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	now := time.Now()
+	c.Conn.SetWriteDeadline(now.Add(c.idle))
+	c.Conn.SetReadDeadline(now.Add(c.idle))
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *idleConn) setErr(err error) {
+	c.mu.Lock()
+	if c.readErr == nil {
+		c.readErr = err
+	}
+	c.mu.Unlock()
+}
+
+// err returns the error that ended reading, if any.
+func (c *idleConn) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readErr
+}
+
+// CloseWrite half-closes the connection when the one underneath can.
+func (c *idleConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// NetConn returns the connection underneath.
+func (c *idleConn) NetConn() net.Conn { return c.Conn }
+
+// closeWrite shuts down the writing side of conn, looking through
+// wrappers that expose NetConn; it does nothing for a connection that
+// cannot half-close.
+func closeWrite(conn net.Conn) error {
+	for range 8 {
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			return cw.CloseWrite()
+		}
+		u, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		conn = u.NetConn()
+	}
+	return nil
+}

@@ -1,0 +1,948 @@
+package odmr_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/maildir"
+)
+
+// The accounts of the test provider: alice owns two domains, bob a third.
+const (
+	custUser   = "alice"
+	custSecret = "s3cret-alice"
+)
+
+func custAccounts() odmr.Accounts {
+	return odmr.Accounts{
+		custUser: {Name: custUser, Secret: custSecret, Domains: []string{"example.org", "example.com"}},
+		"bob":    {Name: "bob", Secret: "bobs-secret", Domains: []string{"example.net"}},
+	}
+}
+
+// custLogger discards logs unless ODMR_TEST_LOG is set.
+func custLogger() *slog.Logger {
+	if os.Getenv("ODMR_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// custProvider starts a Provider with q on loopback and returns its
+// address; it is shut down when the test ends.
+func custProvider(t *testing.T, q odmr.QueueSource, opts ...func(*odmr.Provider)) string {
+	t.Helper()
+	accts := custAccounts()
+	p := &odmr.Provider{
+		Hostname:      "provider.example.net",
+		Authenticator: accts,
+		Authorizer:    accts,
+		Queue:         q,
+		Logger:        custLogger(),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- p.ServeListener(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.Shutdown(ctx); err != nil {
+			p.Close()
+		}
+		<-done
+	})
+	return l.Addr().String()
+}
+
+// custCustomer returns a customer of alice's account for addr.
+func custCustomer(addr string, sink odmr.MessageSink, domains ...string) *odmr.Customer {
+	return &odmr.Customer{
+		Addr:     addr,
+		Username: custUser,
+		Secret:   custSecret,
+		Domains:  domains,
+		Hostname: "customer.example.org",
+		Sink:     sink,
+		Logger:   custLogger(),
+	}
+}
+
+// custNoLeaks fails the test if it ends with more goroutines than it
+// started with. Call it first, so that its check runs after every other
+// cleanup.
+func custNoLeaks(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				t.Errorf("goroutines leaked: %d at the start, %d at the end\n%s", before, runtime.NumGoroutine(), buf[:n])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+func custEnqueue(t *testing.T, q *odmr.MemoryQueue, from, body string, to ...string) string {
+	t.Helper()
+	id, err := q.Enqueue(odmr.Envelope{From: from, To: to}, strings.NewReader(body))
+	require.NoError(t, err)
+	return id
+}
+
+// memSink keeps what it receives.
+type memSink struct {
+	mu   sync.Mutex
+	msgs []gotMessage
+}
+
+type gotMessage struct {
+	env  odmr.Envelope
+	body string
+}
+
+func (s *memSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.msgs = append(s.msgs, gotMessage{env, string(b)})
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *memSink) received() []gotMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]gotMessage(nil), s.msgs...)
+}
+
+// rcptSet is the recipients of messages, sorted, for comparisons.
+func rcptSet(msgs []gotMessage) []string {
+	var out []string
+	for _, m := range msgs {
+		out = append(out, m.env.To...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestCustomerFetchesSeveralDomainsEndToEnd(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: one\r\n\r\nFirst.\r\n", "u1@example.org")
+	custEnqueue(t, q, "b@sender.test", "Subject: two\r\n\r\nSecond.\r\n", "u2@example.com", "u3@example.com")
+	// One message for both of alice's domains and for bob's: alice gets
+	// her two recipients, bob's stays queued.
+	custEnqueue(t, q, "", "Subject: three\r\n\r\nThird.\r\n", "u4@example.org", "b1@example.net", "u5@example.com")
+	custEnqueue(t, q, "c@sender.test", "Subject: bob only\r\n\r\nFor bob.\r\n", "b2@example.net")
+	addr := custProvider(t, q)
+
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org", "Example.COM").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.False(t, res.NoMail)
+	assert.Equal(t, []string{"example.org", "example.com"}, res.Domains)
+	assert.Equal(t, "CRAM-MD5", res.Mechanism)
+	assert.Equal(t, 3, res.Messages)
+	assert.Equal(t, 5, res.Recipients)
+	assert.Zero(t, res.Refused)
+
+	got := sink.received()
+	require.Len(t, got, 3)
+	assert.Equal(t, []string{"u1@example.org", "u2@example.com", "u3@example.com", "u4@example.org", "u5@example.com"}, rcptSet(got))
+	var total int64
+	bodies := map[string]string{}
+	for _, m := range got {
+		bodies[m.env.From] = m.body
+		total += int64(len(m.body))
+	}
+	assert.Equal(t, total, res.Bytes)
+	assert.Equal(t, "Subject: two\r\n\r\nSecond.\r\n", bodies["b@sender.test"])
+	assert.Equal(t, "Subject: three\r\n\r\nThird.\r\n", bodies[""], "the null sender arrives as \"\"")
+
+	// What is left is bob's.
+	assert.Zero(t, q.Queued("example.org"))
+	assert.Zero(t, q.Queued("example.com"))
+	assert.Equal(t, 2, q.Queued("example.net"))
+	assert.Empty(t, q.Failed())
+}
+
+func TestCustomerBareATRNPullsEveryDomainOfTheAccount(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	custEnqueue(t, q, "a@sender.test", "Subject: y\r\n\r\ny\r\n", "u2@example.com")
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink).Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, res.Domains)
+	assert.Equal(t, 2, res.Messages)
+	assert.Zero(t, q.Len())
+}
+
+func TestCustomerNoMailIs453AndNotAnError(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "b1@example.net")
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.True(t, res.NoMail)
+	assert.Zero(t, res.Messages)
+	assert.Empty(t, sink.received())
+}
+
+func TestCustomerATRNForAnotherAccountsDomainIs450(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	custEnqueue(t, q, "a@sender.test", "Subject: y\r\n\r\ny\r\n", "b1@example.net")
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	// example.org is alice's, example.net is bob's: the whole request is
+	// refused, and nothing at all is delivered (RFC 2645 section 5.2.1).
+	res, err := custCustomer(addr, sink, "example.org", "example.net").Fetch(context.Background())
+	require.Error(t, err)
+	assert.ErrorIs(t, err, odmr.ErrATRNRefused)
+	var e *odmr.Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, 450, e.Code)
+	assert.True(t, e.Temporary())
+	assert.Contains(t, err.Error(), "example.net")
+	assert.False(t, res.NoMail)
+	assert.Empty(t, sink.received())
+	assert.Equal(t, 2, q.Len())
+	assert.Equal(t, 1, q.Queued("example.org"))
+}
+
+func TestCustomerWrongSecretIs535(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	addr := custProvider(t, q)
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.Secret = "wrong"
+	_, err := c.Fetch(context.Background())
+	assert.ErrorIs(t, err, odmr.ErrAuthFailed)
+	assert.NotContains(t, err.Error(), "wrong", "the secret never appears in errors")
+	assert.Equal(t, 1, q.Len())
+}
+
+// refuseSink refuses one recipient at RCPT time.
+type refuseSink struct {
+	memSink
+	refuse string
+}
+
+func (s *refuseSink) CheckRecipient(ctx context.Context, env odmr.Envelope, rcpt string) error {
+	if rcpt == s.refuse {
+		return &odmr.Error{Code: 550, EnhancedCode: odmr.EnhancedCode{5, 1, 1}, Message: "No such user here"}
+	}
+	return nil
+}
+
+func TestCustomerRecipientRefusedByTheSinkFailsAtTheProvider(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	id := custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "good@example.org", "nobody@example.org", "other@example.com")
+	addr := custProvider(t, q)
+	sink := &refuseSink{refuse: "nobody@example.org"}
+	res, err := custCustomer(addr, sink, "example.org", "example.com").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	assert.Equal(t, 2, res.Recipients)
+	assert.Equal(t, 1, res.RefusedRecipients)
+
+	got := sink.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, []string{"good@example.org", "other@example.com"}, got[0].env.To)
+
+	failed := q.Failed()
+	require.Len(t, failed, 1, "the refused recipient failed permanently")
+	assert.Equal(t, "nobody@example.org", failed[0].Recipient)
+	var e *odmr.Error
+	require.ErrorAs(t, failed[0].Err, &e)
+	assert.Equal(t, 550, e.Code)
+	assert.Equal(t, odmr.EnhancedCode{5, 1, 1}, e.EnhancedCode)
+	assert.Equal(t, "No such user here", e.Message, "the sink's reply reaches the provider")
+	assert.Zero(t, q.Len(), "message %s is done: delivered twice, failed once", id)
+}
+
+func TestCustomerSinkErrorsBecomeReplies(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "perm@sender.test", "Subject: 1\r\n\r\n1\r\n", "u1@example.org")
+	custEnqueue(t, q, "temp@sender.test", "Subject: 2\r\n\r\n2\r\n", "u2@example.org")
+	custEnqueue(t, q, "other@sender.test", "Subject: 3\r\n\r\n3\r\n", "u3@example.org")
+	addr := custProvider(t, q)
+	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		io.Copy(io.Discard, body)
+		switch env.From {
+		case "perm@sender.test":
+			return &odmr.Error{Code: 552, EnhancedCode: odmr.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
+		case "temp@sender.test":
+			return odmr.ErrTryLater
+		}
+		// Not an *Error: answered 451 without the text.
+		return errors.New("disk on fire at /secret/path")
+	})
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 3, res.Refused)
+	assert.Zero(t, res.Messages)
+
+	failed := q.Failed()
+	require.Len(t, failed, 1)
+	assert.Equal(t, "u1@example.org", failed[0].Recipient)
+	assert.True(t, odmr.Permanent(failed[0].Err))
+
+	msgs := q.Messages()
+	require.Len(t, msgs, 2, "temporary failures stay queued")
+	for _, m := range msgs {
+		_, lastErr := q.LastError(m.ID, m.To[0])
+		var e *odmr.Error
+		require.ErrorAs(t, lastErr, &e)
+		assert.Equal(t, 451, e.Code)
+		assert.NotContains(t, e.Message, "secret", "a sink's error text is never sent to the peer")
+	}
+}
+
+func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
+	body := "Subject: =?utf-8?q?dots?=\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\n" +
+		"Content-Transfer-Encoding: 8bit\r\n" +
+		"\r\n" +
+		".\r\n" +
+		"..\r\n" +
+		".leading dot\r\n" +
+		"...three\r\n" +
+		" .space then dot\r\n" +
+		"Grüße, ½ € \xff\xfe raw bytes\r\n" +
+		"\r\n" +
+		".\r\n"
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	got := sink.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, body, got[0].body)
+	assert.Equal(t, int64(len(body)), res.Bytes)
+	assert.Equal(t, odmr.Body8BitMIME, got[0].env.Body)
+}
+
+// custQueue is a QueueSource of single messages whose bodies are made by
+// a function, for bodies MemoryQueue would not keep (too large, or with
+// bare line endings it would repair).
+type custQueue struct {
+	env  odmr.Envelope
+	open func() io.Reader
+
+	mu      sync.Mutex
+	done    bool
+	results []odmr.RecipientResult
+}
+
+func (q *custQueue) HasMail(ctx context.Context, domains []string) (bool, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.done, nil
+}
+
+func (q *custQueue) Claim(ctx context.Context, domains []string) (odmr.Batch, error) {
+	return &custBatch{q: q}, nil
+}
+
+func (q *custQueue) outcome() []odmr.RecipientResult {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]odmr.RecipientResult(nil), q.results...)
+}
+
+type custBatch struct {
+	q    *custQueue
+	sent bool
+}
+
+func (b *custBatch) Next(ctx context.Context) (odmr.Message, error) {
+	b.q.mu.Lock()
+	defer b.q.mu.Unlock()
+	if b.sent || b.q.done {
+		return nil, io.EOF
+	}
+	b.sent = true
+	return custMessage{b.q}, nil
+}
+
+func (b *custBatch) Close() error { return nil }
+
+type custMessage struct{ q *custQueue }
+
+func (m custMessage) Envelope() odmr.Envelope { return m.q.env }
+
+func (m custMessage) Open() (io.ReadCloser, error) { return io.NopCloser(m.q.open()), nil }
+
+func (m custMessage) Complete(ctx context.Context, results []odmr.RecipientResult) error {
+	m.q.mu.Lock()
+	defer m.q.mu.Unlock()
+	m.q.results = results
+	m.q.done = true
+	for _, r := range results {
+		if r.Err != nil && !odmr.Permanent(r.Err) {
+			m.q.done = false
+		}
+	}
+	return nil
+}
+
+// lineReader produces size bytes of numbered CRLF lines without holding
+// them; a few lines start with a dot, to exercise dot-stuffing.
+type lineReader struct {
+	left, line int64
+	pending    []byte
+}
+
+func (r *lineReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && r.left > 0 {
+		if len(r.pending) == 0 {
+			r.line++
+			prefix := ""
+			if r.line%1000 == 0 {
+				prefix = "."
+			}
+			r.pending = fmt.Appendf(r.pending[:0], "%s%09d The quick brown fox jumps over the lazy dog; 8-bit: \xc3\xa9\r\n", prefix, r.line)
+		}
+		c := copy(p[n:], r.pending)
+		if int64(c) > r.left {
+			c = int(r.left)
+		}
+		n += c
+		r.left -= int64(c)
+		r.pending = r.pending[c:]
+	}
+	if n == 0 && r.left == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// bigBody returns a reader of the big message: a header, then lines,
+// ending in CRLF.
+func bigBody(size int64) io.Reader {
+	head := "Subject: big\r\n\r\n"
+	tail := "end\r\n"
+	return io.MultiReader(strings.NewReader(head),
+		&lineReader{left: size - int64(len(head)+len(tail))}, strings.NewReader(tail))
+}
+
+// hashSink hashes each body and throws it away.
+type hashSink struct {
+	mu   sync.Mutex
+	sums [][32]byte
+	n    int64
+}
+
+func (s *hashSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+	h := sha256.New()
+	n, err := io.Copy(h, body)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sums = append(s.sums, [32]byte(h.Sum(nil)))
+	s.n += n
+	return nil
+}
+
+func TestCustomerRelays100MiBWithBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 100 MiB")
+	}
+	const size = 100 << 20
+	want := sha256.New()
+	_, err := io.Copy(want, bigBody(size))
+	require.NoError(t, err)
+
+	q := &custQueue{
+		env:  odmr.Envelope{ID: "big", From: "big@sender.test", To: []string{"u1@example.org"}, Size: size, Body: odmr.Body8BitMIME},
+		open: func() io.Reader { return bigBody(size) },
+	}
+	addr := custProvider(t, q)
+
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+
+	sink := &hashSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	close(stop)
+	<-sampled
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Messages)
+	assert.Equal(t, int64(size), res.Bytes)
+	require.Len(t, sink.sums, 1)
+	assert.Equal(t, [32]byte(want.Sum(nil)), sink.sums[0], "the body arrives intact")
+	require.Len(t, q.outcome(), 1)
+	assert.NoError(t, q.outcome()[0].Err)
+
+	growth := int64(peak) - int64(base.HeapInuse)
+	t.Logf("heap in use: %d MiB before, %d MiB at the peak", base.HeapInuse>>20, peak>>20)
+	assert.Less(t, growth, int64(64<<20), "provider and customer together must stream, not buffer")
+}
+
+func TestCustomerRefusesBareCR(t *testing.T) {
+	// go-smtp's client turns a bare LF into CRLF on the way out, but
+	// passes a bare CR: the customer refuses the message for good.
+	body := "Subject: smuggle\r\n\r\nline\rMAIL FROM:<x>\r\n"
+	q := &custQueue{
+		env:  odmr.Envelope{ID: "cr", From: "a@sender.test", To: []string{"u1@example.org"}},
+		open: func() io.Reader { return strings.NewReader(body) },
+	}
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Refused)
+	assert.Empty(t, sink.received())
+	out := q.outcome()
+	require.Len(t, out, 1)
+	var e *odmr.Error
+	require.ErrorAs(t, out[0].Err, &e)
+	assert.Equal(t, 554, e.Code)
+	assert.Contains(t, e.Message, "bare CR or LF")
+}
+
+func TestCustomerMaxMessageSize(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: small\r\n\r\nsmall\r\n", "u1@example.org")
+	custEnqueue(t, q, "b@sender.test", "Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 1000), "u2@example.org")
+	addr := custProvider(t, q)
+	sink := &memSink{}
+	c := custCustomer(addr, sink, "example.org")
+	c.MaxMessageSize = 4096
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	failed := q.Failed()
+	require.Len(t, failed, 1)
+	assert.Equal(t, "u2@example.org", failed[0].Recipient)
+	var e *odmr.Error
+	require.ErrorAs(t, failed[0].Err, &e)
+	assert.Equal(t, 552, e.Code, "the provider sees the advertised SIZE and does not send it")
+}
+
+func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 50000)
+	custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+	addr := custProvider(t, q)
+
+	var mu sync.Mutex
+	var conn net.Conn
+	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, r io.Reader) error {
+		if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
+			return err
+		}
+		mu.Lock()
+		conn.Close() // the line drops in the middle of the message
+		mu.Unlock()
+		_, err := io.Copy(io.Discard, r)
+		if err == nil {
+			return errors.New("expected the body to break")
+		}
+		return err
+	})
+	c := custCustomer(addr, sink, "example.org")
+	c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		cn, err := d.DialContext(ctx, network, addr)
+		mu.Lock()
+		conn = cn
+		mu.Unlock()
+		return cn, err
+	}
+	res, err := c.Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lost during a message")
+	assert.Zero(t, res.Messages)
+
+	// The provider notices when its next write fails; then the message is
+	// released, and the next fetch gets it whole.
+	require.Eventually(t, func() bool {
+		attempts, _ := q.LastError("1", "u1@example.org")
+		return attempts == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	assert.Empty(t, q.Failed())
+	sink2 := &memSink{}
+	res, err = custCustomer(addr, sink2, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	require.Len(t, sink2.received(), 1)
+	assert.Equal(t, body, sink2.received()[0].body)
+	assert.Zero(t, q.Len())
+}
+
+func TestCustomerCancelDuringDeliveryLeavesMailQueued(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	addr := custProvider(t, q)
+	ctx, cancel := context.WithCancel(context.Background())
+	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, r io.Reader) error {
+		io.Copy(io.Discard, r)
+		cancel()
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	_, err := custCustomer(addr, sink, "example.org").Fetch(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Eventually(t, func() bool {
+		attempts, _ := q.LastError("1", "u1@example.org")
+		return attempts == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 1, q.Len())
+}
+
+// fakeProvider runs script on the first connection to a loopback listener
+// and returns the listener's address.
+func fakeProvider(t *testing.T, script func(c *textproto.Conn, raw net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		script(textproto.NewConn(conn), conn)
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	return l.Addr().String()
+}
+
+// fakeLogin plays the provider's side up to ATRN: greeting, an EHLO reply
+// with ehlo as its keywords, and a CRAM-MD5 exchange that it accepts.
+func fakeLogin(c *textproto.Conn, ehlo ...string) bool {
+	if len(ehlo) == 0 {
+		ehlo = []string{"AUTH CRAM-MD5", "ATRN"}
+	}
+	c.PrintfLine("220 fake.example.net ODMR ready")
+	if _, err := c.ReadLine(); err != nil {
+		return false
+	}
+	c.PrintfLine("250-fake.example.net")
+	for i, kw := range ehlo {
+		sep := "-"
+		if i == len(ehlo)-1 {
+			sep = " "
+		}
+		c.PrintfLine("250%s%s", sep, kw)
+	}
+	if _, err := c.ReadLine(); err != nil { // AUTH CRAM-MD5
+		return false
+	}
+	c.PrintfLine("334 %s", base64.StdEncoding.EncodeToString([]byte("<1.2@fake.example.net>")))
+	if _, err := c.ReadLine(); err != nil {
+		return false
+	}
+	c.PrintfLine("235 2.7.0 Authentication successful")
+	return true
+}
+
+func TestCustomerEximPatternIsNoMail(t *testing.T) {
+	custNoLeaks(t)
+	// Exim 4.99 with mail queued but not yet due: 250 to ATRN, then at
+	// once a bare QUIT without waiting for the greeting, and a half-close.
+	saw := make(chan [2]string, 1)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine() // ATRN
+		io.WriteString(raw, "250 ODMR provider turning line around\r\nQUIT\r\n")
+		raw.(*net.TCPConn).CloseWrite()
+		greeting, _ := c.ReadLine()
+		bye, _ := c.ReadLine()
+		io.Copy(io.Discard, raw)
+		saw <- [2]string{greeting, bye}
+	})
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.True(t, res.NoMail)
+	assert.Empty(t, sink.received())
+	lines := <-saw
+	assert.True(t, strings.HasPrefix(lines[0], "220 customer.example.org"), lines[0])
+	assert.True(t, strings.HasPrefix(lines[1], "221"), lines[1])
+}
+
+func TestCustomerProviderClosingAfter250IsNoMail(t *testing.T) {
+	// The variant where the provider just drops the line after 250.
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine()
+		c.PrintfLine("250 OK")
+	})
+	res, err := custCustomer(addr, &memSink{}, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.True(t, res.NoMail)
+}
+
+func TestCustomerTypedErrors(t *testing.T) {
+	atrnReply := func(line string) func(*textproto.Conn, net.Conn) {
+		return func(c *textproto.Conn, raw net.Conn) {
+			if fakeLogin(c) {
+				c.ReadLine()
+				c.PrintfLine("%s", line)
+				c.ReadLine() // QUIT
+				c.PrintfLine("221 bye")
+			}
+		}
+	}
+	cases := []struct {
+		name   string
+		script func(*textproto.Conn, net.Conn)
+		is     error
+		code   int
+	}{
+		// RFC 2645 section 7: a domain the account may not pull, or too
+		// frequent requests.
+		{"450", atrnReply("450 4.7.1 Access to domain example.org denied"), odmr.ErrATRNRefused, 450},
+		// The provider cannot verify access now.
+		{"451", atrnReply("451 4.3.0 Unable to process ATRN request now"), odmr.ErrTryLater, 451},
+		// ATRN without authentication (a provider that lost track).
+		{"530", atrnReply("530 5.7.0 Authentication required"), odmr.ErrAuthRequired, 530},
+		// A provider that does not implement ATRN after all.
+		{"502", atrnReply("502 5.5.1 Command not implemented"), odmr.ErrNotImplemented, 502},
+		// Wrong credentials.
+		{"535", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("220 fake ready")
+			c.ReadLine()
+			c.PrintfLine("250-fake\r\n250-AUTH CRAM-MD5\r\n250 ATRN")
+			c.ReadLine()
+			c.PrintfLine("334 PDEuMkBmYWtlPg==")
+			c.ReadLine()
+			c.PrintfLine("535 5.7.8 Authentication credentials invalid")
+			c.ReadLine()
+		}, odmr.ErrAuthFailed, 535},
+		// A busy provider at the greeting.
+		{"421 greeting", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("421 4.3.2 Too busy, try later")
+		}, &odmr.Error{Code: 421}, 421},
+		// Not an ODMR provider: the customer quits before AUTH.
+		{"no ATRN", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("220 plain smtp")
+			c.ReadLine()
+			c.PrintfLine("250-smtp\r\n250 AUTH CRAM-MD5")
+			c.ReadLine() // QUIT, not AUTH
+		}, odmr.ErrNoATRN, 0},
+		// Only mechanisms that send the secret, and no TLS.
+		{"PLAIN only", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("220 odmr")
+			c.ReadLine()
+			c.PrintfLine("250-odmr\r\n250-AUTH PLAIN LOGIN\r\n250 ATRN")
+			c.ReadLine()
+		}, odmr.ErrNoAuthMechanism, 0},
+		// A reply that is not SMTP.
+		{"garbage", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("HTTP/1.1 400 Bad Request")
+		}, odmr.ErrProtocol, 0},
+		// Codes of a multi-line reply that do not agree.
+		{"mixed codes", func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("220 odmr")
+			c.ReadLine()
+			c.PrintfLine("250-odmr\r\n251 ATRN")
+		}, odmr.ErrProtocol, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := fakeProvider(t, tc.script)
+			sink := &memSink{}
+			res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+			require.Error(t, err)
+			assert.ErrorIs(t, err, tc.is)
+			assert.True(t, strings.HasPrefix(err.Error(), "odmr: "), err.Error())
+			if tc.code != 0 {
+				var e *odmr.Error
+				require.ErrorAs(t, err, &e)
+				assert.Equal(t, tc.code, e.Code)
+			}
+			assert.False(t, res.NoMail)
+			assert.Empty(t, sink.received())
+		})
+	}
+}
+
+func TestCustomerCancelWhileWaitingForATRN(t *testing.T) {
+	custNoLeaks(t)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if fakeLogin(c) {
+			io.Copy(io.Discard, raw) // never answer ATRN
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := custCustomer(addr, &memSink{}, "example.org").Fetch(ctx)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second, "cancellation reaches the socket")
+}
+
+func TestCustomerCommandTimeout(t *testing.T) {
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		io.Copy(io.Discard, raw) // no greeting
+	})
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.CommandTimeout = 100 * time.Millisecond
+	_, err := c.Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "greeting")
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout())
+}
+
+func TestCustomerIdleTimeoutAfterTheSwap(t *testing.T) {
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if fakeLogin(c) {
+			c.ReadLine()
+			c.PrintfLine("250 OK")
+			io.Copy(io.Discard, raw) // never says EHLO
+		}
+	})
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.IdleTimeout = 100 * time.Millisecond
+	_, err := c.Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "sent nothing")
+}
+
+func TestCustomerConfigurationErrors(t *testing.T) {
+	for _, c := range []*odmr.Customer{
+		{Addr: "x", Username: "u"},
+		{Addr: "x", Username: "u", Sink: &memSink{}, Handler: odmr.Relay("y")},
+		{Addr: "x", Sink: &memSink{}},
+		{Addr: "x", Username: "u\r\nQUIT", Sink: &memSink{}},
+		{Addr: "x", Username: "u", Sink: &memSink{}, Domains: []string{"bad domain"}},
+		{Addr: "x", Username: "u", Sink: &memSink{}, Domains: []string{"a.example\r\nQUIT"}},
+	} {
+		res, err := c.Fetch(context.Background())
+		require.Error(t, err)
+		assert.True(t, strings.HasPrefix(err.Error(), "odmr: "), err.Error())
+		assert.NotNil(t, res)
+	}
+}
+
+func TestCustomerMaildirSinkEndToEnd(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	b1 := "Subject: one\r\n\r\nFirst.\r\n..dot\r\n"
+	b2 := "Subject: two\r\n\r\nSecond, 8-bit: \xe2\x82\xac\r\n"
+	custEnqueue(t, q, "a@sender.test", b1, "u1@example.org")
+	custEnqueue(t, q, "b@sender.test", b2, "u2@example.com", "u3@example.com")
+	addr := custProvider(t, q)
+
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	sink, err := maildir.New(dir)
+	require.NoError(t, err)
+	sink.KeepCRLF = true
+	res, err := custCustomer(addr, sink).Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Messages)
+
+	entries, err := os.ReadDir(filepath.Join(dir, "new"))
+	require.NoError(t, err)
+	require.Len(t, entries, 2)
+	var got []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, "new", e.Name()))
+		require.NoError(t, err)
+		got = append(got, string(b))
+	}
+	sort.Strings(got)
+	assert.Equal(t, []string{b1, b2}, got, "exact content")
+	tmp, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	require.NoError(t, err)
+	assert.Empty(t, tmp)
+}
+
+func TestCustomerHandlerGetsTheConnectionWithBufferedBytes(t *testing.T) {
+	// Bytes the provider sends right behind its 250 must reach the
+	// handler first.
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if fakeLogin(c) {
+			c.ReadLine()
+			io.WriteString(raw, "250 OK\r\nEHLO early.example.net\r\n")
+			c.ReadLine()
+		}
+	})
+	var first string
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.HandlerFunc(func(ctx context.Context, conn net.Conn) error {
+		io.WriteString(conn, "220 handler ready\r\n")
+		line, err := textproto.NewReader(bufio.NewReader(conn)).ReadLine()
+		first = line
+		return err
+	})
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.False(t, res.NoMail)
+	assert.Equal(t, "EHLO early.example.net", first)
+}

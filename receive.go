@@ -1,0 +1,379 @@
+package odmr
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/go-odmr/odmr/internal/oneconn"
+)
+
+// RecipientChecker is an optional interface of a [MessageSink]. A sink
+// that implements it is asked about each recipient at RCPT time, so the
+// provider learns which recipients failed and why, one by one: a message
+// has a single reply to its data, but each RCPT has its own.
+type RecipientChecker interface {
+	// CheckRecipient accepts (nil) or refuses rcpt for the transaction
+	// described by env: From, Size, Body and UTF8 as MAIL FROM gave them,
+	// and To holding the recipients accepted so far. An *Error is the reply
+	// the provider is sent (550 for an unknown user, 452 for a full
+	// mailbox); any other error is answered 451 and logged.
+	CheckRecipient(ctx context.Context, env Envelope, rcpt string) error
+}
+
+// errBareLineEnding refuses a message with a CR or LF that is not part of
+// a CRLF pair (RFC 5321 section 2.3.8): the ambiguity behind SMTP
+// smuggling.
+var errBareLineEnding = &smtp.SMTPError{
+	Code:         554,
+	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	Message:      "Message contains a bare CR or LF; lines must end with CRLF",
+}
+
+// errLineTooLongData refuses a message with a line over go-smtp's limit.
+var errLineTooLongData = &smtp.SMTPError{
+	Code:         554,
+	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	Message:      "Message has a line longer than 2000 bytes",
+}
+
+// receive serves the reversed session with go-smtp's server, which hands
+// each message to c.Sink. go-smtp only serves listeners, so the connection
+// is wrapped as a listener that yields it once; when it closes, the
+// server is shut down and every goroutine it started has ended before
+// receive returns.
+func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult, log *slog.Logger) error {
+	rcv := &receiver{
+		ctx:    ctx,
+		sink:   c.Sink,
+		log:    log,
+		prefix: strconv.FormatInt(time.Now().UnixNano(), 36),
+	}
+	srv := smtp.NewServer(rcv)
+	srv.Domain = c.hostname()
+	srv.MaxMessageBytes = c.MaxMessageSize
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = smtpLogger{log}
+
+	l := oneconn.New(conn)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	<-l.Done()
+	// The session has closed the connection; Shutdown closes the listener
+	// and waits for the session's goroutine, and Serve then returns.
+	srv.Shutdown(context.Background())
+	<-served
+	// A BDAT transfer runs the sink in a goroutine of its own that the
+	// server does not wait for.
+	rcv.inflight.Wait()
+
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	res.Messages += rcv.messages
+	res.Recipients += rcv.recipients
+	res.Bytes += rcv.bytes
+	res.Refused += rcv.refused
+	res.RefusedRecipients += rcv.refusedRcpts
+
+	connErr := conn.err()
+	var ne net.Error
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case rcv.cut != nil:
+		return fmt.Errorf("odmr: connection to the provider lost during a message (it stays queued): %w", rcv.cut)
+	case rcv.openTx && connErr != nil && !errors.Is(connErr, net.ErrClosed):
+		return fmt.Errorf("odmr: connection to the provider lost during a transaction: %w", connErr)
+	case errors.As(connErr, &ne) && ne.Timeout():
+		return fmt.Errorf("odmr: the provider sent nothing for %v", conn.idle)
+	}
+	if rcv.mails == 0 {
+		// 250 to ATRN, then QUIT or a closed connection before any
+		// MAIL: RFC 2645 section 5.2.1 allows it, Exim does it.
+		res.NoMail = true
+	}
+	if connErr != nil && !errors.Is(connErr, io.EOF) && !errors.Is(connErr, net.ErrClosed) {
+		log.Debug("odmr: provider left without QUIT", "err", connErr)
+	}
+	return nil
+}
+
+// receiver is the go-smtp backend of one reversed session.
+type receiver struct {
+	ctx    context.Context
+	sink   MessageSink
+	log    *slog.Logger
+	prefix string // of message IDs
+
+	inflight sync.WaitGroup // Data calls under way
+
+	mu           sync.Mutex
+	mails        int   // MAIL commands accepted
+	openTx       bool  // a transaction was open when the session ended
+	cut          error // the connection failed in the middle of a message
+	messages     int
+	recipients   int
+	bytes        int64
+	refused      int
+	refusedRcpts int
+}
+
+// NewSession is called by go-smtp at the provider's EHLO.
+func (r *receiver) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &recvSession{r: r}, nil
+}
+
+// reply turns a sink's error into the reply for the provider. An error
+// that carries a 4xx or 5xx reply is sent as it is; anything else is
+// logged and answered 451, never echoed to the peer.
+func (r *receiver) reply(err error, what string, attrs ...any) *smtp.SMTPError {
+	if e := AsError(err); e != nil && e.Code >= 400 && e.Code < 600 {
+		out := &smtp.SMTPError{Code: e.Code, EnhancedCode: smtp.EnhancedCode(e.EnhancedCode), Message: oneLine(e.Message)}
+		if e.EnhancedCode == (EnhancedCode{}) {
+			out.EnhancedCode = smtp.EnhancedCodeNotSet
+		}
+		return out
+	}
+	r.log.Error("odmr: sink failed; answering 451", append(attrs, "in", what, "err", err)...)
+	return errLocalError.toSMTPError()
+}
+
+// oneLine keeps a reply text from breaking the reply.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// recvSession is the go-smtp session: one SMTP transaction at a time.
+type recvSession struct {
+	r    *receiver
+	mu   sync.Mutex
+	env  Envelope
+	inTx bool
+	n    int
+}
+
+// Reset ends the transaction (RSET, or the end of DATA).
+func (s *recvSession) Reset() {
+	s.mu.Lock()
+	s.env, s.inTx = Envelope{}, false
+	s.mu.Unlock()
+}
+
+// Logout is called when the connection ends.
+func (s *recvSession) Logout() error {
+	s.mu.Lock()
+	open := s.inTx
+	s.mu.Unlock()
+	if open {
+		s.r.mu.Lock()
+		s.r.openTx = true
+		s.r.mu.Unlock()
+	}
+	return nil
+}
+
+// Mail starts a transaction.
+func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
+	env := Envelope{From: from}
+	if opts != nil {
+		env.Size, env.Body, env.UTF8 = opts.Size, BodyType(opts.Body), opts.UTF8
+	}
+	s.mu.Lock()
+	s.env, s.inTx = env, true
+	s.mu.Unlock()
+	s.r.mu.Lock()
+	s.r.mails++
+	s.r.mu.Unlock()
+	return nil
+}
+
+// Rcpt adds a recipient, asking the sink first if it is a RecipientChecker.
+func (s *recvSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if rc, ok := s.r.sink.(RecipientChecker); ok {
+		s.mu.Lock()
+		env := s.env
+		env.To = append([]string(nil), s.env.To...)
+		s.mu.Unlock()
+		if err := rc.CheckRecipient(s.r.ctx, env, to); err != nil {
+			s.r.mu.Lock()
+			s.r.refusedRcpts++
+			s.r.mu.Unlock()
+			s.r.log.Info("odmr: recipient refused", "from", env.From, "to", to, "err", err)
+			return s.r.reply(err, "CheckRecipient", "to", to)
+		}
+	}
+	s.mu.Lock()
+	s.env.To = append(s.env.To, to)
+	s.mu.Unlock()
+	return nil
+}
+
+// Data hands the message to the sink as it streams in.
+func (s *recvSession) Data(r io.Reader) error {
+	s.r.inflight.Add(1)
+	defer s.r.inflight.Done()
+	s.mu.Lock()
+	s.n++
+	env := s.env
+	env.To = append([]string(nil), s.env.To...)
+	env.ID = s.r.prefix + "." + strconv.Itoa(s.n)
+	s.mu.Unlock()
+	env.Received = time.Now()
+
+	body := &bodyReader{r: r}
+	err := s.r.sink.Deliver(s.r.ctx, env, body)
+	if err == nil && body.err == nil && !body.eof {
+		// The sink must read the message to its end. A sink that returns
+		// early may have stored a truncated message: refuse it.
+		if n, _ := io.Copy(io.Discard, body); n > 0 {
+			err = fmt.Errorf("odmr: sink returned with %d bytes of the message unread", n)
+		}
+	}
+	var se *smtp.SMTPError
+	switch {
+	case body.err == nil && err == nil:
+		s.r.mu.Lock()
+		s.r.messages++
+		s.r.recipients += len(env.To)
+		s.r.bytes += body.n
+		s.r.mu.Unlock()
+		s.r.log.Debug("odmr: message received", "id", env.ID, "from", env.From, "rcpts", len(env.To), "bytes", body.n)
+		return nil
+	case body.err == nil:
+		s.refused()
+		return s.r.reply(err, "Deliver", "id", env.ID, "from", env.From)
+	case errors.As(body.err, &se):
+		// Too large, or a bare line ending: a reply of its own.
+		s.refused()
+		s.r.log.Info("odmr: message refused", "id", env.ID, "from", env.From, "reply", se.Code, "err", se.Message)
+		return se
+	case errors.Is(body.err, smtp.ErrTooLongLine):
+		s.refused()
+		return errLineTooLongData
+	case errors.Is(body.err, smtp.ErrDataReset):
+		// A BDAT transfer the provider abandoned.
+		return body.err
+	}
+	// The connection failed under the message.
+	s.r.mu.Lock()
+	if s.r.cut == nil {
+		s.r.cut = body.err
+	}
+	s.r.mu.Unlock()
+	return errLostConnection.toSMTPError()
+}
+
+func (s *recvSession) refused() {
+	s.r.mu.Lock()
+	s.r.refused++
+	s.r.mu.Unlock()
+}
+
+// bodyReader is the message as the sink reads it. It counts the bytes,
+// refuses a CR or LF that is not part of a CRLF pair, and remembers the
+// error that ended the stream.
+type bodyReader struct {
+	r   io.Reader
+	n   int64
+	cr  bool // the last byte read was a CR
+	eof bool
+	err error // the first error other than io.EOF
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.eof {
+		return 0, io.EOF
+	}
+	n, err := b.r.Read(p)
+	if bad := b.check(p[:n]); bad >= 0 {
+		b.n += int64(bad)
+		b.err = errBareLineEnding
+		return bad, b.err
+	}
+	b.n += int64(n)
+	switch {
+	case err == io.EOF && b.cr:
+		b.err = errBareLineEnding
+		return n, b.err
+	case err == io.EOF:
+		b.eof = true
+	case err != nil:
+		b.err = err
+	}
+	return n, err
+}
+
+// check returns the index of the first bare CR or LF in p, or -1. A CR at
+// the end of p is judged with the next chunk.
+func (b *bodyReader) check(p []byte) int {
+	if len(p) == 0 {
+		return -1
+	}
+	bad := len(p)
+	if b.cr && p[0] != '\n' {
+		bad = 0
+	}
+	for i := 0; i < bad; {
+		j := bytes.IndexByte(p[i:bad], '\n')
+		if j < 0 {
+			break
+		}
+		j += i
+		if (j == 0 && !b.cr) || (j > 0 && p[j-1] != '\r') {
+			bad = j
+			break
+		}
+		i = j + 1
+	}
+	for i := 0; i < bad; {
+		j := bytes.IndexByte(p[i:bad], '\r')
+		if j < 0 {
+			break
+		}
+		j += i
+		if j+1 < len(p) && p[j+1] != '\n' {
+			bad = j
+			break
+		}
+		i = j + 1
+	}
+	if bad < len(p) {
+		return bad
+	}
+	b.cr = p[len(p)-1] == '\r'
+	return -1
+}
+
+// smtpLogger passes go-smtp's server log to slog: panics as errors, the
+// rest (mostly connections that ended abruptly) at debug level.
+type smtpLogger struct{ log *slog.Logger }
+
+func (l smtpLogger) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+
+func (l smtpLogger) Println(v ...any) { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (l smtpLogger) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("odmr: smtp server: " + msg)
+		return
+	}
+	l.log.Debug("odmr: smtp server: " + msg)
+}

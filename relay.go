@@ -1,0 +1,97 @@
+package odmr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// relayGrace is how long a relay waits for the local server to finish once
+// the provider has stopped sending (the 221 after QUIT).
+const relayGrace = 30 * time.Second
+
+// Relay returns a [Handler] that connects to the SMTP server at addr and
+// passes the reversed session to it byte for byte in both directions, the
+// way fetchmail's ODMR mode does: the local server's 220 greeting becomes
+// the customer's, and the provider talks to the local server directly.
+// addr is "host:port", or the path of a Unix domain socket ("/path" or
+// "unix:/path").
+//
+// The relay ends when both sides have closed; a side that closes its
+// writing half has that passed on to the other. If the local server
+// cannot be reached the provider is told with 421, and its mail stays
+// queued. The relay sees no messages, so a [FetchResult] counts none.
+func Relay(addr string) Handler {
+	return &relay{addr: addr}
+}
+
+type relay struct {
+	addr string
+}
+
+// splitAddr separates a Unix socket path from a TCP address.
+func splitAddr(addr string) (network, address string) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return "unix", p
+	}
+	if strings.HasPrefix(addr, "/") {
+		return "unix", addr
+	}
+	return "tcp", addr
+}
+
+// ServeReversed relays conn to the local server.
+func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
+	var d net.Dialer
+	network, address := splitAddr(r.addr)
+	local, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		// The provider waits for a greeting: tell it to try later.
+		io.WriteString(conn, "421 4.3.0 Local mail server unavailable, try again later\r\n")
+		return fmt.Errorf("odmr: relay: connecting to %s: %w", r.addr, err)
+	}
+	defer local.Close()
+	stop := context.AfterFunc(ctx, func() { local.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	toLocal := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(local, conn)
+		if err == nil {
+			// The provider is done (after QUIT, or Exim's half-close):
+			// pass the half-close on and give the local server a moment
+			// to answer and close.
+			closeWrite(local)
+			local.SetReadDeadline(time.Now().Add(relayGrace))
+		} else {
+			local.Close()
+		}
+		toLocal <- err
+	}()
+	_, errBack := io.Copy(conn, local)
+	if errBack == nil {
+		closeWrite(conn)
+	} else {
+		// Wake the copy to the local server, which may be blocked reading
+		// the provider.
+		conn.Close()
+	}
+	errTo := <-toLocal
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var ne net.Error
+	switch {
+	case errTo != nil && !errors.Is(errTo, net.ErrClosed):
+		return fmt.Errorf("odmr: relay: provider side: %w", errTo)
+	case errBack != nil && !errors.Is(errBack, net.ErrClosed) && !(errTo == nil && errors.As(errBack, &ne) && ne.Timeout()):
+		// (A timeout after the provider finished is the grace period
+		// running out, not a failure.)
+		return fmt.Errorf("odmr: relay: local server side: %w", errBack)
+	}
+	return nil
+}

@@ -1,0 +1,327 @@
+package odmr_test
+
+import (
+	"context"
+	"io"
+	"log"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr"
+)
+
+// localMTA is a go-smtp server standing in for the customer's own mail
+// server. It refuses the recipients in refuse at RCPT and, over LMTP,
+// fails those in dataFail after the data.
+type localMTA struct {
+	refuse   map[string]*smtp.SMTPError
+	dataFail map[string]*smtp.SMTPError
+
+	mu   sync.Mutex
+	msgs []gotMessage
+}
+
+func (b *localMTA) NewSession(*smtp.Conn) (smtp.Session, error) { return &localSession{b: b}, nil }
+
+func (b *localMTA) received() []gotMessage {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]gotMessage(nil), b.msgs...)
+}
+
+type localSession struct {
+	b    *localMTA
+	from string
+	to   []string
+}
+
+func (s *localSession) Reset()        { s.from, s.to = "", nil }
+func (s *localSession) Logout() error { return nil }
+
+func (s *localSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.from = from
+	return nil
+}
+
+func (s *localSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if e := s.b.refuse[to]; e != nil {
+		return e
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *localSession) Data(r io.Reader) error {
+	return s.LMTPData(r, nil)
+}
+
+func (s *localSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	var ok []string
+	for _, to := range s.to {
+		if e := s.b.dataFail[to]; e != nil && status != nil {
+			status.SetStatus(to, e)
+			continue
+		}
+		if status != nil {
+			status.SetStatus(to, nil)
+		}
+		ok = append(ok, to)
+	}
+	s.b.mu.Lock()
+	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok}, string(b)})
+	s.b.mu.Unlock()
+	return nil
+}
+
+// startLocalMTA serves mta on network ("tcp" or "unix") and returns the
+// address to give a sink or relay.
+func startLocalMTA(t *testing.T, mta *localMTA, lmtp bool, network string) string {
+	t.Helper()
+	srv := smtp.NewServer(mta)
+	srv.Domain = "local.example.org"
+	srv.LMTP = lmtp
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "lmtp.sock")
+	}
+	l, err := net.Listen(network, addr)
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return l.Addr().String()
+}
+
+func TestRelayPassesTheSessionToALocalServer(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	b1 := "Subject: one\r\n\r\n.dot line\r\nFirst.\r\n"
+	b2 := "Subject: two\r\n\r\n8-bit \xc3\xa9\r\n"
+	custEnqueue(t, q, "a@sender.test", b1, "u1@example.org")
+	custEnqueue(t, q, "b@sender.test", b2, "u2@example.com", "u3@example.com")
+	addr := custProvider(t, q)
+	mta := &localMTA{}
+	local := startLocalMTA(t, mta, false, "tcp")
+
+	c := custCustomer(addr, nil, "example.org", "example.com")
+	c.Handler = odmr.Relay(local)
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.False(t, res.NoMail)
+	assert.Zero(t, res.Messages, "a relay does not count messages")
+
+	got := mta.received()
+	require.Len(t, got, 2)
+	assert.Equal(t, odmr.Envelope{From: "a@sender.test", To: []string{"u1@example.org"}}, got[0].env)
+	assert.Equal(t, b1, got[0].body)
+	assert.Equal(t, odmr.Envelope{From: "b@sender.test", To: []string{"u2@example.com", "u3@example.com"}}, got[1].env)
+	assert.Equal(t, b2, got[1].body)
+	assert.Zero(t, q.Len())
+}
+
+func TestRelayRefusalsOfTheLocalServerReachTheProvider(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org", "nobody@example.org")
+	addr := custProvider(t, q)
+	mta := &localMTA{refuse: map[string]*smtp.SMTPError{
+		"nobody@example.org": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"},
+	}}
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	_, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	require.Len(t, mta.received(), 1)
+	failed := q.Failed()
+	require.Len(t, failed, 1)
+	assert.Equal(t, "nobody@example.org", failed[0].Recipient)
+	assert.Contains(t, failed[0].Err.Error(), "User unknown")
+}
+
+func TestRelayToAnUnreachableServerLeavesMailQueued(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	addr := custProvider(t, q)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := l.Addr().String()
+	l.Close()
+
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(closed)
+	_, err = c.Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "relay")
+	assert.Equal(t, 1, q.Len())
+	assert.Empty(t, q.Failed())
+}
+
+func TestSMTPSinkKeepsTheEnvelopeAndChecksRecipients(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	body := "Subject: env\r\n\r\nHello.\r\n..\r\n"
+	custEnqueue(t, q, "a@sender.test", body, "u1@example.org", "nobody@example.org", "u2@example.com")
+	custEnqueue(t, q, "", "Subject: bounce\r\n\r\nA bounce.\r\n", "u3@example.org")
+	addr := custProvider(t, q)
+	mta := &localMTA{refuse: map[string]*smtp.SMTPError{
+		"nobody@example.org": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"},
+	}}
+	sink := odmr.NewSMTPSink(startLocalMTA(t, mta, false, "tcp"))
+	res, err := custCustomer(addr, sink, "example.org", "example.com").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Messages)
+	assert.Equal(t, 1, res.RefusedRecipients)
+
+	got := mta.received()
+	require.Len(t, got, 2)
+	assert.Equal(t, odmr.Envelope{From: "a@sender.test", To: []string{"u1@example.org", "u2@example.com"}}, got[0].env)
+	assert.Equal(t, body, got[0].body)
+	assert.Equal(t, "", got[1].env.From, "the null sender is kept")
+
+	failed := q.Failed()
+	require.Len(t, failed, 1, "the local server's RCPT refusal reaches the provider for that recipient")
+	assert.Equal(t, "nobody@example.org", failed[0].Recipient)
+	var e *odmr.Error
+	require.ErrorAs(t, failed[0].Err, &e)
+	assert.Equal(t, 550, e.Code)
+	assert.Equal(t, "User unknown", e.Message)
+	assert.Zero(t, q.Len())
+}
+
+func TestSMTPSinkLocalServerDownIsTemporary(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	addr := custProvider(t, q)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	down := l.Addr().String()
+	l.Close()
+	res, err := custCustomer(addr, odmr.NewSMTPSink(down), "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.RefusedRecipients)
+	assert.Equal(t, 1, q.Len(), "the mail stays with the provider")
+	assert.Empty(t, q.Failed())
+}
+
+func TestLMTPSinkPerRecipientResults(t *testing.T) {
+	mta := func() *localMTA {
+		return &localMTA{
+			refuse: map[string]*smtp.SMTPError{
+				"nobody@example.org": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"},
+			},
+			dataFail: map[string]*smtp.SMTPError{
+				"full@example.org": {Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full"},
+			},
+		}
+	}
+	enqueue := func(t *testing.T) *odmr.MemoryQueue {
+		q := &odmr.MemoryQueue{}
+		custEnqueue(t, q, "a@sender.test", "Subject: lmtp\r\n\r\nx\r\n", "ok@example.org", "nobody@example.org", "full@example.org")
+		return q
+	}
+
+	t.Run("partial delivery handed to OnPartialDelivery", func(t *testing.T) {
+		custNoLeaks(t)
+		q := enqueue(t)
+		addr := custProvider(t, q)
+		local := mta()
+		sink := odmr.NewLMTPSink(startLocalMTA(t, local, true, "unix"))
+		var mu sync.Mutex
+		var partial []odmr.RecipientResult
+		sink.OnPartialDelivery = func(env odmr.Envelope, failed []odmr.RecipientResult) {
+			mu.Lock()
+			partial = append(partial, failed...)
+			mu.Unlock()
+		}
+		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Messages)
+
+		got := local.received()
+		require.Len(t, got, 1)
+		assert.Equal(t, []string{"ok@example.org"}, got[0].env.To)
+		mu.Lock()
+		require.Len(t, partial, 1)
+		assert.Equal(t, "full@example.org", partial[0].Recipient)
+		var e *odmr.Error
+		require.ErrorAs(t, partial[0].Err, &e)
+		assert.Equal(t, 452, e.Code)
+		mu.Unlock()
+
+		failed := q.Failed()
+		require.Len(t, failed, 1)
+		assert.Equal(t, "nobody@example.org", failed[0].Recipient, "refused at RCPT, recipient by recipient")
+		assert.Zero(t, q.Len())
+	})
+
+	t.Run("without OnPartialDelivery the message is retried", func(t *testing.T) {
+		q := enqueue(t)
+		addr := custProvider(t, q)
+		local := mta()
+		sink := odmr.NewLMTPSink("unix:" + startLocalMTA(t, local, true, "unix"))
+		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Refused)
+		failed := q.Failed()
+		require.Len(t, failed, 1)
+		assert.Equal(t, "nobody@example.org", failed[0].Recipient)
+		msgs := q.Messages()
+		require.Len(t, msgs, 1)
+		assert.Equal(t, []string{"ok@example.org", "full@example.org"}, msgs[0].To, "never lost: both stay queued")
+	})
+
+	t.Run("all recipients failing after the data", func(t *testing.T) {
+		q := &odmr.MemoryQueue{}
+		custEnqueue(t, q, "a@sender.test", "Subject: lmtp\r\n\r\nx\r\n", "full@example.org")
+		addr := custProvider(t, q)
+		sink := odmr.NewLMTPSink(startLocalMTA(t, mta(), true, "tcp"))
+		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Refused)
+		_, lastErr := q.LastError("1", "full@example.org")
+		var e *odmr.Error
+		require.ErrorAs(t, lastErr, &e)
+		assert.Equal(t, 452, e.Code, "the LMTP server's reply is passed on")
+		assert.Contains(t, e.Message, "Mailbox full")
+	})
+}
+
+func TestSMTPSinkStopsOnCancel(t *testing.T) {
+	// A local server that accepts the connection and never greets.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = odmr.NewSMTPSink(l.Addr().String()).Deliver(ctx, odmr.Envelope{From: "a@b", To: []string{"c@d"}}, strings.NewReader("x\r\n"))
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
