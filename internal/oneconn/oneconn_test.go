@@ -122,4 +122,3 @@ func TestGoSMTPServerOnOneConnectionLeavesNoGoroutine(t *testing.T) {
 	}
 	assert.LessOrEqual(t, runtime.NumGoroutine(), before, "goroutines left behind")
 }
-
