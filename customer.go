@@ -80,10 +80,14 @@ type Customer struct {
 	// Username and Secret are the credentials for AUTH.
 	Username string
 	Secret   string
+	// Mechanisms lists the SASL mechanisms the customer may use, most
+	// preferred first; the first one the provider offers is used. It knows
+	// SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, PLAIN and LOGIN. nil means
+	// DefaultMechanisms.
+	Mechanisms []string
 	// AllowInsecureAuth permits PLAIN and LOGIN, which send the secret
-	// itself, on a connection without TLS. False means only CRAM-MD5 is
-	// used in clear text. The customer picks CRAM-MD5 when the provider
-	// offers it, then PLAIN, then LOGIN.
+	// itself, on a connection without TLS. False means they are used only
+	// under TLS.
 	AllowInsecureAuth bool
 
 	// Domains are the domains to pull with ATRN. None means a bare ATRN,
@@ -481,25 +485,52 @@ func (s *customerSession) startTLS(timeout time.Duration) error {
 	return nil
 }
 
-// saslClient picks the mechanism: CRAM-MD5, then PLAIN, then LOGIN, the
-// last two only under TLS or when allowed in clear text.
+// DefaultMechanisms is the order in which a [Customer] whose Mechanisms
+// field is nil picks a SASL mechanism among those the provider offers:
+// the SCRAM mechanisms, which prove the provider knows the secret too,
+// then CRAM-MD5, which RFC 2645 makes mandatory, then PLAIN and LOGIN.
+var DefaultMechanisms = []string{SCRAMSHA256, SCRAMSHA1, CRAMMD5, sasl.Plain, sasl.Login}
+
+// saslClient picks the first mechanism of the customer's list that the
+// provider offers; PLAIN and LOGIN only under TLS or when allowed in clear
+// text.
 func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) {
 	has := make(map[string]bool)
 	for _, m := range strings.Fields(offered) {
 		has[m] = true
 	}
+	prefs := c.Mechanisms
+	if prefs == nil {
+		prefs = DefaultMechanisms
+	}
 	clearOK := secure || c.AllowInsecureAuth
+	inClear := false
+	for _, m := range prefs {
+		m = strings.ToUpper(m)
+		if !has[m] {
+			continue
+		}
+		switch m {
+		case SCRAMSHA256, SCRAMSHA1:
+			return NewSCRAMClient(m, c.Username, c.Secret), nil
+		case CRAMMD5:
+			return NewCRAMMD5Client(c.Username, c.Secret), nil
+		case sasl.Plain, sasl.Login:
+			if !clearOK {
+				inClear = true
+				continue
+			}
+			if m == sasl.Plain {
+				return sasl.NewPlainClient("", c.Username, c.Secret), nil
+			}
+			return &loginClient{username: c.Username, password: c.Secret}, nil
+		}
+	}
 	switch {
-	case has[CRAMMD5]:
-		return NewCRAMMD5Client(c.Username, c.Secret), nil
-	case has[sasl.Plain] && clearOK:
-		return sasl.NewPlainClient("", c.Username, c.Secret), nil
-	case has[sasl.Login] && clearOK:
-		return &loginClient{username: c.Username, password: c.Secret}, nil
 	case offered == "":
 		return nil, fmt.Errorf("%w: the EHLO reply lists no AUTH", ErrNoAuthMechanism)
-	case has[sasl.Plain] || has[sasl.Login]:
-		return nil, fmt.Errorf("%w: the provider offers %s, which send the secret in clear text; use TLS or set AllowInsecureAuth",
+	case inClear:
+		return nil, fmt.Errorf("%w: the provider offers %s; PLAIN and LOGIN would send the secret in clear text: use TLS or set AllowInsecureAuth",
 			ErrNoAuthMechanism, offered)
 	}
 	return nil, fmt.Errorf("%w: the provider offers %s", ErrNoAuthMechanism, offered)
@@ -534,7 +565,9 @@ func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (strin
 				s.cancelAuth(timeout)
 				return "", fmt.Errorf("odmr: AUTH %s: %w", mech, err)
 			}
-			r, err = s.cmd(timeout, encodeSASL(resp), "(AUTH response)")
+			// An empty response is an empty line; "=" is only for an
+			// initial response (RFC 4954 section 4).
+			r, err = s.cmd(timeout, base64.StdEncoding.EncodeToString(resp), "(AUTH response)")
 			continue
 		case r.code >= 400:
 			s.quit()

@@ -3,12 +3,19 @@ package odmr_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/textproto"
 	"os"
@@ -172,7 +179,7 @@ func TestCustomerFetchesSeveralDomainsEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, res.NoMail)
 	assert.Equal(t, []string{"example.org", "example.com"}, res.Domains)
-	assert.Equal(t, "CRAM-MD5", res.Mechanism)
+	assert.Equal(t, "SCRAM-SHA-256", res.Mechanism, "the strongest mechanism offered")
 	assert.Equal(t, 3, res.Messages)
 	assert.Equal(t, 5, res.Recipients)
 	assert.Zero(t, res.Refused)
@@ -195,6 +202,107 @@ func TestCustomerFetchesSeveralDomainsEndToEnd(t *testing.T) {
 	assert.Zero(t, q.Queued("example.com"))
 	assert.Equal(t, 2, q.Queued("example.net"))
 	assert.Empty(t, q.Failed())
+}
+
+// custCert returns a self-signed certificate for provider.example.net and
+// a pool that trusts it.
+func custCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "provider.example.net"},
+		DNSNames:              []string{"provider.example.net"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+func TestCustomerMechanismChoice(t *testing.T) {
+	cert, pool := custCert(t)
+	noChallengeResponse := func(p *odmr.Provider) { p.DisableSCRAM, p.DisableCRAMMD5 = true, true }
+	cases := []struct {
+		name     string
+		provider []func(*odmr.Provider)
+		customer func(*odmr.Customer)
+		want     string // mechanism, or "" for ErrNoAuthMechanism
+	}{
+		// SCRAM first: it proves that the provider knows the secret too.
+		{"default", nil, nil, "SCRAM-SHA-256"},
+		// The mechanism RFC 2645 makes mandatory, when asked for.
+		{"pinned CRAM-MD5", nil, func(c *odmr.Customer) { c.Mechanisms = []string{"CRAM-MD5"} }, "CRAM-MD5"},
+		{"SCRAM-SHA-1", []func(*odmr.Provider){func(p *odmr.Provider) { p.DisableCRAMMD5 = true }},
+			func(c *odmr.Customer) { c.Mechanisms = []string{"SCRAM-SHA-1", "CRAM-MD5"} }, "SCRAM-SHA-1"},
+		// PLAIN in clear only when the customer allows it too.
+		{"PLAIN refused in clear", []func(*odmr.Provider){noChallengeResponse, func(p *odmr.Provider) { p.AllowInsecureAuth = true }},
+			nil, ""},
+		{"PLAIN allowed in clear", []func(*odmr.Provider){noChallengeResponse, func(p *odmr.Provider) { p.AllowInsecureAuth = true }},
+			func(c *odmr.Customer) { c.AllowInsecureAuth = true }, "PLAIN"},
+		{"LOGIN", []func(*odmr.Provider){noChallengeResponse, func(p *odmr.Provider) { p.AllowInsecureAuth = true }},
+			func(c *odmr.Customer) { c.AllowInsecureAuth, c.Mechanisms = true, []string{"LOGIN"} }, "LOGIN"},
+		// Under STARTTLS PLAIN needs no permission.
+		{"PLAIN under STARTTLS", []func(*odmr.Provider){noChallengeResponse, func(p *odmr.Provider) {
+			p.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		}}, func(c *odmr.Customer) {
+			c.TLSConfig = &tls.Config{RootCAs: pool, ServerName: "provider.example.net"}
+		}, "PLAIN"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			q := &odmr.MemoryQueue{}
+			custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+			addr := custProvider(t, q, tc.provider...)
+			sink := &memSink{}
+			c := custCustomer(addr, sink, "example.org")
+			if tc.customer != nil {
+				tc.customer(c)
+			}
+			res, err := c.Fetch(context.Background())
+			if tc.want == "" {
+				require.ErrorIs(t, err, odmr.ErrNoAuthMechanism)
+				assert.Contains(t, err.Error(), "AllowInsecureAuth")
+				assert.Equal(t, 1, q.Len())
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, res.Mechanism)
+			assert.Equal(t, 1, res.Messages)
+		})
+	}
+}
+
+func TestCustomerSTARTTLSRequiredButNotOffered(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	addr := custProvider(t, q)
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.TLSConfig = &tls.Config{}
+	_, err := c.Fetch(context.Background())
+	assert.ErrorIs(t, err, odmr.ErrNoStartTLS)
+}
+
+func TestCustomerSTARTTLSVerifiesTheCertificate(t *testing.T) {
+	cert, _ := custCert(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	addr := custProvider(t, q, func(p *odmr.Provider) { p.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.TLSConfig = &tls.Config{ServerName: "provider.example.net"} // system roots: untrusted
+	_, err := c.Fetch(context.Background())
+	var ue *tls.CertificateVerificationError
+	assert.ErrorAs(t, err, &ue)
+	assert.Equal(t, 1, q.Len())
 }
 
 func TestCustomerBareATRNPullsEveryDomainOfTheAccount(t *testing.T) {

@@ -1,0 +1,261 @@
+// Command odmr-customer collects the mail an ODMR provider (RFC 2645)
+// holds for your domains and delivers it locally: into a Maildir, to a
+// local SMTP or LMTP server with the envelope kept, or by relaying the
+// session byte for byte to a local SMTP server as fetchmail does.
+//
+// Usage:
+//
+//	odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
+//	    [-domains a.example,b.example] (-maildir DIR | -lmtp ADDR | -smtp ADDR | -relay HOST:PORT)
+//
+// Run it from cron or a network hook each time the link comes up. The
+// exit status tells what happened; see -h.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/maildir"
+)
+
+// Exit statuses, close to fetchmail's for the same events.
+const (
+	exitMail      = 0 // mail was collected
+	exitNoMail    = 1 // no mail waiting (453, or nothing sent after the swap)
+	exitFailure   = 2 // connection or protocol failure
+	exitAuth      = 3 // authentication refused or impossible
+	exitRefused   = 4 // ATRN refused (450), or the provider does not do ATRN
+	exitUsage     = 5 // bad flags or configuration
+	exitTemporary = 8 // the provider is busy or cannot serve now (451, 421, 454)
+)
+
+const usageText = `Usage: odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
+                     [-domains a.example,b.example] TARGET [flags]
+
+Collects the mail an ODMR provider (RFC 2645) holds for your domains: it
+connects (port 366 by default), authenticates with CRAM-MD5, asks for the
+domains with ATRN and receives the mail as an SMTP server on the same
+connection. The secret is read from -secret-file, or from the environment
+variable ODMR_SECRET; it is never taken on the command line.
+
+TARGET is exactly one of:
+  -maildir DIR       store each message in the Maildir DIR (created if missing)
+  -lmtp ADDR         deliver to an LMTP server (host:port or a socket path),
+                     keeping the envelope; recipients are checked one by one
+  -smtp ADDR         deliver to an SMTP server (host:port), keeping the envelope
+  -relay HOST:PORT   pass the session byte for byte to a local SMTP server,
+                     as fetchmail does; its replies go to the provider
+
+Exit status:
+  0  mail was collected (messages refused locally are logged)
+  1  no mail was waiting
+  2  connection or protocol failure
+  3  authentication refused (535, 530), or no usable mechanism
+  4  ATRN refused (450: a domain not yours, or asking too often), or the
+     provider does not offer ATRN
+  5  usage or configuration error
+  8  temporary failure at the provider (451, 421, 454): try again later
+
+Flags:
+`
+
+type config struct {
+	provider, user, secretFile, domains, hostname string
+	maildir, lmtp, smtp, relay                    string
+	timeout                                       time.Duration
+	startTLS, allowInsecureAuth, verbose          bool
+	maxMessageSize                                int64
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	var c config
+	fs := flag.NewFlagSet("odmr-customer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.provider, "provider", "", "the provider, `HOST[:PORT]` (port 366 by default)")
+	fs.StringVar(&c.user, "user", "", "account `NAME` at the provider")
+	fs.StringVar(&c.secretFile, "secret-file", "", "`FILE` holding the secret (default: $ODMR_SECRET)")
+	fs.StringVar(&c.domains, "domains", "", "`DOMAINS` to collect, comma-separated (default: all of the account's)")
+	fs.StringVar(&c.maildir, "maildir", "", "store mail in the Maildir `DIR`")
+	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
+	fs.StringVar(&c.smtp, "smtp", "", "deliver to the SMTP server at `ADDR`")
+	fs.StringVar(&c.relay, "relay", "", "relay the session to the SMTP server at `HOST:PORT`")
+	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
+	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
+	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate")
+	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
+	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
+	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageText)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	case c.provider == "":
+		return nil, errors.New("-provider HOST[:PORT] is required")
+	case c.user == "":
+		return nil, errors.New("-user NAME is required")
+	case c.timeout <= 0:
+		return nil, errors.New("-timeout must be positive")
+	}
+	n := 0
+	for _, t := range []string{c.maildir, c.lmtp, c.smtp, c.relay} {
+		if t != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New("give exactly one of -maildir DIR, -lmtp ADDR, -smtp ADDR or -relay HOST:PORT")
+	}
+	return &c, nil
+}
+
+// readSecret reads the secret from the file, or from ODMR_SECRET.
+func readSecret(c *config, log *slog.Logger) (string, error) {
+	if c.secretFile == "" {
+		s := os.Getenv("ODMR_SECRET")
+		if s == "" {
+			return "", errors.New("no secret: give -secret-file FILE or set ODMR_SECRET")
+		}
+		return s, nil
+	}
+	fi, err := os.Stat(c.secretFile)
+	if err != nil {
+		return "", fmt.Errorf("-secret-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("odmr-customer: the secret file is readable by others; chmod 600 it", "file", c.secretFile)
+	}
+	b, err := os.ReadFile(c.secretFile)
+	if err != nil {
+		return "", fmt.Errorf("-secret-file: %w", err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("-secret-file %s is empty", c.secretFile)
+	}
+	return s, nil
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitMail
+	} else if err != nil {
+		fmt.Fprintln(stderr, "odmr-customer:", err)
+		return exitUsage
+	}
+	level := slog.LevelInfo
+	if cfg.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	secret, err := readSecret(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "odmr-customer:", err)
+		return exitUsage
+	}
+	c := &odmr.Customer{
+		Addr:              cfg.provider,
+		Username:          cfg.user,
+		Secret:            secret,
+		Hostname:          cfg.hostname,
+		AllowInsecureAuth: cfg.allowInsecureAuth,
+		MaxMessageSize:    cfg.maxMessageSize,
+		CommandTimeout:    cfg.timeout,
+		ATRNTimeout:       max(cfg.timeout, odmr.DefaultATRNTimeout),
+		IdleTimeout:       cfg.timeout,
+		Logger:            log,
+	}
+	if cfg.startTLS {
+		c.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if cfg.domains != "" {
+		c.Domains = strings.Split(cfg.domains, ",")
+	}
+	switch {
+	case cfg.maildir != "":
+		sink, err := maildir.New(cfg.maildir)
+		if err != nil {
+			fmt.Fprintln(stderr, "odmr-customer:", err)
+			return exitUsage
+		}
+		sink.ReturnPath, sink.DeliveredTo = true, true
+		c.Sink = sink
+	case cfg.lmtp != "":
+		c.Sink = odmr.NewLMTPSink(cfg.lmtp)
+	case cfg.smtp != "":
+		c.Sink = odmr.NewSMTPSink(cfg.smtp)
+	case cfg.relay != "":
+		c.Handler = odmr.Relay(cfg.relay)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	res, err := c.Fetch(ctx)
+	code := exitCode(res, err)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "odmr-customer: %v\n", err)
+	case res.NoMail:
+		fmt.Fprintf(stderr, "odmr-customer: no mail waiting at %s\n", cfg.provider)
+	case c.Handler != nil:
+		fmt.Fprintf(stderr, "odmr-customer: session with %s relayed to %s in %v\n",
+			cfg.provider, cfg.relay, res.Duration.Round(time.Millisecond))
+	default:
+		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v\n",
+			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond))
+		if res.Refused > 0 || res.RefusedRecipients > 0 {
+			fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
+				res.Refused, res.RefusedRecipients)
+		}
+	}
+	return code
+}
+
+// exitCode maps the outcome of a fetch to the exit status.
+func exitCode(res *odmr.FetchResult, err error) int {
+	var e *odmr.Error
+	switch {
+	case err == nil && res.NoMail:
+		return exitNoMail
+	case err == nil:
+		return exitMail
+	case errors.Is(err, odmr.ErrAuthFailed), errors.Is(err, odmr.ErrAuthRequired),
+		errors.Is(err, odmr.ErrNoAuthMechanism), errors.As(err, &e) && isAuthCode(e.Code):
+		return exitAuth
+	case errors.Is(err, odmr.ErrATRNRefused), errors.Is(err, odmr.ErrNoATRN), errors.Is(err, odmr.ErrNotImplemented):
+		return exitRefused
+	case errors.As(err, &e) && e.Temporary():
+		return exitTemporary
+	}
+	return exitFailure
+}
+
+// isAuthCode tells the permanent replies of RFC 4954 that refuse an
+// authentication: 534 (mechanism too weak), 538 (encryption required),
+// 504 (mechanism unknown).
+func isAuthCode(code int) bool {
+	return code == 534 || code == 538 || code == 504
+}
