@@ -1,0 +1,530 @@
+package spool
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-odmr/odmr"
+)
+
+// Defaults for the zero values of [Options].
+const (
+	DefaultLeaseTTL            = 15 * time.Minute
+	DefaultMaxAge              = 5 * 24 * time.Hour
+	DefaultMaintenanceInterval = time.Minute
+)
+
+// Options configures a [Spool]. The zero value is ready to use: no quota,
+// DSNs kept in the spool until a Bouncer is set, expiry after five days.
+type Options struct {
+	// LeaseTTL is how long a session may go without touching a message it
+	// leased (reading its body, completing it) before the lease is taken
+	// back and the recipients can be given to another session. It guards
+	// against a session that hangs or leaks its batch; a process that dies
+	// loses its leases at once. 0 means DefaultLeaseTTL, 15 minutes.
+	LeaseTTL time.Duration
+
+	// MaxAge is how long a message may stay queued. A recipient still
+	// queued after that fails with status 4.4.7 and a delivery status
+	// notification goes to the sender. 0 means DefaultMaxAge, 5 days.
+	MaxAge time.Duration
+
+	// Bouncer sends the delivery status notifications (DSNs) the spool
+	// writes when recipients fail. DSNs wait in the spool's dsn/ directory
+	// until the Bouncer accepts them and are retried after failures; nil
+	// keeps them there until the spool is opened with a Bouncer.
+	Bouncer Bouncer
+
+	// Hostname names this host in DSNs (Reporting-MTA, From, Message-ID).
+	// "" means the name os.Hostname returns, or "localhost".
+	Hostname string
+
+	// Quota limits what may be queued per domain. nil means no limit.
+	Quota QuotaFunc
+
+	// MaintenanceInterval is how often a background goroutine expires old
+	// messages (Expire), retries DSNs (FlushBounces) and refreshes the index
+	// from what other processes did. A new DSN is also handed to the Bouncer
+	// as soon as it is written. 0 means DefaultMaintenanceInterval, 1
+	// minute; a negative value disables all background work, and the
+	// program calls Expire and FlushBounces itself.
+	MaintenanceInterval time.Duration
+
+	// Logger receives the spool's log: unreadable files skipped, leases
+	// taken back, DSNs that could not be sent. nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// QuotaFunc returns the limits on what may be queued for domain: at most
+// maxBytes bytes of messages and at most maxMessages messages. 0 means no
+// limit. A message with recipients in several domains counts fully in
+// each.
+type QuotaFunc func(domain string) (maxBytes int64, maxMessages int)
+
+// Spool is a durable mail queue in a directory: an [odmr.QueueSource] whose
+// messages survive crashes and restarts, and that several processes can
+// share. Create one with [Open]; it is safe for concurrent use.
+type Spool struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	idx       index
+	refreshMu sync.Mutex // one refresh at a time
+
+	mu     sync.Mutex
+	leases map[groupKey]*message // groups leased by this Spool's batches
+	closed bool
+	bad    map[string]bool // unreadable envelopes already logged
+
+	flushMu sync.Mutex // one outbox flush at a time
+	kick    chan struct{}
+	ctx     context.Context // canceled by Close
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// groupKey names the recipients of one message in one domain directory:
+// the unit of a lease.
+type groupKey struct{ id, dir string }
+
+// The spool's directories.
+const (
+	queueDir   = "queue"   // <id>.eml and <id>.json
+	domainsDir = "domains" // <domain>/<id> markers
+	tmpDir     = "tmp"     // files being written
+	dsnDir     = "dsn"     // DSNs waiting for the Bouncer
+	deadDir    = "dead"    // DSNs that could not be delivered
+	layoutFile = "spool.json"
+)
+
+// layoutVersion is the version of the directory layout.
+const layoutVersion = 1
+
+// tmpGrace is the age after which an unlocked temporary file is debris.
+// Files that stay in tmp/ for long (message bodies being received) are
+// locked while they are written.
+var tmpGrace = time.Hour
+
+// Open opens the spool in dir, creating it if needed. It reads every
+// envelope to build the index, restores the domain markers a crash may
+// have lost, and removes the debris of interrupted writes: temporary files
+// and bodies whose envelope was never committed. Unreadable envelopes are
+// logged and left alone.
+//
+// Several processes, and several Spools in one process, may open the same
+// directory at once; it must be on a local file system (see the package
+// documentation). Close the Spool to stop its background work.
+func Open(dir string, opts Options) (*Spool, error) {
+	if !lockingSupported {
+		return nil, errors.New("spool: file locking is not supported on this platform")
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = DefaultLeaseTTL
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultMaxAge
+	}
+	if opts.MaintenanceInterval == 0 {
+		opts.MaintenanceInterval = DefaultMaintenanceInterval
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+		if opts.Hostname == "" {
+			opts.Hostname = "localhost"
+		}
+	}
+	s := &Spool{
+		dir:    dir,
+		opts:   opts,
+		log:    opts.Logger,
+		leases: make(map[groupKey]*message),
+		bad:    make(map[string]bool),
+		kick:   make(chan struct{}, 1),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.idx.init()
+	for _, d := range []string{queueDir, domainsDir, tmpDir, dsnDir, deadDir} {
+		if err := os.MkdirAll(s.path(d), dirPerm); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	if err := s.checkLayout(); err != nil {
+		return nil, err
+	}
+	s.cleanTmp()
+	known, err := s.scanQueue()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.refresh(known); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s.cleanOutbox()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if opts.MaintenanceInterval > 0 {
+		s.wg.Add(1)
+		go s.background()
+	}
+	return s, nil
+}
+
+// checkLayout reads the layout version of the directory, or writes it in a
+// new spool.
+func (s *Spool) checkLayout() error {
+	path := s.path(layoutFile)
+	data, err := os.ReadFile(path)
+	if isNotExist(err) {
+		data, _ = json.Marshal(map[string]any{"format": "odmr-spool", "version": layoutVersion})
+		if err := writeAtomic(s.path(tmpDir), path, append(data, '\n')); err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	var v struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return fmt.Errorf("spool: %s: %w", path, err)
+	}
+	if v.Version != layoutVersion {
+		return fmt.Errorf("spool: %s: layout version %d, this package reads version %d", path, v.Version, layoutVersion)
+	}
+	return nil
+}
+
+// scanQueue reads every envelope, restores missing markers and removes
+// bodies left without an envelope.
+func (s *Spool) scanQueue() (map[string]*msgInfo, error) {
+	names, err := readNames(s.path(queueDir))
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	envs := make(map[string]bool)
+	var bodies []string
+	for _, n := range names {
+		id, ext, _ := strings.Cut(n, ".")
+		if !isID(id) {
+			continue
+		}
+		switch ext {
+		case "json":
+			envs[id] = true
+		case "eml":
+			bodies = append(bodies, id)
+		}
+	}
+	known := make(map[string]*msgInfo, len(envs))
+	for id := range envs {
+		env, err := readEnvelope(s.envPath(id), id)
+		if isNotExist(err) {
+			continue // completed meanwhile by another process
+		} else if err != nil {
+			s.logUnreadable(id, err)
+			known[id] = &msgInfo{unreadable: true, received: idTime(id)}
+			continue
+		}
+		known[id] = infoOf(env)
+		for dir := range env.queuedDirs() {
+			if err := s.restoreMarker(dir, id); err != nil {
+				return nil, fmt.Errorf("spool: %w", err)
+			}
+		}
+	}
+	for _, id := range bodies {
+		if !envs[id] {
+			s.removeOrphanBody(id)
+		}
+	}
+	return known, nil
+}
+
+// restoreMarker creates the marker of a committed message if it is
+// missing, as it can be after a power failure.
+func (s *Spool) restoreMarker(dir, id string) error {
+	path := s.markerPath(dir, id)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), dirPerm); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	s.log.Info("spool: restored missing domain marker", "id", id, "dir", dir)
+	return f.Close()
+}
+
+// removeOrphanBody removes a body whose envelope does not exist, unless
+// someone holds it: an Enqueue that has not committed yet, or a Complete
+// removing the message.
+func (s *Spool) removeOrphanBody(id string) {
+	f, _, err := lockPath(s.bodyPath(id))
+	if f == nil || err != nil {
+		return
+	}
+	defer f.Close()
+	if _, err := os.Stat(s.envPath(id)); !isNotExist(err) {
+		return
+	}
+	if err := os.Remove(s.bodyPath(id)); err == nil {
+		s.log.Info("spool: removed a body without envelope, left by a crash", "id", id)
+	}
+}
+
+// cleanTmp removes temporary files left by crashes.
+func (s *Spool) cleanTmp() {
+	names, err := readNames(s.path(tmpDir))
+	if err != nil {
+		s.log.Warn("spool: cannot list temporary files", "err", err)
+		return
+	}
+	for _, n := range names {
+		if len(n) < idLen || !isID(n[:idLen]) || time.Since(idTime(n[:idLen])) < tmpGrace {
+			continue
+		}
+		path := filepath.Join(s.path(tmpDir), n)
+		f, _, err := lockPath(path)
+		if f == nil || err != nil {
+			continue
+		}
+		os.Remove(path)
+		f.Close()
+	}
+}
+
+// cleanMarker removes the marker of id in dir if, once locked, the
+// envelope shows nothing queued there.
+func (s *Spool) cleanMarker(dir, id string) {
+	f, _, err := lockPath(s.markerPath(dir, id))
+	if f == nil || err != nil {
+		return
+	}
+	defer f.Close()
+	env, err := readEnvelope(s.envPath(id), id)
+	if isNotExist(err) || err == nil && !env.queuedIn(dir) {
+		removeIfExists(s.markerPath(dir, id))
+	}
+}
+
+// Close stops the background work, waits for it and releases the leases
+// still held by the Spool's batches. The Spool cannot be used afterwards.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	held := make(map[*message]bool)
+	for _, m := range s.leases {
+		held[m] = true
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	for m := range held {
+		m.release(stateReleased)
+	}
+	return nil
+}
+
+var errClosed = errors.New("spool: closed")
+
+func (s *Spool) checkOpen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	return nil
+}
+
+// HasMail reports whether recipients in any of domains are queued. It
+// reads one directory entry per domain from disk, so it sees what other
+// processes did, and costs the same whatever the size of the queue.
+// Recipients leased by a session count as queued.
+func (s *Spool) HasMail(ctx context.Context, domains []string) (bool, error) {
+	if err := s.checkOpen(); err != nil {
+		return false, err
+	}
+	for _, d := range domains {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		has, err := s.hasMarker(dirName(canonical(d)))
+		if has || err != nil {
+			return has, err
+		}
+	}
+	return false, nil
+}
+
+// hasMarker reports whether domain directory dir holds a marker.
+func (s *Spool) hasMarker(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(s.path(domainsDir), dir))
+	if isNotExist(err) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("spool: %w", err)
+	}
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(16)
+		for _, n := range names {
+			if isID(n) {
+				return true, nil
+			}
+		}
+		if err == io.EOF {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("spool: %w", err)
+		}
+	}
+}
+
+// canonical returns a domain as RecipientDomain does.
+func canonical(domain string) string { return odmr.RecipientDomain("@" + domain) }
+
+// Claim starts delivering the mail queued for domains. The batch leases the
+// messages one at a time, in arrival order; see [odmr.Batch].
+func (s *Spool) Claim(ctx context.Context, domains []string) (odmr.Batch, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	b := &batch{s: s, considered: make(map[string]bool)}
+	seen := make(map[string]bool)
+	for _, d := range domains {
+		dir := dirName(canonical(d))
+		if !seen[dir] {
+			seen[dir] = true
+			b.dirs = append(b.dirs, dir)
+		}
+	}
+	return b, nil
+}
+
+// MessageInfo describes a queued message.
+type MessageInfo struct {
+	// Envelope is the message's envelope; To lists all its recipients.
+	Envelope odmr.Envelope
+	// Recipients holds the state of each recipient, in envelope order.
+	Recipients []RecipientInfo
+}
+
+// RecipientInfo is the state of one recipient of a queued message.
+type RecipientInfo struct {
+	Addr  string
+	State State
+	// Attempts counts the deliveries that failed temporarily.
+	Attempts    int
+	LastAttempt time.Time
+	// LastError is the error of the last failed attempt, or the permanent
+	// failure; errors.As finds the *odmr.Error of an SMTP reply in it.
+	LastError error
+}
+
+// Stat reads the state of message id from disk. A message that is no longer
+// queued gives an error matching fs.ErrNotExist.
+func (s *Spool) Stat(id string) (MessageInfo, error) {
+	if !isID(id) {
+		return MessageInfo{}, fmt.Errorf("spool: no message %q: %w", id, fs.ErrNotExist)
+	}
+	env, err := readEnvelope(s.envPath(id), id)
+	if isNotExist(err) {
+		return MessageInfo{}, fmt.Errorf("spool: no message %s: %w", id, fs.ErrNotExist)
+	} else if err != nil {
+		return MessageInfo{}, err
+	}
+	info := MessageInfo{Envelope: env.envelope(nil)}
+	for _, r := range env.Recipients {
+		info.Envelope.To = append(info.Envelope.To, r.Addr)
+		info.Recipients = append(info.Recipients, RecipientInfo{
+			Addr: r.Addr, State: r.State, Attempts: r.Attempts,
+			LastAttempt: r.LastAttempt, LastError: r.LastError.err(),
+		})
+	}
+	return info, nil
+}
+
+// background runs the periodic maintenance and hands new DSNs to the
+// Bouncer.
+func (s *Spool) background() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opts.MaintenanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+			if _, err := s.flush(s.ctx, true); err != nil && s.ctx.Err() == nil {
+				s.log.Warn("spool: cannot send DSNs", "err", err)
+			}
+		case <-t.C:
+			s.maintain(s.ctx)
+		}
+	}
+}
+
+// maintain refreshes the index, expires old messages and retries DSNs.
+func (s *Spool) maintain(ctx context.Context) {
+	if n, err := s.Expire(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("spool: expiry failed", "err", err)
+	} else if n > 0 {
+		s.log.Info("spool: expired messages", "count", n)
+	}
+	if _, err := s.flush(ctx, true); err != nil && ctx.Err() == nil {
+		s.log.Warn("spool: cannot send DSNs", "err", err)
+	}
+}
+
+// kickBouncer wakes the background goroutine to send new DSNs.
+func (s *Spool) kickBouncer() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// logUnreadable logs an unreadable envelope, once per process.
+func (s *Spool) logUnreadable(id string, err error) {
+	s.mu.Lock()
+	logged := s.bad[id]
+	s.bad[id] = true
+	s.mu.Unlock()
+	if !logged {
+		s.log.Error("spool: skipping message with unreadable envelope; the file is left in place", "id", id, "err", err)
+	}
+}
+
+func (s *Spool) path(name ...string) string {
+	return filepath.Join(append([]string{s.dir}, name...)...)
+}
+
+func (s *Spool) envPath(id string) string  { return filepath.Join(s.dir, queueDir, id+".json") }
+func (s *Spool) bodyPath(id string) string { return filepath.Join(s.dir, queueDir, id+".eml") }
+func (s *Spool) markerPath(dir, id string) string {
+	return filepath.Join(s.dir, domainsDir, dir, id)
+}
+
+var _ odmr.QueueSource = (*Spool)(nil)
