@@ -181,7 +181,7 @@ type FetchResult struct {
 }
 
 // maxReplyLine and maxReplyLines bound what the customer reads of one
-// reply before the swap.
+// reply before the swap; maxAuthSteps bounds the challenges of one AUTH.
 const (
 	maxReplyLine  = 4096
 	maxReplyLines = 100
@@ -236,6 +236,9 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("odmr: fetch from %s stopped: %w", addr, ctx.Err())
 		}
+		if err != nil {
+			log.Info("odmr: fetch failed", "err", err, "messages", res.Messages)
+		}
 	}()
 
 	s := &customerSession{c: c, ctx: ctx, conn: conn, br: bufio.NewReaderSize(conn, 4096), log: log}
@@ -254,7 +257,6 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		err = c.receive(ctx, rc, res, log)
 	}
 	if err != nil {
-		log.Info("odmr: fetch failed after the swap", "err", err, "messages", res.Messages)
 		return res, err
 	}
 	log.Info("odmr: fetch done", "messages", res.Messages, "recipients", res.Recipients,

@@ -452,6 +452,7 @@ func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
 		".leading dot\r\n" +
 		"...three\r\n" +
 		" .space then dot\r\n" +
+		strings.Repeat("a line longer than RFC 5321 allows, as real mail has ", 100) + "\r\n" +
 		"Grüße, ½ € \xff\xfe raw bytes\r\n" +
 		"\r\n" +
 		".\r\n"
@@ -670,22 +671,55 @@ func TestCustomerRefusesBareCR(t *testing.T) {
 }
 
 func TestCustomerMaxMessageSize(t *testing.T) {
+	const limit = 4096
+	var b strings.Builder
+	b.WriteString("Subject: exact\r\n\r\n")
+	for b.Len() < limit-100 {
+		b.WriteString(strings.Repeat("x", 78) + "\r\n")
+	}
+	b.WriteString(strings.Repeat("y", limit-b.Len()-2) + "\r\n")
+	exact := b.String()
+	require.Len(t, exact, limit)
 	q := &odmr.MemoryQueue{}
-	custEnqueue(t, q, "a@sender.test", "Subject: small\r\n\r\nsmall\r\n", "u1@example.org")
-	custEnqueue(t, q, "b@sender.test", "Subject: big\r\n\r\n"+strings.Repeat("0123456789\r\n", 1000), "u2@example.org")
+	custEnqueue(t, q, "a@sender.test", exact, "u1@example.org")
+	custEnqueue(t, q, "b@sender.test", exact[:limit-2]+"x\r\n", "u2@example.org")
 	addr := custProvider(t, q)
 	sink := &memSink{}
 	c := custCustomer(addr, sink, "example.org")
-	c.MaxMessageSize = 4096
+	c.MaxMessageSize = limit
 	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, 1, res.Messages)
+	assert.Equal(t, 1, res.Messages, "a message of exactly the limit passes")
+	require.Len(t, sink.received(), 1)
+	assert.Equal(t, exact, sink.received()[0].body)
 	failed := q.Failed()
-	require.Len(t, failed, 1)
+	require.Len(t, failed, 1, "one byte more does not")
 	assert.Equal(t, "u2@example.org", failed[0].Recipient)
 	var e *odmr.Error
 	require.ErrorAs(t, failed[0].Err, &e)
-	assert.Equal(t, 552, e.Code, "the provider sees the advertised SIZE and does not send it")
+	assert.Equal(t, 552, e.Code)
+}
+
+func TestCustomerMaxMessageSizeWithoutDeclaredSize(t *testing.T) {
+	// Without SIZE= in MAIL FROM the limit is enforced on the data.
+	const limit = 4096
+	q := &custQueue{
+		env:  odmr.Envelope{ID: "big", From: "a@sender.test", To: []string{"u1@example.org"}},
+		open: func() io.Reader { return bigBody(limit + 100) },
+	}
+	addr := custProvider(t, q)
+	sink := &hashSink{}
+	c := custCustomer(addr, sink, "example.org")
+	c.MaxMessageSize = limit
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Refused)
+	assert.Empty(t, sink.sums)
+	out := q.outcome()
+	require.Len(t, out, 1)
+	var e *odmr.Error
+	require.ErrorAs(t, out[0].Err, &e)
+	assert.Equal(t, 552, e.Code)
 }
 
 func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {

@@ -40,11 +40,17 @@ var errBareLineEnding = &smtp.SMTPError{
 	Message:      "Message contains a bare CR or LF; lines must end with CRLF",
 }
 
-// errLineTooLongData refuses a message with a line over go-smtp's limit.
+// maxLineLength bounds a line of the reversed session, commands and
+// message lines alike. RFC 5321 allows 1000 bytes, but mail with longer
+// lines exists, and refusing it would bounce it: only a line too long to
+// be text is refused.
+const maxLineLength = 64 << 10
+
+// errLineTooLongData refuses a message with a line over maxLineLength.
 var errLineTooLongData = &smtp.SMTPError{
 	Code:         554,
 	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-	Message:      "Message has a line longer than 2000 bytes",
+	Message:      "Message has a line longer than 64 KiB",
 }
 
 // receive serves the reversed session with go-smtp's server, which hands
@@ -54,15 +60,23 @@ var errLineTooLongData = &smtp.SMTPError{
 // receive returns.
 func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult, log *slog.Logger) error {
 	rcv := &receiver{
-		ctx:    ctx,
-		sink:   c.Sink,
-		log:    log,
-		prefix: strconv.FormatInt(time.Now().UnixNano(), 36),
+		ctx:     ctx,
+		sink:    c.Sink,
+		log:     log,
+		prefix:  strconv.FormatInt(time.Now().UnixNano(), 36),
+		maxSize: c.MaxMessageSize,
 	}
 	srv := smtp.NewServer(rcv)
 	srv.Domain = c.hostname()
-	srv.MaxMessageBytes = c.MaxMessageSize
+	if c.MaxMessageSize > 0 {
+		// go-smtp v0.25.1 refuses a message of exactly MaxMessageBytes
+		// (its data reader fails once the limit is used up, before it
+		// sees the end of the data): give it one byte more and enforce
+		// the limit here, at MAIL and while reading.
+		srv.MaxMessageBytes = c.MaxMessageSize + 1
+	}
 	srv.EnableSMTPUTF8 = true
+	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 
 	l := oneconn.New(conn)
@@ -110,10 +124,11 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 
 // receiver is the go-smtp backend of one reversed session.
 type receiver struct {
-	ctx    context.Context
-	sink   MessageSink
-	log    *slog.Logger
-	prefix string // of message IDs
+	ctx     context.Context
+	sink    MessageSink
+	log     *slog.Logger
+	prefix  string // of message IDs
+	maxSize int64  // 0 for no limit
 
 	inflight sync.WaitGroup // Data calls under way
 
@@ -193,6 +208,9 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil {
 		env.Size, env.Body, env.UTF8 = opts.Size, BodyType(opts.Body), opts.UTF8
 	}
+	if s.r.maxSize > 0 && env.Size > s.r.maxSize {
+		return smtp.ErrDataTooLarge
+	}
 	s.mu.Lock()
 	s.env, s.inTx = env, true
 	s.mu.Unlock()
@@ -235,7 +253,7 @@ func (s *recvSession) Data(r io.Reader) error {
 	s.mu.Unlock()
 	env.Received = time.Now()
 
-	body := &bodyReader{r: r}
+	body := &bodyReader{r: r, max: s.r.maxSize}
 	err := s.r.sink.Deliver(s.r.ctx, env, body)
 	if err == nil && body.err == nil && !body.eof {
 		// The sink must read the message to its end. A sink that returns
@@ -289,6 +307,7 @@ func (s *recvSession) refused() {
 // error that ended the stream.
 type bodyReader struct {
 	r   io.Reader
+	max int64 // 0 for no limit
 	n   int64
 	cr  bool // the last byte read was a CR
 	eof bool
@@ -303,6 +322,10 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.r.Read(p)
+	if b.max > 0 && b.n+int64(n) > b.max {
+		n = int(b.max - b.n)
+		err = smtp.ErrDataTooLarge
+	}
 	if bad := b.check(p[:n]); bad >= 0 {
 		b.n += int64(bad)
 		b.err = errBareLineEnding

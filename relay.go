@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// relayGrace is how long a relay waits for the local server to finish once
-// the provider has stopped sending (the 221 after QUIT).
+// relayGrace is how long a relay waits for one side to finish once the
+// other has (the local server's 221 after the provider's QUIT, or the
+// provider's close after the local server's).
 const relayGrace = 30 * time.Second
 
 // Relay returns a [Handler] that connects to the SMTP server at addr and
@@ -80,7 +81,14 @@ func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 		// the provider.
 		conn.Close()
 	}
-	errTo := <-toLocal
+	var errTo error
+	select {
+	case errTo = <-toLocal:
+	case <-time.After(relayGrace):
+		// The local server is gone and the provider does not hang up.
+		conn.Close()
+		errTo = <-toLocal
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

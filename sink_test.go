@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/textproto"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -324,4 +325,37 @@ func TestSMTPSinkStopsOnCancel(t *testing.T) {
 	err = odmr.NewSMTPSink(l.Addr().String()).Deliver(ctx, odmr.Envelope{From: "a@b", To: []string{"c@d"}}, strings.NewReader("x\r\n"))
 	require.Error(t, err)
 	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestRelayEximPatternEndsCleanly(t *testing.T) {
+	custNoLeaks(t)
+	// QUIT right behind the 250, then a half-close: the relay passes both
+	// on and the local server's replies come back.
+	saw := make(chan []string, 1)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine() // ATRN
+		io.WriteString(raw, "250 ODMR provider turning line around\r\nQUIT\r\n")
+		raw.(*net.TCPConn).CloseWrite()
+		var lines []string
+		for {
+			l, err := c.ReadLine()
+			if err != nil {
+				break
+			}
+			lines = append(lines, l)
+		}
+		saw <- lines
+	})
+	mta := &localMTA{}
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	_, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	lines := <-saw
+	require.Len(t, lines, 2)
+	assert.Equal(t, "220 local.example.org ESMTP Service Ready", lines[0], "the local server's greeting is the customer's")
+	assert.True(t, strings.HasPrefix(lines[1], "221 "), lines[1])
 }

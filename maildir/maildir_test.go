@@ -52,7 +52,7 @@ func only(t *testing.T, m map[string]string) (string, string) {
 	return "", ""
 }
 
-func TestNewCreatesTheMaildir(t *testing.T) {
+func TestMaildirNewCreatesTheMaildir(t *testing.T) {
 	_, dir := newSink(t)
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		fi, err := os.Stat(filepath.Join(dir, sub))
@@ -62,7 +62,7 @@ func TestNewCreatesTheMaildir(t *testing.T) {
 	}
 }
 
-func TestDeliverConvertsCRLFToLFByDefault(t *testing.T) {
+func TestMaildirDeliverConvertsCRLFToLFByDefault(t *testing.T) {
 	s, dir := newSink(t)
 	// One byte at a time, so that every CRLF straddles two writes; a CR
 	// not followed by LF is kept.
@@ -80,7 +80,7 @@ func TestDeliverConvertsCRLFToLFByDefault(t *testing.T) {
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 }
 
-func TestDeliverKeepCRLFStoresTheBytesAsReceived(t *testing.T) {
+func TestMaildirDeliverKeepCRLFStoresTheBytesAsReceived(t *testing.T) {
 	s, dir := newSink(t)
 	s.KeepCRLF = true
 	body := "Subject: x\r\n\r\n..dots\r\n\x00\xff\r"
@@ -89,7 +89,7 @@ func TestDeliverKeepCRLFStoresTheBytesAsReceived(t *testing.T) {
 	assert.Equal(t, body, got)
 }
 
-func TestDeliverAddsEnvelopeHeaders(t *testing.T) {
+func TestMaildirDeliverAddsEnvelopeHeaders(t *testing.T) {
 	s, dir := newSink(t)
 	s.ReturnPath, s.DeliveredTo = true, true
 	env := odmr.Envelope{From: "sender@example.net", To: []string{"a@example.org", "b@example.org"}}
@@ -110,7 +110,7 @@ func TestDeliverAddsEnvelopeHeaders(t *testing.T) {
 	assert.True(t, strings.HasPrefix(err.Error(), "odmr: maildir: "), err.Error())
 }
 
-func TestDeliverLeavesNothingWhenTheBodyBreaks(t *testing.T) {
+func TestMaildirDeliverLeavesNothingWhenTheBodyBreaks(t *testing.T) {
 	s, dir := newSink(t)
 	broken := io.MultiReader(strings.NewReader("Subject: x\r\n\r\npart"), iotest.ErrReader(errors.New("line dropped")))
 	err := s.Deliver(context.Background(), odmr.Envelope{}, broken)
@@ -120,7 +120,7 @@ func TestDeliverLeavesNothingWhenTheBodyBreaks(t *testing.T) {
 	}
 }
 
-func TestDeliverHonoursCancellation(t *testing.T) {
+func TestMaildirDeliverHonoursCancellation(t *testing.T) {
 	s, dir := newSink(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -130,7 +130,7 @@ func TestDeliverHonoursCancellation(t *testing.T) {
 	assert.Empty(t, files(t, dir, "tmp"))
 }
 
-func TestConcurrentDeliveriesGetDistinctFiles(t *testing.T) {
+func TestMaildirConcurrentDeliveriesGetDistinctFiles(t *testing.T) {
 	s, dir := newSink(t)
 	var wg sync.WaitGroup
 	for i := range 50 {
@@ -151,7 +151,7 @@ func TestConcurrentDeliveriesGetDistinctFiles(t *testing.T) {
 	assert.Len(t, seen, 50)
 }
 
-func TestNewReportsAnUnusableDirectory(t *testing.T) {
+func TestMaildirNewReportsAnUnusableDirectory(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "file")
 	require.NoError(t, os.WriteFile(f, nil, 0o600))
 	_, err := maildir.New(filepath.Join(f, "Maildir"))

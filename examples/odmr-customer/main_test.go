@@ -19,7 +19,7 @@ import (
 	"github.com/go-odmr/odmr"
 )
 
-func TestUsageErrorsExit5(t *testing.T) {
+func TestCustomerCommandUsageErrorsExit5(t *testing.T) {
 	for _, args := range [][]string{
 		nil,
 		{"-provider", "p", "-user", "u"}, // no target
@@ -39,7 +39,7 @@ func TestUsageErrorsExit5(t *testing.T) {
 	assert.Contains(t, stderr.String(), "ODMR_SECRET")
 }
 
-func TestHelpDocumentsTheExitStatus(t *testing.T) {
+func TestCustomerCommandHelpDocumentsTheExitStatus(t *testing.T) {
 	var stderr bytes.Buffer
 	assert.Equal(t, 0, run([]string{"-h"}, &stderr))
 	for _, s := range []string{"Exit status", "-maildir", "-relay", "-lmtp", "-smtp", "ODMR_SECRET", "  8  temporary"} {
@@ -47,7 +47,7 @@ func TestHelpDocumentsTheExitStatus(t *testing.T) {
 	}
 }
 
-func TestExitCode(t *testing.T) {
+func TestCustomerCommandExitCode(t *testing.T) {
 	reply := func(code int) error { return fmt.Errorf("odmr: x: %w", &odmr.Error{Code: code}) }
 	for _, tc := range []struct {
 		res  odmr.FetchResult
@@ -98,7 +98,7 @@ func startProvider(t *testing.T, q *odmr.MemoryQueue) string {
 	return l.Addr().String()
 }
 
-func TestFetchIntoAMaildir(t *testing.T) {
+func TestCustomerCommandFetchIntoAMaildir(t *testing.T) {
 	q := &odmr.MemoryQueue{}
 	_, err := q.Enqueue(odmr.Envelope{From: "x@sender.test", To: []string{"u@example.org"}},
 		strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
@@ -139,7 +139,7 @@ func TestFetchIntoAMaildir(t *testing.T) {
 	assert.Contains(t, stderr.String(), "450")
 }
 
-func TestConnectionRefusedExits2(t *testing.T) {
+func TestCustomerCommandConnectionRefusedExits2(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := l.Addr().String()

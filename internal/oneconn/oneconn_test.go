@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestAcceptYieldsTheConnectionOnceThenBlocksUntilClose(t *testing.T) {
+func TestCustomerListenerAcceptYieldsTheConnectionOnceThenBlocksUntilClose(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
 	l := New(a)
@@ -48,7 +48,7 @@ func TestAcceptYieldsTheConnectionOnceThenBlocksUntilClose(t *testing.T) {
 	c.Close()
 }
 
-func TestDoneClosesWithTheConnection(t *testing.T) {
+func TestCustomerListenerDoneClosesWithTheConnection(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
 	l := New(a)
@@ -64,7 +64,7 @@ func TestDoneClosesWithTheConnection(t *testing.T) {
 	c.Close() // a second Close does not panic
 }
 
-func TestCloseBeforeAcceptKeepsTheConnection(t *testing.T) {
+func TestCustomerListenerCloseBeforeAcceptKeepsTheConnection(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -88,7 +88,7 @@ func (nopSession) Data(r io.Reader) error               { _, err := io.Copy(io.D
 
 // TestGoSMTPServerOnOneConnectionLeavesNoGoroutine runs go-smtp's server
 // the way the customer does after the swap.
-func TestGoSMTPServerOnOneConnectionLeavesNoGoroutine(t *testing.T) {
+func TestCustomerListenerGoSMTPServerOnOneConnectionLeavesNoGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for _, quit := range []bool{true, false} {
 		a, b := net.Pipe()

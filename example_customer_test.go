@@ -1,0 +1,131 @@
+package odmr_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strings"
+
+	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/maildir"
+)
+
+// A provider and a customer in one process: the customer collects the
+// mail queued for its domain and hands each message to its sink.
+func ExampleCustomer_Fetch() {
+	// The provider: one account, one message queued, a loopback port.
+	accounts := odmr.Accounts{
+		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
+	}
+	queue := &odmr.MemoryQueue{}
+	queue.Enqueue(odmr.Envelope{From: "bob@example.net", To: []string{"alice@example.org"}},
+		strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
+	provider := &odmr.Provider{
+		Hostname:      "mx.example.net",
+		Authenticator: accounts,
+		Authorizer:    accounts,
+		Queue:         queue,
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go provider.ServeListener(l)
+	defer provider.Shutdown(context.Background())
+
+	// The customer: its sink prints what it receives.
+	customer := &odmr.Customer{
+		Addr:     l.Addr().String(),
+		Username: "alice",
+		Secret:   "s3cret",
+		Domains:  []string{"example.org"},
+		Hostname: "customer.example.org",
+		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+			b, err := io.ReadAll(body) // a sink reads the body to its end
+			if err != nil {
+				return err
+			}
+			fmt.Printf("from <%s> to %v: %q\n", env.From, env.To, b)
+			return nil
+		}),
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	res, err := customer.Fetch(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("messages:", res.Messages, "no mail:", res.NoMail)
+
+	// The queue is empty now: the provider answers 453, which is not an
+	// error.
+	res, err = customer.Fetch(context.Background())
+	fmt.Println("messages:", res.Messages, "no mail:", res.NoMail, "error:", err)
+	// Output:
+	// from <bob@example.net> to [alice@example.org]: "Subject: hi\r\n\r\nHello.\r\n"
+	// messages: 1 no mail: false
+	// messages: 0 no mail: true error: <nil>
+}
+
+// Collect the mail into a Maildir, and tell the outcomes apart.
+func ExampleCustomer_Fetch_maildir() {
+	sink, err := maildir.New("/var/mail/example.org")
+	if err != nil {
+		log.Fatal(err)
+	}
+	customer := &odmr.Customer{
+		Addr:     "odmr.provider.example", // port 366
+		Username: "example.org",
+		Secret:   "tanstaaftanstaaf",
+		Domains:  []string{"example.org", "example.com"},
+		Sink:     sink,
+	}
+	res, err := customer.Fetch(context.Background())
+	var reply *odmr.Error
+	switch {
+	case err == nil && res.NoMail:
+		fmt.Println("no mail waiting")
+	case err == nil:
+		fmt.Printf("%d messages stored\n", res.Messages)
+	case errors.Is(err, odmr.ErrAuthFailed):
+		fmt.Println("wrong user name or secret")
+	case errors.Is(err, odmr.ErrATRNRefused):
+		fmt.Println("a domain that is not ours, or we asked too often")
+	case errors.As(err, &reply) && reply.Temporary():
+		fmt.Println("try again later:", reply.Message)
+	default:
+		fmt.Println("failed:", err)
+	}
+}
+
+// Pass the session to the local MTA byte for byte, as fetchmail does: the
+// MTA's replies, refusals included, go straight to the provider.
+func ExampleRelay() {
+	customer := &odmr.Customer{
+		Addr:     "odmr.provider.example:366",
+		Username: "example.org",
+		Secret:   "tanstaaftanstaaf",
+		Handler:  odmr.Relay("127.0.0.1:25"),
+	}
+	if _, err := customer.Fetch(context.Background()); err != nil {
+		log.Print(err)
+	}
+}
+
+// Deliver to Dovecot's LMTP socket with the envelope kept; recipients the
+// local server does not know are refused to the provider one by one.
+func ExampleNewLMTPSink() {
+	customer := &odmr.Customer{
+		Addr:     "odmr.provider.example",
+		Username: "example.org",
+		Secret:   "tanstaaftanstaaf",
+		Sink:     odmr.NewLMTPSink("/run/dovecot/lmtp"),
+	}
+	if _, err := customer.Fetch(context.Background()); err != nil {
+		log.Print(err)
+	}
+}
