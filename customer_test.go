@@ -1088,3 +1088,101 @@ func TestCustomerHandlerGetsTheConnectionWithBufferedBytes(t *testing.T) {
 	assert.False(t, res.NoMail)
 	assert.Equal(t, "EHLO early.example.net", first)
 }
+
+// TestCustomerRFC2645Section6Transcript plays the provider's side of the
+// RFC's example session (testdata/rfc2645-section6.txt, shared with the
+// provider's transcript test) against the Customer. Before the swap the
+// customer's lines must match the transcript exactly; after it, where the
+// customer's SMTP server words its replies its own way, the reply codes
+// must. The message must reach the sink unstuffed.
+func TestCustomerRFC2645Section6Transcript(t *testing.T) {
+	raw, err := os.ReadFile("testdata/rfc2645-section6.txt")
+	require.NoError(t, err)
+	type step struct{ who, line string }
+	var steps []step
+	for _, l := range strings.Split(strings.TrimRight(string(raw), "\n"), "\n") {
+		if who, line, ok := strings.Cut(l, ": "); ok && (who == "P" || who == "C") {
+			steps = append(steps, step{who, line})
+		} else if l == "P:" || l == "C:" {
+			steps = append(steps, step{l[:1], ""})
+		}
+	}
+
+	var body []string
+	inData := false
+	for _, s := range steps {
+		switch {
+		case s.who == "P" && s.line == "DATA":
+			inData = true
+		case s.who == "P" && inData && s.line == ".":
+			inData = false
+		case s.who == "P" && inData:
+			body = append(body, strings.TrimPrefix(s.line, "."))
+		}
+	}
+	wantBody := strings.Join(body, "\r\n") + "\r\n"
+
+	problems := make(chan string, 100)
+	addr := fakeProvider(t, func(c *textproto.Conn, conn net.Conn) {
+		defer close(problems)
+		reversed, sawATRN := false, false
+		for i := 0; i < len(steps); {
+			if steps[i].who == "P" {
+				var out strings.Builder
+				for ; i < len(steps) && steps[i].who == "P"; i++ {
+					out.WriteString(steps[i].line + "\r\n")
+					if sawATRN && strings.HasPrefix(steps[i].line, "250 ") {
+						reversed = true
+					}
+				}
+				if _, err := io.WriteString(conn, out.String()); err != nil {
+					problems <- err.Error()
+					return
+				}
+				continue
+			}
+			if !reversed {
+				got, err := c.ReadLine()
+				if err != nil {
+					problems <- fmt.Sprintf("step %d: %v", i, err)
+					return
+				}
+				if got != steps[i].line {
+					problems <- fmt.Sprintf("customer sent %q, the transcript has %q", got, steps[i].line)
+				}
+				sawATRN = sawATRN || strings.HasPrefix(got, "ATRN")
+				i++
+				continue
+			}
+			// A reply of the customer's SMTP server: one or more lines.
+			want := steps[i].line[:3]
+			for i < len(steps) && steps[i].who == "C" {
+				i++
+			}
+			code, msg, err := c.ReadResponse(0)
+			if err != nil && code == 0 {
+				problems <- fmt.Sprintf("reading the reply %s...: %v", want, err)
+				return
+			}
+			if fmt.Sprint(code) != want {
+				problems <- fmt.Sprintf("customer replied %d %s, the transcript has %s", code, msg, want)
+			}
+		}
+	})
+	sink := &memSink{}
+	c := custCustomer(addr, sink, "example.org", "example.com")
+	c.Username, c.Secret, c.Hostname = "example.org", "tanstaaftanstaaf", "example.org"
+	c.Mechanisms = []string{"CRAM-MD5"} // the RFC's mechanism
+	res, err := c.Fetch(context.Background())
+	for p := range problems {
+		t.Error(p)
+	}
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	got := sink.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, "Lester.Tester@dot.foo.bar", got[0].env.From)
+	assert.Equal(t, []string{"l.eva.msg@example.com"}, got[0].env.To)
+	assert.Equal(t, int64(54), got[0].env.Size)
+	assert.Equal(t, wantBody, got[0].body)
+}
