@@ -145,13 +145,15 @@ func (s *Sink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) (
 		return fmt.Errorf("odmr: maildir: %w", err)
 	}
 	newDir := filepath.Join(s.Dir, "new")
-	if err := os.Rename(tmp, filepath.Join(newDir, name)); err != nil {
+	final := filepath.Join(newDir, name)
+	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("odmr: maildir: %w", err)
 	}
 	if err := syncDir(newDir); err != nil {
-		// The message is in new/ but perhaps not on disk yet. Keep it:
-		// failing now would make the provider send it again.
-		return nil
+		// The message is in new/ but perhaps not on disk: take it back, so
+		// that the provider's next attempt does not make a duplicate.
+		os.Remove(final)
+		return fmt.Errorf("odmr: maildir: %w", err)
 	}
 	return nil
 }
