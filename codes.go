@@ -176,7 +176,7 @@ func Permanent(err error) bool {
 func (e *Error) toSMTPError() *smtp.SMTPError {
 	ec := smtp.EnhancedCode(e.EnhancedCode)
 	if e.EnhancedCode == (EnhancedCode{}) {
-		ec = smtp.NoEnhancedCode
+		ec = smtp.EnhancedCodeNotSet // go-smtp fills in X.0.0
 	}
 	return &smtp.SMTPError{Code: e.Code, EnhancedCode: ec, Message: e.Message}
 }

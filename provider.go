@@ -1122,6 +1122,13 @@ func (s *session) unsendable(c *smtp.Client, env Envelope) error {
 			return &Error{Code: 553, EnhancedCode: EnhancedCode{5, 6, 7}, Message: "Receiver does not support SMTPUTF8"}
 		}
 	}
+	if env.Body == Body8BitMIME {
+		if ok, _ := c.Extension("8BITMIME"); !ok {
+			// RFC 6152 section 3: no 8-bit data to a receiver that did not
+			// ask for it, and this provider does not downgrade.
+			return &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "8-bit message cannot be relayed to a receiver without 8BITMIME"}
+		}
+	}
 	if env.Body == BodyBinaryMIME {
 		return &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "Binary message cannot be relayed to this receiver"}
 	}
@@ -1231,9 +1238,11 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
+	// Deadline first, then the check: a cancellation in between sets a
+	// past deadline that this one would otherwise overwrite.
+	c.Conn.SetWriteDeadline(time.Now().Add(c.write))
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	c.Conn.SetWriteDeadline(time.Now().Add(c.write))
 	return c.Conn.Write(p)
 }

@@ -731,3 +731,14 @@ func TestServeWithoutConfigurationAnswers451(t *testing.T) {
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+func TestEightBitMessageToSevenBitCustomerFailsPermanently(t *testing.T) {
+	f := newFixture(t)
+	f.enqueue(t, "s@x.test", "Subject: x\r\n\r\n\xc3\xa9t\xc3\xa9\r\n", "u@example.org")
+	f.enqueue(t, "s@x.test", "Subject: y\r\n\r\nplain ASCII\r\n", "u@example.org")
+	got, _ := f.pull(t, "ATRN example.org", scriptedCustomer{ehlo: []string{"SIZE 0"}})
+	require.Len(t, got, 1)
+	assert.Contains(t, got[0].data, "plain ASCII")
+	require.Len(t, f.q.Failed(), 1)
+	assert.ErrorIs(t, f.q.Failed()[0].Err, &Error{Code: 554})
+}
