@@ -22,7 +22,13 @@
 //
 // [Provider] serves the provider role over any [net.Conn]: it needs an
 // [Authenticator], a [DomainAuthorizer] and a [QueueSource].
-// [MemoryQueue] is a ready queue for tests and small programs.
+// [MemoryQueue] is a ready queue for tests and small programs; package
+// spool keeps mail on disk.
+//
+// [Customer] plays the other role: [Customer.Fetch] collects the mail and
+// hands each message to a [MessageSink] (package maildir has one; see
+// also [NewSMTPSink] and [NewLMTPSink]), or hands the reversed connection
+// to a [Handler] such as [Relay].
 //
 // Replies travel as [*Error], which carries the reply code; the codes of
 // RFC 2645 section 7 are sentinels such as [ErrNoMail] and [ErrATRNRefused]
