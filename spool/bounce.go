@@ -35,8 +35,10 @@ func (f BouncerFunc) Bounce(ctx context.Context, env odmr.Envelope, dsn io.Reade
 
 // DirBouncer is a [Bouncer] that writes each DSN to a file <ID>.eml in the
 // directory Dir, created if needed. The file appears whole or not at all:
-// it is written under a temporary name starting with a dot, fsynced and
-// renamed. A DSN written again after a crash replaces its earlier copy.
+// it is written under a temporary name starting with ".tmp-", fsynced and
+// renamed, so readers of the directory must skip names starting with a
+// dot; a crash can leave such a file behind, and the DSN is then written
+// again. A DSN written again replaces its earlier copy.
 type DirBouncer struct {
 	Dir string
 }
