@@ -1,0 +1,815 @@
+// Package pipeline is an SMTP client that sends mail with command
+// pipelining (RFC 2920) and, when the server offers it and it is asked
+// to, with BDAT chunks (RFC 3030), keeping the outcome of every
+// recipient of every message.
+//
+// An SMTP client that waits for each reply pays a round trip per command:
+// MAIL, RCPT, DATA and the final dot make four per message. A [Sender]
+// sends MAIL, every RCPT and DATA as one group and waits once, for the
+// reply to DATA; it streams the body as soon as 354 arrives and sends the
+// next message's group right behind the final dot, before that dot's reply
+// has come back, so the link never idles. With BDAT it does not wait at
+// all: the body follows the group at once, and only a bounded amount of
+// data is sent past a final chunk whose reply is still out.
+//
+// Replies are read in order by one goroutine per Sender and matched with
+// the commands that caused them, so that the writer can keep writing while
+// the server answers (the deadlock RFC 2920 section 3.1 warns about cannot
+// happen, even on a synchronous net.Pipe). Each message's Done callback
+// runs, in the caller's goroutine, once the reply that settles the
+// message has been read, or once the connection is lost.
+package pipeline
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Defaults of a [Config]; a zero field means these.
+const (
+	DefaultReplyTimeout    = 5 * time.Minute
+	DefaultDataTimeout     = 10 * time.Minute
+	DefaultChunkSize       = 64 << 10
+	DefaultMaxPending      = 128
+	DefaultLastWindow      = 128 << 10
+	DefaultWriteBufferSize = 16 << 10
+)
+
+// Config tunes a [Sender]. The zero value is ready to use.
+type Config struct {
+	// ReplyTimeout bounds the wait for each reply but those that end a
+	// message. 0 means DefaultReplyTimeout.
+	ReplyTimeout time.Duration
+	// DataTimeout bounds the wait for the reply to the final dot or the
+	// last BDAT chunk. 0 means DefaultDataTimeout.
+	DataTimeout time.Duration
+	// WriteTimeout, if positive, bounds each write to the connection. 0
+	// means none: the connection may bound its writes itself.
+	WriteTimeout time.Duration
+
+	// Chunking sends bodies with BDAT (RFC 3030) instead of DATA. Set it
+	// only if the server's EHLO reply lists CHUNKING.
+	Chunking bool
+	// ChunkSize is the size of the BDAT chunks. 0 means DefaultChunkSize.
+	ChunkSize int
+	// LastWindow bounds, with Chunking, how many bytes of chunks are sent
+	// past a last chunk whose reply has not arrived: while the server
+	// delivers a message it may stop reading, and what is sent meanwhile
+	// must fit in the socket buffers. 0 means DefaultLastWindow.
+	LastWindow int
+
+	// MaxPending bounds the commands sent whose replies have not been
+	// read. 0 means DefaultMaxPending.
+	MaxPending int
+	// WriteBufferSize is the size of the write buffer. 0 means
+	// DefaultWriteBufferSize.
+	WriteBufferSize int
+}
+
+// Mail is one message for [Sender.Send].
+type Mail struct {
+	// From is the reverse path, without angle brackets.
+	From string
+	// Params are the MAIL parameters, each with a leading space, such as
+	// " BODY=8BITMIME SIZE=1234".
+	Params string
+	// To are the recipients, without angle brackets.
+	To []string
+	// Open returns the body, RFC 5322 text with CRLF line endings. The
+	// Sender closes it. A bare LF is sent as CRLF, and a line break is
+	// added at the end if missing, as net/textproto's DotWriter does.
+	Open func() (io.ReadCloser, error)
+	// Done receives one error per recipient, in the order of To, once the
+	// message is settled: nil when the server's final reply accepted it;
+	// an [*smtp.SMTPError] when the server refused it for that recipient
+	// (at MAIL, RCPT, DATA or after the data); a [*BodyError] when the
+	// body could not be opened or read; a [*ConnError] when the
+	// connection was lost before the final reply was read. Done is called
+	// exactly once, in the goroutine of the Sender's caller.
+	Done func(errs []error)
+}
+
+// ConnError is the result of a recipient whose outcome is unknown because
+// the connection failed (an I/O error, a timeout, a malformed reply)
+// before the reply that settles it was read.
+type ConnError struct{ Err error }
+
+func (e *ConnError) Error() string { return "pipeline: connection lost: " + e.Err.Error() }
+func (e *ConnError) Unwrap() error { return e.Err }
+
+// BodyError is the result of a recipient whose message body could not be
+// opened (Open is true) or read. A read error ends the connection without
+// the final dot or last chunk, so that the server discards the part it got.
+type BodyError struct {
+	Err  error
+	Open bool
+}
+
+func (e *BodyError) Error() string {
+	if e.Open {
+		return "pipeline: cannot open message body: " + e.Err.Error()
+	}
+	return "pipeline: cannot read message body: " + e.Err.Error()
+}
+func (e *BodyError) Unwrap() error { return e.Err }
+
+// ErrClosed is the cause of the ConnErrors of messages still in flight
+// when [Sender.Close] is called.
+var ErrClosed = errors.New("pipeline: sender closed")
+
+// errTimeout is the cause when a reply does not come in time.
+var errTimeout = errors.New("pipeline: timeout waiting for reply")
+
+type cmdKind uint8
+
+const (
+	kGreeting cmdKind = iota // the 220 greeting: nothing is sent
+	kEHLO
+	kRSET
+	kMAIL
+	kRCPT
+	kDATA
+	kDot      // the final dot
+	kBDAT     // a BDAT chunk that is not the last
+	kBDATLast // BDAT ... LAST
+	kQUIT
+)
+
+type cmd struct {
+	kind cmdKind
+	tx   *txn // nil for commands outside a transaction
+	rcpt int  // index in tx.m.To, for kRCPT
+}
+
+// rcptState is where a recipient stands.
+type rcptState uint8
+
+const (
+	rcptWaiting  rcptState = iota // no reply yet
+	rcptAccepted                  // RCPT accepted; the final reply decides
+	rcptSettled                   // errs[i] is final
+)
+
+// txn is one message in flight.
+type txn struct {
+	m        *Mail
+	errs     []error
+	state    []rcptState
+	pending  int  // commands sent whose replies are not read yet
+	final    bool // no more commands will be sent for it
+	done     bool // Done has been called
+	mailErr  error
+	accepted int // recipients accepted at RCPT
+	waiting  int // recipients without any reply yet
+	openErr  error
+	bodyErr  error  // the body could not be read to the end
+	bodySent bool   // DATA: the body (not a lone dot) followed 354
+	data     *Reply // DATA: the reply to DATA
+	dataErr  bool   // BDAT: a chunk was refused; its error settled the accepted
+}
+
+// settle sets the outcome of recipient i unless it is already final.
+func (t *txn) settle(i int, err error) {
+	switch t.state[i] {
+	case rcptSettled:
+		return
+	case rcptWaiting:
+		t.waiting--
+	case rcptAccepted:
+	}
+	t.state[i] = rcptSettled
+	t.errs[i] = err
+}
+
+// settleAccepted settles every recipient that RCPT accepted.
+func (t *txn) settleAccepted(err error) {
+	for i, st := range t.state {
+		if st == rcptAccepted {
+			t.settle(i, err)
+		}
+	}
+}
+
+// settleAll settles every recipient not yet settled.
+func (t *txn) settleAll(err error) {
+	for i := range t.state {
+		t.settle(i, err)
+	}
+}
+
+// refused reports whether no recipient can take the message any more:
+// MAIL failed, or every RCPT has been answered and none accepted.
+func (t *txn) refused() bool {
+	return t.mailErr != nil || (t.waiting == 0 && t.accepted == 0)
+}
+
+type readResult struct {
+	r   Reply
+	err error
+}
+
+// Sender sends mail over one SMTP connection with command pipelining. Its
+// methods must be called from one goroutine. Call Close when done with it;
+// the connection itself stays the caller's to close.
+type Sender struct {
+	ctx  context.Context
+	conn net.Conn
+	cfg  Config
+
+	ew *errWriter
+	bw *bufio.Writer
+
+	replies    chan readResult
+	stop       chan struct{}
+	stopOnce   sync.Once
+	readerDone chan struct{}
+	timer      *time.Timer
+
+	queue    []cmd // commands awaiting replies, oldest first, from head
+	head     int
+	inflight []*txn
+	err      error // set once the connection is unusable
+
+	lastReply Reply // the reply to the last EHLO, QUIT or greeting
+	needRSET  bool  // DATA: the last transaction may still be open
+	started   int   // transactions started
+	written   int64 // BDAT: chunk bytes written
+	lastEnds  []int64
+
+	waits int
+}
+
+// NewSender returns a Sender on conn, a connection on which the SMTP
+// greeting and EHLO have been read already (see [LineConn]), or on which
+// [Sender.Hello] is called first. ctx ends every wait; cancelling it is
+// like losing the connection.
+func NewSender(ctx context.Context, conn net.Conn, cfg Config) *Sender {
+	cfg.ReplyTimeout = or(cfg.ReplyTimeout, DefaultReplyTimeout)
+	cfg.DataTimeout = or(cfg.DataTimeout, DefaultDataTimeout)
+	cfg.ChunkSize = or(cfg.ChunkSize, DefaultChunkSize)
+	cfg.LastWindow = or(cfg.LastWindow, DefaultLastWindow)
+	cfg.MaxPending = or(cfg.MaxPending, DefaultMaxPending)
+	cfg.WriteBufferSize = or(cfg.WriteBufferSize, DefaultWriteBufferSize)
+	s := &Sender{
+		ctx:  ctx,
+		conn: conn,
+		cfg:  cfg,
+		// Room for every reply to the commands in flight, and an error:
+		// the reader goroutine never blocks while the writer writes.
+		replies:    make(chan readResult, cfg.MaxPending+2),
+		stop:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		timer:      time.NewTimer(time.Hour),
+	}
+	s.timer.Stop()
+	var w io.Writer = conn
+	if cfg.WriteTimeout > 0 {
+		w = &deadlineWriter{conn: conn, d: cfg.WriteTimeout}
+	}
+	s.ew = &errWriter{w: w}
+	s.bw = bufio.NewWriterSize(s.ew, cfg.WriteBufferSize)
+	go s.readLoop()
+	return s
+}
+
+func or[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+type deadlineWriter struct {
+	conn net.Conn
+	d    time.Duration
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	w.conn.SetWriteDeadline(time.Now().Add(w.d))
+	return w.conn.Write(p)
+}
+
+func (s *Sender) readLoop() {
+	defer close(s.readerDone)
+	br := bufio.NewReaderSize(s.conn, maxReplyLine)
+	for {
+		r, err := readReply(br)
+		select {
+		case s.replies <- readResult{r, err}:
+		case <-s.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Err returns the error that made the connection unusable, or nil.
+func (s *Sender) Err() error { return s.err }
+
+// Waits returns how many times the Sender has had to wait for a reply
+// that had not arrived yet.
+func (s *Sender) Waits() int { return s.waits }
+
+// Hello reads the server's greeting, sends EHLO and returns the
+// extensions of its reply, keyed in upper case, with their parameters.
+func (s *Sender) Hello(localName string) (map[string]string, error) {
+	if strings.ContainsAny(localName, "\r\n") {
+		return nil, errors.New("pipeline: EHLO name contains CR or LF")
+	}
+	s.queue = append(s.queue, cmd{kind: kGreeting})
+	if err := s.drain(); err != nil {
+		return nil, err
+	}
+	if err := s.lastReply.Check(220); err != nil {
+		return nil, err
+	}
+	s.send(cmd{kind: kEHLO}, "EHLO ", localName)
+	if err := s.drain(); err != nil {
+		return nil, err
+	}
+	if err := s.lastReply.Check(250); err != nil {
+		return nil, err
+	}
+	ext := make(map[string]string)
+	for _, l := range s.lastReply.Lines()[1:] {
+		k, v, _ := strings.Cut(l, " ")
+		ext[strings.ToUpper(k)] = v
+	}
+	return ext, nil
+}
+
+// Send sends one message. It returns once the message's commands and
+// body are written, usually before the reply to its end has been read;
+// m.Done is called later, by Send, Quit or Close. Send returns an error
+// only when the connection can no longer be used: every message in
+// flight then got its results (a ConnError for those not settled).
+//
+// With DATA, Send waits for the reply to DATA (the replies to the
+// previous message's end, to MAIL and to RCPT come first); with BDAT it
+// does not wait, unless a window is full.
+func (s *Sender) Send(m *Mail) error {
+	t := &txn{
+		m:       m,
+		errs:    make([]error, len(m.To)),
+		state:   make([]rcptState, len(m.To)),
+		waiting: len(m.To),
+	}
+	s.poll()
+	if s.err != nil {
+		t.settleAll(s.err)
+		s.finish(t)
+		return s.err
+	}
+	if strings.ContainsAny(m.From, "\r\n") || strings.ContainsAny(m.Params, "\r\n") {
+		t.settleAll(&smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"})
+	}
+	for i, r := range m.To {
+		if strings.ContainsAny(r, "\r\n") {
+			t.settle(i, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"})
+		}
+	}
+	if t.waiting == 0 {
+		s.finish(t)
+		return nil
+	}
+	s.inflight = append(s.inflight, t)
+
+	body, err := m.Open()
+	if err != nil {
+		t.openErr = err
+	} else {
+		defer body.Close()
+	}
+	if (s.cfg.Chunking && s.started > 0) || s.needRSET {
+		// With BDAT, the previous transaction may still be open if none
+		// of its recipients was accepted, and its replies are not known
+		// yet: reset it, as RFC 2920 section 3.1 allows right after the
+		// previous message's data.
+		s.send(cmd{kind: kRSET}, "RSET")
+		s.needRSET = false
+	}
+	s.started++
+	s.send(cmd{kind: kMAIL, tx: t}, "MAIL FROM:<", m.From, ">", m.Params)
+	for i, r := range m.To {
+		if t.state[i] == rcptWaiting {
+			s.send(cmd{kind: kRCPT, tx: t, rcpt: i}, "RCPT TO:<", r, ">")
+		}
+	}
+	if t.openErr != nil {
+		// End the transaction without data: the recipients RCPT accepts
+		// get the open error, the others their refusal.
+		s.send(cmd{kind: kRSET, tx: t}, "RSET")
+		t.final = true
+		s.flush()
+		return s.err
+	}
+	if s.err != nil {
+		return s.err
+	}
+	if s.cfg.Chunking {
+		return s.sendChunks(t, body)
+	}
+
+	s.send(cmd{kind: kDATA, tx: t}, "DATA")
+	s.flush()
+	for t.data == nil && s.err == nil {
+		s.consume()
+	}
+	if s.err != nil {
+		return s.err
+	}
+	if t.data.Code != 354 {
+		t.settleAccepted(t.data.Check(354))
+		t.final = true
+		s.needRSET = true
+		s.maybeFinish(t)
+		return nil
+	}
+	if t.refused() {
+		// 354 although nothing was accepted: RFC 2920 section 3.1 says
+		// to send a single dot.
+		s.bw.WriteString(".\r\n")
+	} else {
+		t.bodySent = true
+		if err := s.writeData(t, body); err != nil {
+			return err
+		}
+	}
+	s.push(cmd{kind: kDot, tx: t})
+	t.final = true
+	s.flush()
+	return s.err
+}
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writeData writes the body dot-stuffed and the final dot.
+func (s *Sender) writeData(t *txn, body io.Reader) error {
+	bp := readBufPool.Get().(*[]byte)
+	defer readBufPool.Put(bp)
+	buf := *bp
+	enc := encoder{stuff: true}
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			enc.encode(s.bw, buf[:n])
+			if s.ew.err != nil {
+				return s.fail(s.ew.err)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return s.bodyFailed(t, err)
+		}
+	}
+	s.bw.Write(enc.tail())
+	return nil
+}
+
+var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
+
+// sendChunks sends the body as BDAT chunks.
+func (s *Sender) sendChunks(t *txn, body io.Reader) error {
+	bp := readBufPool.Get().(*[]byte)
+	defer readBufPool.Put(bp)
+	buf := *bp
+	c := chunkPool.Get().(*chunk)
+	defer chunkPool.Put(c)
+	if cap(c.b) < s.cfg.ChunkSize+2*len(buf) {
+		c.b = make([]byte, 0, s.cfg.ChunkSize+2*len(buf))
+	}
+	c.b = c.b[:0]
+	enc := encoder{}
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			enc.encode(c, buf[:n])
+			for len(c.b) >= s.cfg.ChunkSize {
+				if stop := s.chunk(t, c.b[:s.cfg.ChunkSize], false); stop || s.err != nil {
+					t.final = true
+					s.maybeFinish(t)
+					s.flush()
+					return s.err
+				}
+				c.b = c.b[:copy(c.b, c.b[s.cfg.ChunkSize:])]
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return s.bodyFailed(t, err)
+		}
+	}
+	c.Write(enc.tail())
+	s.chunk(t, c.b, true)
+	t.final = true
+	s.maybeFinish(t)
+	s.flush()
+	return s.err
+}
+
+// chunk sends one BDAT chunk, first waiting, if needed, until no more
+// than LastWindow bytes would be in flight past an unanswered last chunk.
+// It reports whether the transaction should stop because it failed.
+func (s *Sender) chunk(t *txn, data []byte, last bool) (stop bool) {
+	for len(s.lastEnds) > 0 && s.written+int64(len(data))-s.lastEnds[0] > int64(s.cfg.LastWindow) && s.err == nil {
+		s.flush()
+		s.consume()
+	}
+	if s.err != nil {
+		return true
+	}
+	if t.dataErr || t.refused() {
+		// RFC 3030 section 2: no more chunks after a refused one; and
+		// none are needed when no recipient is left.
+		return true
+	}
+	k := cmd{kind: kBDAT, tx: t}
+	n := strconv.Itoa(len(data))
+	if last {
+		k.kind = kBDATLast
+		s.send(k, "BDAT ", n, " LAST")
+	} else {
+		s.send(k, "BDAT ", n)
+	}
+	s.bw.Write(data)
+	s.written += int64(len(data))
+	if last {
+		s.lastEnds = append(s.lastEnds, s.written)
+	}
+	return false
+}
+
+// bodyFailed handles a body that cannot be read to the end: the replies
+// to everything already sent complete are read, so that earlier messages
+// and the refused recipients of this one get their real outcome; then the
+// connection is cut without the final dot or last chunk, and the
+// recipients that were accepted get the read error.
+func (s *Sender) bodyFailed(t *txn, err error) error {
+	be := &BodyError{Err: err}
+	t.bodyErr = be
+	if s.cfg.Chunking {
+		// The buffer holds complete commands and chunks only.
+		t.final = true
+		s.flush()
+		for s.err == nil && t.pending > 0 {
+			s.consume()
+		}
+	}
+	t.settleAll(be)
+	s.maybeFinish(t)
+	return s.fail(be)
+}
+
+// send queues a command whose line is the concatenation of parts.
+func (s *Sender) send(k cmd, parts ...string) {
+	for len(s.queue)-s.head >= s.cfg.MaxPending && s.err == nil {
+		s.flush()
+		s.consume()
+	}
+	if s.err != nil {
+		return
+	}
+	for _, p := range parts {
+		s.bw.WriteString(p)
+	}
+	s.bw.WriteString("\r\n")
+	s.push(k)
+}
+
+// push records a command written by hand.
+func (s *Sender) push(k cmd) {
+	if s.head > 0 && (s.head == len(s.queue) || s.head >= 64 && s.head*2 >= len(s.queue)) {
+		n := copy(s.queue, s.queue[s.head:])
+		clear(s.queue[n:])
+		s.queue, s.head = s.queue[:n], 0
+	}
+	s.queue = append(s.queue, k)
+	if k.tx != nil {
+		k.tx.pending++
+	}
+}
+
+func (s *Sender) flush() {
+	if s.err != nil {
+		return
+	}
+	if err := s.bw.Flush(); err != nil {
+		s.fail(err)
+	}
+}
+
+// drain flushes and reads every outstanding reply.
+func (s *Sender) drain() error {
+	s.flush()
+	for s.head < len(s.queue) && s.err == nil {
+		s.consume()
+	}
+	return s.err
+}
+
+// consume reads the reply to the oldest outstanding command, waiting for
+// it if needed, and acts on it.
+func (s *Sender) consume() {
+	if s.err != nil || s.head == len(s.queue) {
+		return
+	}
+	var res readResult
+	select {
+	case res = <-s.replies:
+	default:
+		s.waits++
+		timeout := s.cfg.ReplyTimeout
+		if k := s.queue[s.head].kind; k == kDot || k == kBDATLast {
+			timeout = s.cfg.DataTimeout
+		}
+		s.timer.Reset(timeout)
+		select {
+		case res = <-s.replies:
+		case <-s.timer.C:
+			res.err = errTimeout
+		case <-s.ctx.Done():
+			res.err = s.ctx.Err()
+		}
+		s.timer.Stop()
+	}
+	s.handle(res)
+}
+
+// poll acts on the replies that have arrived, without waiting.
+func (s *Sender) poll() {
+	for s.err == nil && s.head < len(s.queue) {
+		select {
+		case res := <-s.replies:
+			s.handle(res)
+		default:
+			return
+		}
+	}
+}
+
+func (s *Sender) handle(res readResult) {
+	if res.err != nil {
+		s.fail(res.err)
+		return
+	}
+	k := s.queue[s.head]
+	s.queue[s.head] = cmd{}
+	s.head++
+	s.dispatch(k, res.r)
+}
+
+func (s *Sender) dispatch(k cmd, r Reply) {
+	t := k.tx
+	if t != nil {
+		t.pending--
+	}
+	switch k.kind {
+	case kGreeting, kEHLO, kQUIT:
+		s.lastReply = r
+	case kRSET:
+		// A refused RSET changes nothing: the next command's reply says
+		// what the server thinks.
+		if t != nil {
+			t.settleAccepted(&BodyError{Err: t.openErr, Open: true})
+		}
+	case kMAIL:
+		if err := r.Check(250); err != nil {
+			t.mailErr = err
+			t.settleAll(err)
+		}
+	case kRCPT:
+		if t.state[k.rcpt] != rcptWaiting {
+			break
+		}
+		if err := r.Check(25); err != nil {
+			t.settle(k.rcpt, err)
+		} else {
+			t.state[k.rcpt] = rcptAccepted
+			t.waiting--
+			t.accepted++
+		}
+	case kDATA:
+		t.data = &r
+	case kDot:
+		if t.bodySent {
+			t.settleAccepted(r.Check(250))
+		}
+	case kBDAT, kBDATLast:
+		if k.kind == kBDATLast {
+			s.lastEnds = s.lastEnds[1:]
+		}
+		if err := r.Check(250); err != nil {
+			if !t.dataErr {
+				t.dataErr = true
+				t.settleAccepted(err)
+			}
+		} else if k.kind == kBDATLast && !t.dataErr {
+			t.settleAccepted(nil)
+		}
+	}
+	if t != nil {
+		s.maybeFinish(t)
+	}
+}
+
+// maybeFinish calls Done once the transaction has no more replies to come.
+func (s *Sender) maybeFinish(t *txn) {
+	if t.done || !t.final || t.pending > 0 {
+		return
+	}
+	// Every recipient is settled by now, unless the body failed; anything
+	// else is a bug in the bookkeeping, and must not pass for a delivery.
+	for i, st := range t.state {
+		switch {
+		case st == rcptSettled:
+		case t.bodyErr != nil:
+			t.settle(i, t.bodyErr)
+		default:
+			t.settle(i, &ConnError{Err: fmt.Errorf("pipeline: no final reply for recipient %d", i)})
+		}
+	}
+	s.finish(t)
+}
+
+func (s *Sender) finish(t *txn) {
+	t.done = true
+	for i, x := range s.inflight {
+		if x == t {
+			s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+			break
+		}
+	}
+	if t.m.Done != nil {
+		t.m.Done(t.errs)
+	}
+}
+
+// fail makes the connection unusable: every message in flight is settled
+// with a ConnError for the recipients whose outcome is unknown, reads and
+// writes are stopped, and the buffered output is dropped.
+func (s *Sender) fail(cause error) error {
+	if s.err != nil {
+		return s.err
+	}
+	var ce *ConnError
+	if !errors.As(cause, &ce) {
+		var be *BodyError
+		if errors.As(cause, &be) {
+			cause = be.Err
+		}
+		ce = &ConnError{Err: cause}
+	}
+	s.err = ce
+	s.abort()
+	for len(s.inflight) > 0 {
+		t := s.inflight[0]
+		t.settleAll(ce)
+		s.finish(t)
+	}
+	s.queue, s.head = nil, 0
+	return s.err
+}
+
+// abort stops the reader and any further I/O on the connection.
+func (s *Sender) abort() {
+	s.stopOnce.Do(func() { close(s.stop) })
+	past := time.Unix(1, 0)
+	s.conn.SetDeadline(past)
+}
+
+// Quit waits for the replies still due, sends QUIT and reads its reply.
+// QUIT goes out right behind the last message's data.
+func (s *Sender) Quit() error {
+	if s.err != nil {
+		return s.err
+	}
+	s.send(cmd{kind: kQUIT}, "QUIT")
+	if err := s.drain(); err != nil {
+		return err
+	}
+	return s.lastReply.Check(221)
+}
+
+// Close stops the Sender: messages still in flight get a ConnError
+// wrapping ErrClosed, and the reader goroutine ends. It sets a past
+// deadline on the connection but does not close it.
+func (s *Sender) Close() error {
+	s.fail(ErrClosed)
+	<-s.readerDone
+	s.timer.Stop()
+	return nil
+}
