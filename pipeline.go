@@ -13,17 +13,12 @@ import (
 	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
-// pipelineChunking lets the pipelined path send bodies with BDAT (RFC
-// 3030) when the customer offers CHUNKING. Tests turn it off to exercise
-// DATA.
-var pipelineChunking = true
-
 // deliverPipelined runs the deliveries of the reversed state with command
 // pipelining (RFC 2920), for a customer whose EHLO reply lists
 // PIPELINING: each message's MAIL, RCPTs and DATA go out as one group,
 // and the next message's group right behind the final dot, so that a
-// message costs one round trip instead of four. With CHUNKING it sends
-// BDAT and waits for nothing. Each recipient gets the result the plain
+// message costs one round trip instead of four. With CHUNKING, when
+// pipeline.UseChunking is set, it sends BDAT and waits for nothing. Each recipient gets the result the plain
 // path (deliverOne) would give it for the same replies.
 //
 // c has read the customer's greeting and EHLO reply through lc; the
@@ -37,7 +32,7 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 		return s.deliverEach(ctx, c, batch, domains)
 	}
 	chunking, _ := c.Extension("CHUNKING")
-	chunking = chunking && pipelineChunking
+	chunking = chunking && pipeline.UseChunking
 	snd := pipeline.NewSender(ctx, conn, pipeline.Config{
 		ReplyTimeout: orDefault(s.p.ReplyTimeout, DefaultReplyTimeout),
 		DataTimeout:  orDefault(s.p.DataTimeout, DefaultDataTimeout),

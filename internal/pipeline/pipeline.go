@@ -45,6 +45,14 @@ const (
 	DefaultWriteBufferSize = 16 << 10
 )
 
+// UseChunking makes the provider send bodies with BDAT when the customer
+// offers CHUNKING (it always pipelines when the customer offers
+// PIPELINING). It is off by default: the package's own Customer, on
+// go-smtp's server, does not yet report a connection cut in the middle of
+// a BDAT chunk as an error, nor count go-smtp's own BDAT size refusals
+// (see BENCHMARKS.md). Benchmarks and tests within the module set it.
+var UseChunking = false
+
 // Config tunes a [Sender]. The zero value is ready to use.
 type Config struct {
 	// ReplyTimeout bounds the wait for each reply but those that end a
@@ -466,7 +474,7 @@ func (s *Sender) writeData(t *txn, body io.Reader) error {
 		if n > 0 {
 			enc.encode(s.bw, buf[:n])
 			if s.ew.err != nil {
-				return s.fail(s.ew.err)
+				return s.writeFailed(s.ew.err)
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -608,8 +616,24 @@ func (s *Sender) flush() {
 		return
 	}
 	if err := s.bw.Flush(); err != nil {
-		s.fail(err)
+		s.writeFailed(err)
 	}
+}
+
+// writeFailed handles an error writing to the connection. The server may
+// have answered commands before it went away, and those replies may still
+// be on their way to the reader: they are read, for a short while at
+// most, so that a message the server acknowledged is not taken for lost.
+// Then the connection is given up.
+func (s *Sender) writeFailed(err error) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.conn.SetReadDeadline(time.Now().Add(min(s.cfg.ReplyTimeout, 10*time.Second)))
+	for s.err == nil && s.head < len(s.queue) {
+		s.consume()
+	}
+	return s.fail(err)
 }
 
 // drain flushes and reads every outstanding reply.
@@ -791,11 +815,15 @@ func (s *Sender) abort() {
 	s.conn.SetDeadline(past)
 }
 
-// Quit waits for the replies still due, sends QUIT and reads its reply.
-// QUIT goes out right behind the last message's data.
+// Quit reads the replies still due, so that every message's Done has run
+// before the server sees QUIT, then sends QUIT and reads its reply. (QUIT
+// could go out right behind the last message's data, as RFC 2920 allows,
+// saving a round trip per session; but then the server could end the
+// session before the client has recorded the last outcomes, and a caller
+// that waits for the server would see them late.)
 func (s *Sender) Quit() error {
-	if s.err != nil {
-		return s.err
+	if err := s.drain(); err != nil {
+		return err
 	}
 	s.send(cmd{kind: kQUIT}, "QUIT")
 	if err := s.drain(); err != nil {

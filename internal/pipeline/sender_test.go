@@ -111,19 +111,16 @@ func TestHelloParsesExtensions(t *testing.T) {
 }
 
 func TestDATAGroupIsOneWriteAndNextGroupFollowsTheDot(t *testing.T) {
-	// The server holds back its reply to each final dot until the client
-	// has sent the next message's MAIL (or QUIT after the last one): a
-	// client that waits for the reply would stall here.
+	// The server holds back its reply to each final dot but the last
+	// until the client has sent the next message's MAIL: a client that
+	// waits for the reply would stall here.
 	var ahead []bool
 	var srv *pipetest.Server
 	n := 0
 	srv = &pipetest.Server{Hold: func(br *bufio.Reader, conn net.Conn) {
-		n++
-		want := "MAIL FROM:<s"
-		if n == 3 {
-			want = "QUIT"
+		if n++; n < 3 {
+			ahead = append(ahead, pipetest.SentAhead(br, conn, "MAIL FROM:<s"))
 		}
-		ahead = append(ahead, pipetest.SentAhead(br, conn, want))
 	}}
 	snd := start(t, srv, Config{})
 	var outs []*outcome
@@ -133,7 +130,7 @@ func TestDATAGroupIsOneWriteAndNextGroupFollowsTheDot(t *testing.T) {
 		outs = append(outs, o)
 	}
 	require.NoError(t, snd.Quit())
-	assert.Equal(t, []bool{true, true, true}, ahead)
+	assert.Equal(t, []bool{true, true}, ahead)
 	for _, o := range outs {
 		assert.Equal(t, 1, o.calls)
 		assert.Equal(t, []int{0, 0}, o.codes())
@@ -145,9 +142,9 @@ func TestDATAGroupIsOneWriteAndNextGroupFollowsTheDot(t *testing.T) {
 }
 
 func TestBDATDoesNotWait(t *testing.T) {
-	// Nothing is answered until QUIT is in: a BDAT sender never waits
-	// for a reply while its window has room.
-	srv := &pipetest.Server{Ext: extFor(true), Gate: "QUIT"}
+	// Nothing is answered until the last message is in: a BDAT sender
+	// never waits for a reply while its window has room.
+	srv := &pipetest.Server{Ext: extFor(true), Gate: "body 4\r\n"}
 	snd := start(t, srv, Config{Chunking: true})
 	var outs []*outcome
 	for i := range 5 {
@@ -586,8 +583,29 @@ func TestContextCancel(t *testing.T) {
 	assert.Equal(t, []int{-1}, o.codes())
 }
 
+func TestQuitWaitsForEveryOutcome(t *testing.T) {
+	// QUIT goes out only once every message's outcome is known, so that
+	// a server that has seen QUIT knows the client has recorded them.
+	modes(t, func(t *testing.T, chunking bool) {
+		var outs []*outcome
+		srv := &pipetest.Server{Ext: extFor(chunking)}
+		snd := start(t, srv, Config{Chunking: chunking})
+		for range 3 {
+			m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+			require.NoError(t, snd.Send(m))
+			outs = append(outs, o)
+		}
+		require.NoError(t, snd.Quit())
+		for _, o := range outs {
+			assert.Equal(t, []int{0}, o.codes())
+		}
+		reads := srv.Reads()
+		assert.Equal(t, "QUIT\r\n", reads[len(reads)-1], "QUIT alone, after the replies")
+	})
+}
+
 func TestCloseSettlesMessagesInFlight(t *testing.T) {
-	srv := &pipetest.Server{Ext: extFor(true), Gate: "never"}
+	srv := &pipetest.Server{Ext: extFor(true), Gate: "never sent"}
 	snd := start(t, srv, Config{Chunking: true})
 	m, o := msg("s@x.test", "hi\r\n", "a@y.test")
 	require.NoError(t, snd.Send(m))
