@@ -1,0 +1,40 @@
+// Package odmrtest is a conformance suite for On-Demand Mail Relay
+// providers (RFC 2645), in the manner of golang.org/x/net/nettest and
+// testing/fstest.
+//
+// The suite reaches the provider only through connections it dials, and
+// speaks raw SMTP over them, so it tests any implementation: this
+// library's [odmr.Provider], or a non-Go server over TCP. Each requirement
+// is a [Check] named after the RFC section it comes from
+// ("5.2.1/no-mail-453", "RFC4954/second-AUTH-503"). Every check uses fresh
+// connections with deadlines, so a broken provider fails a check instead of
+// hanging it.
+//
+// In a Go test, [TestProvider] runs every check as a subtest:
+//
+//	func TestMyProvider(t *testing.T) {
+//		odmrtest.TestProvider(t, odmrtest.ProviderConfig{
+//			Dial:          func() (net.Conn, error) { return net.Dial("tcp", addr) },
+//			User:          "alice",
+//			Secret:        "s3cret",
+//			Domains:       []string{"example.org", "example.com"},
+//			ForeignDomain: "example.net",
+//			Enqueue:       enqueueOnMyProvider,
+//		})
+//	}
+//
+// A plain program runs the same checks with [RunProvider] and a
+// [Reporter]; examples/odmr-conformance is such a program.
+//
+// [NewProvider] starts this library's provider on a loopback port with a
+// [odmr.MemoryQueue] and two accounts, and returns the matching
+// [ProviderConfig]; [MemoryEnqueuer] turns any MemoryQueue into an Enqueue
+// hook.
+//
+// After a 250 to ATRN the suite plays the customer's SMTP server: it sends
+// its greeting, answers EHLO, MAIL, RCPT and DATA, and compares what
+// arrives with what it queued, byte for byte. It only accepts messages it
+// queued itself (they carry an X-Odmrtest-Token header field); any other
+// message is answered 451 so that it stays queued at the provider, which
+// makes it safe to point the suite at a provider that holds real mail.
+package odmrtest
