@@ -227,22 +227,19 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 		if err != nil && err != io.EOF {
 			return nil, err
 		}
-		if len(line) == 0 || string(line) == "\r\n" || string(line) == "\n" {
+		complete := err == nil
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) == 0 || out.Len()+len(line)+2 > max {
 			break
 		}
-		if out.Len()+len(line)+2 > max {
-			break
-		}
-		if err == io.EOF {
-			// A last line without an end: complete it, unless the
-			// limit cut it.
-			if out.Len()+len(line) < max {
-				out.Write(bytes.TrimRight(line, "\r"))
-				out.WriteString("\r\n")
-			}
-			break
+		if !complete && out.Len()+len(line)+2 >= max {
+			break // the limit may have cut this line
 		}
 		out.Write(line)
+		out.WriteString("\r\n")
+		if !complete {
+			break
+		}
 	}
 	return out.Bytes(), nil
 }

@@ -274,12 +274,23 @@ func (m *message) Envelope() odmr.Envelope {
 }
 
 // Open returns the body, streamed from its file. Reading it keeps the
-// lease alive.
+// lease alive. A body whose size differs from the one recorded at Enqueue
+// is refused with an error.
 func (m *message) Open() (io.ReadCloser, error) {
 	m.touch()
 	f, err := os.Open(m.s.bodyPath(m.id))
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
+	}
+	// A body whose size is not the one recorded when it was committed has
+	// been damaged since; better not to deliver it at all.
+	if fi, err := f.Stat(); err != nil || fi.Size() != m.env.Size {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("spool: body of message %s has %d bytes, its envelope says %d", m.id, fi.Size(), m.env.Size)
+			m.s.log.Error("spool: damaged message body", "id", m.id, "err", err)
+		}
+		return nil, err
 	}
 	return &bodyReader{f: f, m: m}, nil
 }

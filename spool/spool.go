@@ -31,7 +31,9 @@ type Options struct {
 	// leased (reading its body, completing it) before the lease is taken
 	// back and the recipients can be given to another session. It guards
 	// against a session that hangs or leaks its batch; a process that dies
-	// loses its leases at once. 0 means DefaultLeaseTTL, 15 minutes.
+	// loses its leases at once. Keep it above the longest the provider waits
+	// for one reply (odmr.Provider's DataTimeout). 0 means DefaultLeaseTTL,
+	// 15 minutes.
 	LeaseTTL time.Duration
 
 	// MaxAge is how long a message may stay queued. A recipient still
