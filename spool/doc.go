@@ -39,7 +39,9 @@
 // domain, whatever the size of the queue, and sees what other processes
 // did. Sizes and ages for quotas, List and Expire are kept in memory, built
 // at Open and refreshed from disk periodically. The file system must be
-// local: flock over NFS does not give these guarantees.
+// local: flock over NFS does not give these guarantees. Files are private
+// to their owner (0600, directories 0700), so the processes sharing a spool
+// run as one user.
 //
 // # Delivery semantics
 //
