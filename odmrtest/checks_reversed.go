@@ -435,3 +435,122 @@ func checkNotResent(p *probe) error {
 	}
 	return nil
 }
+
+// checkOutcomes delivers messages that the customer answers in every way
+// — accepted, refused temporarily or permanently at RCPT or after the
+// data, one of two recipients refused — to a customer offering ext, and
+// checks that each recipient gets what its reply says: done, queued for
+// the next ATRN, or dropped.
+func checkOutcomes(p *probe, ext []string) error {
+	d := d1(p)
+	var all []*message
+	queue := func(domains ...string) (*message, error) {
+		m, err := p.queue(domains...)
+		all = append(all, m)
+		return m, err
+	}
+	ok, err := queue(d)
+	if err != nil {
+		return err
+	}
+	rcptTemp, _ := queue(d)
+	rcptPerm, _ := queue(d)
+	dataTemp, _ := queue(d)
+	dataPerm, _ := queue(d)
+	split, err := queue(d, d)
+	if err != nil {
+		return err
+	}
+	replies := map[string]string{
+		rcptTemp.to[0]: "450 4.2.1 Mailbox busy, try again later",
+		rcptPerm.to[0]: "550 5.1.1 No such user",
+		split.to[1]:    "452 4.2.2 Mailbox full",
+	}
+	c, err := p.dialLogin()
+	if err != nil {
+		return err
+	}
+	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{
+		ext:       ext,
+		rcptReply: func(rcpt string) string { return replies[strings.ToLower(rcpt)] },
+		dataReply: func(dl *delivery) string {
+			switch dl.token {
+			case dataTemp.token:
+				return "451 4.3.0 Local error, try again later"
+			case dataPerm.token:
+				return "554 5.6.0 Message refused"
+			}
+			return ""
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if pl.atrn.Code != 250 {
+		return p.failf("ATRN answered %d though mail was queued", pl.atrn.Code)
+	}
+	decisive := pl.atrn
+	for _, m := range []*message{ok, dataTemp, dataPerm} {
+		if err := p.expectDelivered(pl, m, "its recipient was accepted"); err != nil {
+			return err
+		}
+	}
+	for _, m := range []*message{rcptTemp, rcptPerm} {
+		if pl.find(m) != nil {
+			return p.failf("the provider sent the text of a message whose only recipient was refused")
+		}
+	}
+	if dl := pl.find(split); dl == nil {
+		return p.failf("the message with one accepted recipient of two did not arrive")
+	} else if !sameSet(dl.rcpts, split.to[:1]) {
+		return p.failf("the message for %s arrived for %s", strings.Join(split.to, ", "), strings.Join(dl.rcpts, ", "))
+	} else if err := p.intact(split, dl); err != nil {
+		return err
+	}
+	if hasExt(ext, "CHUNKING") {
+		p.note("BDAT used: %v", pl.bdat)
+	}
+	if p.cfg.RetryHeld {
+		p.note("the second delivery was not checked (RetryHeld)")
+		p.decide(decisive)
+		return nil
+	}
+	// The temporary failures come again, and only they.
+	c, err = p.dialLogin()
+	if err != nil {
+		return err
+	}
+	pl, err = c.atrn("ATRN "+d, []string{d}, sinkOptions{ext: ext})
+	if err != nil {
+		return err
+	}
+	for _, m := range []*message{rcptTemp, dataTemp} {
+		if err := p.expectDelivered(pl, m, "a 4xx reply leaves the message queued"); err != nil {
+			return err
+		}
+	}
+	if dl := pl.find(split); dl == nil || !sameSet(dl.rcpts, split.to[1:]) {
+		return p.failf("the recipient %s that got 452 was not delivered again, alone", split.to[1])
+	}
+	for _, m := range []*message{ok, rcptPerm, dataPerm} {
+		for _, dl := range pl.deliveries {
+			if dl.token == m.token {
+				return p.failf("message %s for %s was sent again", m.token, strings.Join(dl.rcpts, ", "))
+			}
+		}
+	}
+	p.decide(decisive)
+	return nil
+}
+
+func checkPipelining(p *probe) error {
+	return checkOutcomes(p, []string{"PIPELINING", "8BITMIME", "SIZE 10240000"})
+}
+
+func checkChunking(p *probe) error {
+	return checkOutcomes(p, []string{"PIPELINING", "CHUNKING", "8BITMIME", "SIZE 10240000"})
+}
+
+func checkPlainOutcomes(p *probe) error {
+	return checkOutcomes(p, nil)
+}

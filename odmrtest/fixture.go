@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, Pr
 	t.Helper()
 	q := &odmr.MemoryQueue{}
 	accounts := odmr.Accounts{
-		FixtureUser:        {Name: FixtureUser, Secret: FixtureSecret, Domains: FixtureDomains},
+		FixtureUser:        {Name: FixtureUser, Secret: FixtureSecret, Domains: slices.Clone(FixtureDomains)},
 		FixtureForeignUser: {Name: FixtureForeignUser, Secret: "odmrtest-bob-secret", Domains: []string{FixtureForeignDomain}},
 	}
 	p := &odmr.Provider{
@@ -82,7 +83,7 @@ func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, Pr
 		Dial:             func() (net.Conn, error) { return net.Dial("tcp", addr) },
 		User:             FixtureUser,
 		Secret:           FixtureSecret,
-		Domains:          FixtureDomains,
+		Domains:          slices.Clone(FixtureDomains),
 		ForeignDomain:    FixtureForeignDomain,
 		Enqueue:          MemoryEnqueuer(q),
 		NoMail:           NoMail453,

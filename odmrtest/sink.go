@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -33,8 +34,8 @@ type message struct {
 func (p *probe) newMessage(domains ...string) *message {
 	token := fmt.Sprintf("%s-%d", p.run.id, p.run.seq.Add(1))
 	m := &message{token: token, from: p.cfg.Sender}
-	for _, d := range domains {
-		m.to = append(m.to, "odmrtest-"+token+"@"+d)
+	for i, d := range domains {
+		m.to = append(m.to, fmt.Sprintf("odmrtest-%s-%d@%s", token, i+1, d))
 	}
 	lines := []string{
 		"Date: " + time.Now().UTC().Format("Mon, 02 Jan 2006 15:04:05 -0700"),
@@ -121,6 +122,8 @@ type pull struct {
 	deliveries  []*delivery
 	foreign     int  // messages the suite did not queue, answered 451
 	refusedSize int  // MAIL commands refused for their SIZE parameter
+	dataRefused int  // DATA or BDAT commands refused for want of recipients
+	bdat        bool // the provider used BDAT
 	refusedEHLO bool // the sink answered EHLO with ehloReply
 	cut         bool // the sink closed the connection in the middle
 	quit        bool // the provider sent QUIT
@@ -246,6 +249,7 @@ func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
 			return c.refused(pl)
 		}
 	}
+	pipelining, chunking := hasExt(o.ext, "PIPELINING"), hasExt(o.ext, "CHUNKING")
 	var tx *delivery
 	for {
 		line, err := c.readLine()
@@ -331,7 +335,17 @@ func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
 			}
 		case "DATA":
 			if tx == nil || len(tx.rcpts) == 0 {
-				return p.failf("provider sent DATA without an accepted recipient (RFC 5321 section 3.3); the customer did not offer PIPELINING")
+				if !pipelining {
+					return p.failf("provider sent DATA without an accepted recipient (RFC 5321 section 3.3); the customer did not offer PIPELINING")
+				}
+				// RFC 2920 section 3.1: a pipelined DATA after refused
+				// recipients is refused, and no text may follow.
+				pl.dataRefused++
+				if err := c.writeReply(554, "5.5.1 No valid recipients"); err != nil {
+					return err
+				}
+				tx = nil
+				continue
 			}
 			if err := c.writeReply(354, "Start mail input; end with <CRLF>.<CRLF>"); err != nil {
 				return err
@@ -341,35 +355,54 @@ func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
 				return err
 			}
 			tx.data = data
-			if m := tokenRE.FindSubmatch(headerOf(data)); m != nil {
-				tx.token = string(m[1])
-			}
-			if tx.token != "" && o.cut != nil && o.cut(tx) {
-				tx.reply = "(connection closed)"
-				pl.deliveries = append(pl.deliveries, tx)
-				pl.cut = true
-				c.nc.Close()
-				return nil
-			}
-			answer := ""
-			switch {
-			case tx.token == "":
-				pl.foreign++
-				answer = "451 4.3.0 Not a message of the ODMR conformance suite: keep it queued"
-			case o.dataReply != nil:
-				answer = o.dataReply(tx)
-			}
-			if answer == "" {
-				answer = "250 2.0.0 Message accepted"
-			}
-			tx.reply = answer
-			pl.deliveries = append(pl.deliveries, tx)
-			tx = nil
-			if err := c.write(answer + "\r\n"); err != nil {
+			done, err := c.endOfMessage(pl, tx, o)
+			if done || err != nil {
 				return err
 			}
+			tx = nil
 		case "BDAT":
-			return p.failf("provider sent BDAT though the customer did not offer CHUNKING (RFC 3030 section 2)")
+			if !chunking {
+				return p.failf("provider sent BDAT though the customer did not offer CHUNKING (RFC 3030 section 2)")
+			}
+			size, last, ok := parseBDAT(arg)
+			if !ok {
+				return p.failf("malformed BDAT command %q (RFC 3030 section 2)", line)
+			}
+			if size > maxMessage {
+				return p.failf("BDAT chunk of %d bytes", size)
+			}
+			chunk := make([]byte, size)
+			if _, err := io.ReadFull(c.br, chunk); err != nil {
+				return c.readError(err, nil)
+			}
+			pl.bdat = true
+			if tx == nil || len(tx.rcpts) == 0 {
+				// RFC 3030 section 2: the chunk is read, then refused.
+				pl.dataRefused++
+				tx = nil
+				if err := c.writeReply(554, "5.5.1 No valid recipients"); err != nil {
+					return err
+				}
+				continue
+			}
+			tx.data = append(tx.data, chunk...)
+			if len(tx.data) > maxMessage {
+				return p.failf("message longer than %d bytes", maxMessage)
+			}
+			if !last {
+				if err := c.writeReply(250, fmt.Sprintf("2.0.0 %d octets received", size)); err != nil {
+					return err
+				}
+				continue
+			}
+			if tx.data == nil {
+				tx.data = []byte{}
+			}
+			done, err := c.endOfMessage(pl, tx, o)
+			if done || err != nil {
+				return err
+			}
+			tx = nil
 		case "RSET":
 			if tx != nil && tx.data == nil {
 				pl.deliveries = append(pl.deliveries, tx)
@@ -404,10 +437,8 @@ func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
 			}
 			return nil
 		default:
-			p.note("provider sent %q in the reversed state; answered 502", redact(line))
-			if err := c.writeReply(502, "5.5.1 Command not implemented"); err != nil {
-				return err
-			}
+			// Most likely message text sent after a refused DATA.
+			return p.failf("provider sent %q in the reversed state, not an SMTP command it should send", redact(line))
 		}
 	}
 }
@@ -430,6 +461,54 @@ func (c *conn) refused(pl *pull) error {
 	}
 	pl.quit = true
 	return c.writeReply(221, "2.0.0 "+p.cfg.Hostname+" closing connection")
+}
+
+// endOfMessage answers the end of a message's text, by DATA or BDAT
+// LAST, and reports whether the session is over (the sink cut it).
+func (c *conn) endOfMessage(pl *pull, tx *delivery, o sinkOptions) (bool, error) {
+	if m := tokenRE.FindSubmatch(headerOf(tx.data)); m != nil {
+		tx.token = string(m[1])
+	}
+	if tx.token != "" && o.cut != nil && o.cut(tx) {
+		tx.reply = "(connection closed)"
+		pl.deliveries = append(pl.deliveries, tx)
+		pl.cut = true
+		c.nc.Close()
+		return true, nil
+	}
+	answer := ""
+	switch {
+	case tx.token == "":
+		pl.foreign++
+		answer = "451 4.3.0 Not a message of the ODMR conformance suite: keep it queued"
+	case o.dataReply != nil:
+		answer = o.dataReply(tx)
+	}
+	if answer == "" {
+		answer = "250 2.0.0 Message accepted"
+	}
+	tx.reply = answer
+	pl.deliveries = append(pl.deliveries, tx)
+	return false, c.write(answer + "\r\n")
+}
+
+// parseBDAT parses the argument of BDAT: a size, then LAST or nothing.
+func parseBDAT(arg string) (size int, last, ok bool) {
+	f := strings.Fields(arg)
+	if len(f) == 0 || len(f) > 2 {
+		return 0, false, false
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n < 0 {
+		return 0, false, false
+	}
+	if len(f) == 2 {
+		if !strings.EqualFold(f[1], "LAST") {
+			return 0, false, false
+		}
+		last = true
+	}
+	return n, last, true
 }
 
 // readData reads message text up to the lone dot and undoes
@@ -465,6 +544,16 @@ func (c *conn) writeReply(code int, lines ...string) error {
 		fmt.Fprintf(&b, "%03d%s%s\r\n", code, sep, l)
 	}
 	return c.write(b.String())
+}
+
+// hasExt reports whether the EHLO extension lines include keyword.
+func hasExt(ext []string, keyword string) bool {
+	for _, e := range ext {
+		if kw, _, _ := strings.Cut(e, " "); strings.EqualFold(kw, keyword) {
+			return true
+		}
+	}
+	return false
 }
 
 // sizeParam returns the value of the SIZE parameter of MAIL, or 0.
