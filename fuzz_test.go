@@ -612,16 +612,24 @@ func FuzzPlain(f *testing.F) {
 		switch {
 		case initial && enc == "":
 			codes = authExchange(t, true, "EHLO x", "AUTH PLAIN =")
+		case initial && len("AUTH PLAIN "+enc) > maxCommandLine:
+			// Too long for a command line (RFC 4954 section 4: the client
+			// must then send the response after the 334).
+			want = 500
+			codes = authExchange(t, true, "EHLO x", "AUTH PLAIN "+enc)
 		case initial:
 			codes = authExchange(t, true, "EHLO x", "AUTH PLAIN "+enc)
 		default:
+			if len(enc) > maxSASLLine {
+				want = 500
+			}
 			codes = authExchange(t, true, "EHLO x", "AUTH PLAIN", enc)
 			if codes[1] != 334 {
 				t.Fatalf("AUTH PLAIN answered %d, want 334", codes[1])
 			}
 		}
 		if got := codes[len(codes)-1]; got != want {
-			t.Fatalf("PLAIN %q: %d, want %d", response, got, want)
+			t.Fatalf("PLAIN %s: %d, want %d", short(response), got, want)
 		}
 	})
 }
@@ -634,28 +642,39 @@ func FuzzLogin(f *testing.F) {
 	f.Add([]byte("bob"), []byte("s3cret"), false)
 	f.Add([]byte("alice\x00"), []byte("s3cret"), false)
 	f.Fuzz(func(t *testing.T, user, pass []byte, initial bool) {
-		want := 535
-		if string(user) == fuzzUser && string(pass) == fuzzSecret {
-			want = 235
-		}
 		u, pw := base64.StdEncoding.EncodeToString(user), base64.StdEncoding.EncodeToString(pass)
-		var codes []int
+		// The exchange, each line with the reply it should get. A line
+		// over the limit gets 500 and ends the exchange.
+		lines := []string{"EHLO x"}
+		codes := []int{250}
+		add := func(line string, code, limit int) bool {
+			lines = append(lines, line)
+			if len(line) > limit {
+				codes = append(codes, 500)
+				return false
+			}
+			codes = append(codes, code)
+			return true
+		}
+		ok := true
 		if initial {
 			if u == "" {
 				u = "="
 			}
-			codes = authExchange(t, true, "EHLO x", "AUTH LOGIN "+u, pw)
-			if codes[1] != 334 {
-				t.Fatalf("AUTH LOGIN with a user name answered %d, want 334", codes[1])
-			}
+			ok = add("AUTH LOGIN "+u, 334, maxCommandLine)
 		} else {
-			codes = authExchange(t, true, "EHLO x", "AUTH LOGIN", u, pw)
-			if codes[1] != 334 || codes[2] != 334 {
-				t.Fatalf("AUTH LOGIN steps answered %v, want 334, 334", codes[1:3])
-			}
+			ok = add("AUTH LOGIN", 334, maxCommandLine) && add(u, 334, maxSASLLine)
 		}
-		if got := codes[len(codes)-1]; got != want {
-			t.Fatalf("LOGIN %q %q: %d, want %d", user, pass, got, want)
+		if ok {
+			want := 535
+			if string(user) == fuzzUser && string(pass) == fuzzSecret {
+				want = 235
+			}
+			add(pw, want, maxSASLLine)
+		}
+		got := authExchange(t, true, lines...)
+		if !slices.Equal(got, codes) {
+			t.Fatalf("LOGIN %s %s: replies %v, want %v", short(user), short(pass), got, codes)
 		}
 	})
 }
