@@ -1,0 +1,54 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary play the child processes the figures
+// start: they run it with -child.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if *childRole != "" {
+		raiseNoFile()
+		if err := runChild(*childRole); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestFiguresOnASmallScale runs every figure with small sizes, so that
+// the program is known to work; it says nothing about speed.
+func TestFiguresOnASmallScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes and opens hundreds of connections")
+	}
+	*nMsgs, *runs = 50, 1
+	*bigSize = 3<<20 + 17
+	*nSessions, *workers = 40, 4
+	*nIdle = 100
+	*latencyN, *delay = 12, 2*time.Millisecond
+	for name, f := range map[string]func() ([]row, error){
+		"throughput": throughput, "big": bigMessage, "sessions": sessionRate, "idle": idleMemory, "latency": latency,
+	} {
+		t.Run(name, func(t *testing.T) {
+			rows, err := f()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) == 0 {
+				t.Fatal("no figures")
+			}
+			for _, r := range rows {
+				if strings.Contains(r.note, "DIFFER") {
+					t.Errorf("%s: %s", r.figure, r.note)
+				}
+			}
+		})
+	}
+}
