@@ -90,6 +90,8 @@ func ProviderChecks() []Check {
 			Requirement: "With a customer that offers PIPELINING, as the MTA behind fetchmail usually does, the outcomes are the same; a provider that pipelines sends no text after a DATA refused for want of recipients (RFC 2920 section 3.1)."},
 		{Section: "RFC3030", Name: "CHUNKING-outcomes", Level: Must, NeedsEnqueue: true, run: checkChunking,
 			Requirement: "With a customer that offers PIPELINING and CHUNKING, the outcomes are the same, by DATA or by BDAT chunks of exactly the size announced (RFC 3030 section 2)."},
+		{Section: "RFC6152", Name: "8BITMIME-respected", Level: Must, NeedsEnqueue: true, run: check8BitMIME,
+			Requirement: "The provider sends no 8-bit text to a customer that did not offer 8BITMIME, and delivers it byte for byte to one that did (RFC 6152 section 3)."},
 		{Section: "RFC1870", Name: "SIZE-respected", Level: Should, NeedsEnqueue: true, run: checkSize,
 			Requirement: "The provider does not send a message larger than the SIZE the customer declared in its EHLO reply (RFC 1870 section 6)."},
 		{Section: "5.3", Name: "greeting-pipelined-with-ATRN", Level: May, NeedsEnqueue: true, run: checkPipelinedGreeting,

@@ -554,3 +554,62 @@ func checkChunking(p *probe) error {
 func checkPlainOutcomes(p *probe) error {
 	return checkOutcomes(p, nil)
 }
+
+func has8bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
+
+func check8BitMIME(p *probe) error {
+	d := d1(p)
+	// To a customer without 8BITMIME: no 8-bit byte may go out.
+	m := p.newMessage8bit(d)
+	if err := p.enqueue(m); err != nil {
+		return err
+	}
+	c, err := p.dialLogin()
+	if err != nil {
+		return err
+	}
+	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{})
+	if err != nil {
+		return err
+	}
+	if pl.atrn.Code != 250 {
+		return p.failf("ATRN answered %d though mail was queued", pl.atrn.Code)
+	}
+	if dl := pl.find(m); dl != nil && has8bit(dl.data) {
+		p.saw(fmt.Sprintf("%d-byte message with 8-bit text", len(dl.data)))
+		return p.failf("the provider sent 8-bit text to a customer that did not offer 8BITMIME (RFC 6152 section 3)")
+	} else if dl != nil {
+		p.note("the message was converted to 7 bits for the customer without 8BITMIME")
+	} else {
+		p.note("the message was not sent to the customer without 8BITMIME")
+	}
+	decisive := pl.atrn
+	// To a customer with 8BITMIME: it arrives byte for byte.
+	m8, err := p.enqueueNew(p.newMessage8bit(d))
+	if err != nil {
+		return err
+	}
+	c, err = p.dialLogin()
+	if err != nil {
+		return err
+	}
+	pl, err = c.atrn("ATRN "+d, []string{d}, sinkOptions{ext: []string{"8BITMIME"}})
+	if err != nil {
+		return err
+	}
+	if err := p.expectDelivered(pl, m8, "the customer offers 8BITMIME"); err != nil {
+		return err
+	}
+	if dl := pl.find(m8); !strings.Contains(strings.ToUpper(dl.params), "BODY=8BITMIME") {
+		p.note("MAIL for the 8-bit message had no BODY=8BITMIME parameter: %q", dl.params)
+	}
+	p.decide(decisive)
+	return nil
+}

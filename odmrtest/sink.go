@@ -63,6 +63,15 @@ func (p *probe) newMessage(domains ...string) *message {
 	return m
 }
 
+// newMessage8bit composes a message whose text has 8-bit bytes (UTF-8,
+// declared in its header), for domains.
+func (p *probe) newMessage8bit(domains ...string) *message {
+	m := p.newMessage(domains...)
+	m.body = strings.Replace(m.body, "charset=us-ascii", "charset=utf-8\r\nContent-Transfer-Encoding: 8bit", 1)
+	m.body = strings.Replace(m.body, "last line\r\n", "Grüße aus Köln, 8-bit text\r\nlast line\r\n", 1)
+	return m
+}
+
 // enqueue queues m through the configured hook.
 func (p *probe) enqueue(m *message) error {
 	if p.cfg.Enqueue == nil {
@@ -72,6 +81,11 @@ func (p *probe) enqueue(m *message) error {
 		return p.failf("could not queue a message for %s: %v", strings.Join(m.to, ", "), err)
 	}
 	return nil
+}
+
+// enqueueNew queues m and returns it.
+func (p *probe) enqueueNew(m *message) (*message, error) {
+	return m, p.enqueue(m)
 }
 
 // queue composes and queues a message for domains.
