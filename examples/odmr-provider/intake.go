@@ -21,7 +21,10 @@ type enqueuer func(ctx context.Context, env odmr.Envelope, body io.Reader) error
 type intake struct {
 	accounts odmr.Accounts
 	enqueue  enqueuer
-	log      *slog.Logger
+	// checkQuota, if set, refuses a recipient whose domain is over quota
+	// (452) before the data is sent.
+	checkQuota func(rcpt string) error
+	log        *slog.Logger
 }
 
 func (in *intake) NewSession(c *smtp.Conn) (smtp.Session, error) {
@@ -50,6 +53,11 @@ func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if _, ok := s.in.accounts.Owner(odmr.RecipientDomain(to)); !ok {
 		return errRelayDenied
 	}
+	if s.in.checkQuota != nil {
+		if err := s.in.checkQuota(to); err != nil {
+			return toSMTPError(s.in.log, err)
+		}
+	}
 	s.env.To = append(s.env.To, to)
 	return nil
 }
@@ -58,18 +66,28 @@ func (s *intakeSession) Data(r io.Reader) error {
 	env := s.env
 	env.Size = 0 // the queue measures what it stores
 	if err := s.in.enqueue(context.Background(), env, r); err != nil {
-		var se *smtp.SMTPError
-		if e := odmr.AsError(err); e != nil && !errors.As(err, &se) {
-			se = &smtp.SMTPError{Code: e.Code, EnhancedCode: smtp.EnhancedCode(e.EnhancedCode), Message: e.Message}
-		}
-		if se != nil {
-			return se
-		}
-		s.in.log.Error("odmr-provider: cannot queue message", "from", env.From, "err", err)
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}
+		return toSMTPError(s.in.log, err)
 	}
 	s.in.log.Info("odmr-provider: queued", "remote", s.remote, "from", env.From, "to", env.To)
 	return nil
+}
+
+// toSMTPError turns a queue's refusal into a reply; other errors are
+// logged and answered 451 without their text.
+func toSMTPError(log *slog.Logger, err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	if e := odmr.AsError(err); e != nil {
+		ec := smtp.EnhancedCode(e.EnhancedCode)
+		if e.EnhancedCode == (odmr.EnhancedCode{}) {
+			ec = smtp.EnhancedCodeNotSet
+		}
+		return &smtp.SMTPError{Code: e.Code, EnhancedCode: ec, Message: e.Message}
+	}
+	log.Error("odmr-provider: cannot queue message", "err", err)
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}
 }
 
 func (s *intakeSession) Reset()        { s.env = odmr.Envelope{} }

@@ -22,13 +22,16 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/spool"
 )
 
 func main() {
@@ -45,6 +48,12 @@ type config struct {
 	requireTLS                           bool
 	maxMessageBytes                      int64
 	hashUser                             string
+	spoolDir, smarthost, smarthostTLS    string
+	bouncesDir                           string
+	maxAge                               time.Duration
+	quotaBytes                           int64
+	quotaMessages                        int
+	list                                 bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -62,6 +71,14 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.hashUser, "hash-secret", "", "print SCRAM credentials for `USER` from a secret read on standard input, for the accounts file, and exit")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-size", 50<<20, "largest message the SMTP intake accepts, in `BYTES`")
 	fs.BoolVar(&c.verbose, "v", false, "log every session event")
+	fs.StringVar(&c.spoolDir, "spool", "", "keep the queue in `DIR` on disk (default: in memory, lost on restart)")
+	fs.DurationVar(&c.maxAge, "max-age", spool.DefaultMaxAge, "bounce mail queued longer than `DURATION` (with -spool)")
+	fs.StringVar(&c.smarthost, "smarthost", "", "send bounces (DSNs) through the SMTP server at `HOST:PORT` (with -spool; default: write them to -bounces)")
+	fs.StringVar(&c.smarthostTLS, "smarthost-tls", "starttls", "TLS to the smarthost: `starttls`, tls (implicit) or none")
+	fs.StringVar(&c.bouncesDir, "bounces", "", "write bounces to `DIR` when there is no -smarthost (default: SPOOL/bounces)")
+	fs.Int64Var(&c.quotaBytes, "quota-bytes", 0, "most `BYTES` queued per domain, refused with 452 at intake (0: no limit; with -spool)")
+	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool)")
+	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: odmr-provider -accounts FILE [flags]\n\n"+
 			"Holds mail for customer domains and hands it out over ODMR (RFC 2645, port 366).\n\nFlags:\n")
@@ -75,6 +92,20 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.hashUser != "" {
 		return &c, nil
+	}
+	if c.list {
+		if c.spoolDir == "" {
+			return nil, errors.New("-list needs -spool DIR")
+		}
+		return &c, nil
+	}
+	if c.spoolDir == "" && (c.smarthost != "" || c.bouncesDir != "" || c.quotaBytes != 0 || c.quotaMessages != 0) {
+		return nil, errors.New("-smarthost, -bounces and the quotas need -spool DIR")
+	}
+	switch c.smarthostTLS {
+	case "starttls", "tls", "none":
+	default:
+		return nil, fmt.Errorf("-smarthost-tls: want starttls, tls or none, not %q", c.smarthostTLS)
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return nil, errors.New("-tls-cert and -tls-key go together")
@@ -103,6 +134,9 @@ func run(args []string) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if cfg.list {
+		return listSpool(cfg.spoolDir, os.Stdout)
+	}
 
 	accounts, err := odmr.LoadAccounts(cfg.accounts)
 	if err != nil {
@@ -111,15 +145,11 @@ func run(args []string) error {
 	if len(accounts) == 0 {
 		return fmt.Errorf("%s defines no accounts", cfg.accounts)
 	}
-	queue := &odmr.MemoryQueue{
-		OnFailure: func(env odmr.Envelope, failed []odmr.RecipientResult) {
-			for _, f := range failed {
-				log.Warn("odmr-provider: delivery failed permanently; no bounce is sent by the in-memory queue",
-					"id", env.ID, "from", env.From, "to", f.Recipient, "err", f.Err)
-			}
-		},
+	queue, enqueue, checkQuota, closeQueue, err := openQueue(cfg, log)
+	if err != nil {
+		return err
 	}
-	log.Warn("odmr-provider: using the in-memory queue: queued mail will not survive a restart")
+	defer closeQueue()
 
 	var tlsConfig *tls.Config
 	if cfg.tlsCert != "" {
@@ -164,12 +194,10 @@ func run(args []string) error {
 			return err
 		}
 		intakeSrv = smtp.NewServer(&intake{
-			accounts: accounts,
-			log:      log,
-			enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-				_, err := queue.Enqueue(env, body)
-				return err
-			},
+			accounts:   accounts,
+			log:        log,
+			enqueue:    enqueue,
+			checkQuota: checkQuota,
 		})
 		intakeSrv.Domain = p.Hostname
 		if intakeSrv.Domain == "" {
@@ -246,4 +274,97 @@ func listen(addr, flagName string) (net.Listener, error) {
 			flagName, addr, err, flagName)
 	}
 	return nil, fmt.Errorf("-%s %s: %w", flagName, addr, err)
+}
+
+// openQueue opens the spool named by -spool, or an in-memory queue.
+func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(string) error, func(), error) {
+	if cfg.spoolDir == "" {
+		q := &odmr.MemoryQueue{
+			OnFailure: func(env odmr.Envelope, failed []odmr.RecipientResult) {
+				for _, f := range failed {
+					log.Warn("odmr-provider: delivery failed permanently; the in-memory queue sends no bounce",
+						"id", env.ID, "from", env.From, "to", f.Recipient, "err", f.Err)
+				}
+			},
+		}
+		log.Warn("odmr-provider: no -spool: the queue is in memory and will not survive a restart")
+		enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+			_, err := q.Enqueue(env, body)
+			return err
+		}
+		return q, enqueue, nil, func() {}, nil
+	}
+	var bouncer spool.Bouncer
+	if cfg.smarthost != "" {
+		sec := map[string]spool.Security{"starttls": spool.StartTLS, "tls": spool.ImplicitTLS, "none": spool.Plaintext}[cfg.smarthostTLS]
+		bouncer = &spool.SMTPBouncer{Addr: cfg.smarthost, Security: sec, Hostname: cfg.hostname}
+		log.Info("odmr-provider: bounces go through the smarthost", "smarthost", cfg.smarthost, "tls", cfg.smarthostTLS)
+	} else {
+		dir := cfg.bouncesDir
+		if dir == "" {
+			dir = filepath.Join(cfg.spoolDir, "bounces")
+		}
+		db := spool.DirBouncer{Dir: dir}
+		bouncer = spool.BouncerFunc(func(ctx context.Context, env odmr.Envelope, dsn io.Reader) error {
+			if err := db.Bounce(ctx, env, dsn); err != nil {
+				return err
+			}
+			log.Warn("odmr-provider: bounce written; no -smarthost to send it", "dir", dir, "id", env.ID, "to", env.To)
+			return nil
+		})
+	}
+	var quota spool.QuotaFunc
+	if cfg.quotaBytes > 0 || cfg.quotaMessages > 0 {
+		quota = func(string) (int64, int) { return cfg.quotaBytes, cfg.quotaMessages }
+	}
+	s, err := spool.Open(cfg.spoolDir, spool.Options{
+		MaxAge:   cfg.maxAge,
+		Bouncer:  bouncer,
+		Hostname: cfg.hostname,
+		Quota:    quota,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("-spool %s: %w", cfg.spoolDir, err)
+	}
+	log.Info("odmr-provider: spool opened", "dir", cfg.spoolDir, "max-age", cfg.maxAge)
+	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		_, err := s.Enqueue(ctx, env, body)
+		return err
+	}
+	return s, enqueue, s.CheckQuota, func() { s.Close() }, nil
+}
+
+// listSpool prints what is queued per domain.
+func listSpool(dir string, out io.Writer) error {
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("-spool %s: %w", dir, err)
+	}
+	s, err := spool.Open(dir, spool.Options{MaintenanceInterval: -1, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		return fmt.Errorf("-spool %s: %w", dir, err)
+	}
+	defer s.Close()
+	stats, err := s.List()
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DOMAIN\tMESSAGES\tBYTES\tOLDEST\tUNREADABLE")
+	total := 0
+	for _, st := range stats {
+		oldest := "-"
+		if !st.Oldest.IsZero() {
+			oldest = st.Oldest.UTC().Format(time.RFC3339) + " (" + time.Since(st.Oldest).Round(time.Minute).String() + " ago)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\n", st.Domain, st.Messages, st.Bytes, oldest, st.Unreadable)
+		total += st.Messages
+	}
+	tw.Flush()
+	bounces, err := s.PendingBounces()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d domains, %d messages queued per domain in all; %d bounces waiting to be sent\n", len(stats), total, bounces)
+	return nil
 }

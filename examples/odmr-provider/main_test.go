@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/spool"
 )
 
 func TestFlags(t *testing.T) {
@@ -119,4 +122,60 @@ func TestHashSecretMakesAccountsFileCredentials(t *testing.T) {
 	require.Len(t, accts["alice"].SCRAM, 2)
 	assert.Empty(t, accts["alice"].Secret)
 	assert.Error(t, hashSecret("alice", strings.NewReader(""), &out))
+}
+
+func TestListShowsWhatIsQueuedPerDomain(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s, err := spool.Open(dir, spool.Options{MaintenanceInterval: -1})
+	require.NoError(t, err)
+	for _, to := range []string{"a@example.org", "b@example.org", "c@example.com"} {
+		_, err := s.Enqueue(context.Background(), odmr.Envelope{From: "s@x.test", To: []string{to}}, strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.Close())
+	var out strings.Builder
+	require.NoError(t, listSpool(dir, &out))
+	assert.Regexp(t, `example\.com\s+1\s+\d+`, out.String())
+	assert.Regexp(t, `example\.org\s+2\s+\d+`, out.String())
+	assert.Contains(t, out.String(), "2 domains")
+	assert.ErrorContains(t, listSpool(filepath.Join(dir, "missing"), &out), "no such file")
+	_, err = parseFlags([]string{"-list"})
+	assert.ErrorContains(t, err, "-list needs -spool")
+	_, err = parseFlags([]string{"-accounts", "x", "-smarthost", "h:25"})
+	assert.ErrorContains(t, err, "need -spool")
+}
+
+// TestSpoolSurvivesRestart queues a message in one run of the program and
+// collects it after a restart.
+func TestSpoolSurvivesRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the program")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "odmr-provider")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	accts := filepath.Join(dir, "accounts")
+	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
+	spoolDir := filepath.Join(dir, "spool")
+
+	p := startCrashProvider(t, bin, accts, spoolDir)
+	require.NoError(t, sendPlain(p.smtpAddr, 7))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, p.cmd.Wait())
+
+	p = startCrashProvider(t, bin, accts, spoolDir)
+	defer func() { p.cmd.Process.Signal(syscall.SIGTERM); p.cmd.Wait() }()
+	var got []byte
+	c := &odmr.Customer{Addr: p.odmrAddr, Username: "alice", Secret: "s3cret", Logger: discardLog(),
+		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+			got, err = io.ReadAll(body)
+			return err
+		})}
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	n, err := checkMessage(got)
+	require.NoError(t, err)
+	assert.Equal(t, 7, n)
 }
