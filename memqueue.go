@@ -1,8 +1,8 @@
 package odmr
 
 import (
-	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,6 +42,7 @@ type memRcpt struct {
 }
 
 type memMessage struct {
+	seq   uint64   // arrival order; q.messages is sorted by it
 	env   Envelope // To is unused; recipients live in rcpts
 	body  []byte
 	rcpts []*memRcpt
@@ -82,6 +83,7 @@ func (q *MemoryQueue) Enqueue(env Envelope, r io.Reader) (string, error) {
 	defer q.mu.Unlock()
 	q.init()
 	q.nextID++
+	m.seq = uint64(q.nextID)
 	env.ID = strconv.Itoa(q.nextID)
 	m.env = env
 	q.messages = append(q.messages, m)
@@ -102,20 +104,31 @@ func (q *MemoryQueue) init() {
 // readCRLF reads r whole, turning bare LF into CRLF.
 func readCRLF(r io.Reader) ([]byte, error) {
 	var out bytes.Buffer
-	br := bufio.NewReader(r)
+	buf := make([]byte, 32<<10)
 	prev := byte(0)
 	for {
-		b, err := br.ReadByte()
+		n, err := r.Read(buf)
+		chunk := buf[:n]
+		for len(chunk) > 0 {
+			i := bytes.IndexByte(chunk, '\n')
+			if i < 0 {
+				out.Write(chunk)
+				prev = chunk[len(chunk)-1]
+				break
+			}
+			out.Write(chunk[:i])
+			if (i > 0 && chunk[i-1] != '\r') || (i == 0 && prev != '\r') {
+				out.WriteByte('\r')
+			}
+			out.WriteByte('\n')
+			prev = '\n'
+			chunk = chunk[i+1:]
+		}
 		if err == io.EOF {
 			return out.Bytes(), nil
 		} else if err != nil {
 			return nil, err
 		}
-		if b == '\n' && prev != '\r' {
-			out.WriteByte('\r')
-		}
-		out.WriteByte(b)
-		prev = b
 	}
 }
 
@@ -152,7 +165,7 @@ func (q *MemoryQueue) HasMail(ctx context.Context, domains []string) (bool, erro
 
 // Claim returns a batch over the messages queued for domains.
 func (q *MemoryQueue) Claim(ctx context.Context, domains []string) (Batch, error) {
-	return &memBatch{q: q, domains: slices.Clone(domains), seen: make(map[*memMessage]bool)}, nil
+	return &memBatch{q: q, domains: slices.Clone(domains)}, nil
 }
 
 // Len returns the number of messages with recipients still queued.
@@ -210,7 +223,7 @@ func (q *MemoryQueue) Failed() []RecipientResult {
 type memBatch struct {
 	q       *MemoryQueue
 	domains []string
-	seen    map[*memMessage]bool
+	cursor  uint64 // messages up to this seq have been looked at
 	closed  bool
 }
 
@@ -224,10 +237,13 @@ func (b *memBatch) Next(ctx context.Context) (Message, error) {
 	if b.closed {
 		return nil, errors.New("odmr: batch closed")
 	}
-	for _, m := range q.messages {
-		if b.seen[m] {
-			continue
-		}
+	// The batch moves forward through the queue in arrival order, so each
+	// message is looked at once and returned at most once.
+	start, _ := slices.BinarySearchFunc(q.messages, b.cursor+1, func(m *memMessage, seq uint64) int {
+		return cmp.Compare(m.seq, seq)
+	})
+	for _, m := range q.messages[start:] {
+		b.cursor = m.seq
 		var mine []*memRcpt
 		for _, r := range m.rcpts {
 			if r.leasedBy == nil && slices.Contains(b.domains, r.domain) {
@@ -237,7 +253,6 @@ func (b *memBatch) Next(ctx context.Context) (Message, error) {
 		if len(mine) == 0 {
 			continue
 		}
-		b.seen[m] = true
 		env := m.env
 		env.To = make([]string, len(mine))
 		for i, r := range mine {

@@ -461,7 +461,7 @@ func (s *session) readFailed(ctx context.Context, err error) error {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return fmt.Errorf("odmr: connection closed by customer in %s state", s.State())
 	case errors.Is(err, wire.ErrFlood):
-		s.reply(errLineTooLong.withMessage("Line too long, closing connection"))
+		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Line too long, closing connection"})
 		return err
 	case errors.As(err, &ne) && ne.Timeout():
 		if s.p.shutdown.Load() || ctx.Err() != nil {

@@ -224,9 +224,10 @@ func TestMalformedLines(t *testing.T) {
 	c.raw("NOOP\x00\r\n")
 	c.expect(500)
 	c.cmd(250, "NOOP")
-	// An endless line closes the session.
+	// An endless line closes the session, with 421 as RFC 5321 section 3.8
+	// asks of a server that closes.
 	c.raw(strings.Repeat("x", 100<<10))
-	c.expect(500)
+	c.expect(421)
 	c.expectClosed()
 }
 
