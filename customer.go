@@ -45,10 +45,10 @@ var (
 	// connection without TLS while AllowInsecureAuth is off.
 	ErrNoAuthMechanism = errors.New("odmr: provider offers no usable authentication mechanism")
 	// ErrNoStartTLS: the customer has a TLSConfig but the provider does not
-	// offer STARTTLS.
+	// offer STARTTLS. The customer quits without sending anything else.
 	ErrNoStartTLS = errors.New("odmr: provider does not offer STARTTLS")
 	// ErrProtocol: the provider broke the protocol: a malformed or
-	// unexpected reply, or data sent ahead of a STARTTLS reply.
+	// unexpected reply.
 	ErrProtocol = errors.New("odmr: protocol error")
 )
 
@@ -68,22 +68,45 @@ type Customer struct {
 	// ODMR port, 366, is used.
 	Addr string
 	// Dial opens the connection to the provider. nil means a net.Dialer.
-	// It may return a *tls.Conn for implicit TLS, which counts as a secure
-	// connection for AUTH.
+	// It may return a *tls.Conn, which the customer treats as ImplicitTLS:
+	// it completes the handshake before it reads the greeting. (To use
+	// EXTERNAL over such a connection, set the client certificate in
+	// TLSConfig too: that is where the customer looks for one.)
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// TLSConfig makes the customer upgrade the connection with STARTTLS
-	// (RFC 3207) before it authenticates, and fail with ErrNoStartTLS when
-	// the provider does not offer it. A config without ServerName gets
-	// the host of Addr. nil means no STARTTLS.
+	// ImplicitTLS makes the customer start TLS as soon as it has connected,
+	// before the provider's greeting, for a provider that speaks TLS from
+	// the first byte (see [Provider.ListenAndServeTLS]). The handshake uses
+	// TLSConfig; a nil TLSConfig means crypto/tls's defaults, which verify
+	// the provider's certificate against the system's roots for the host
+	// of Addr. No port is registered for ODMR over TLS: give the port in
+	// Addr. False means the connection starts in clear text.
+	ImplicitTLS bool
+	// TLSConfig configures TLS with the provider. Without ImplicitTLS it
+	// makes the customer upgrade the connection with STARTTLS (RFC 3207)
+	// before it authenticates, and quit with ErrNoStartTLS when the
+	// provider does not offer it; with ImplicitTLS it configures the
+	// handshake that starts the connection. A config without ServerName
+	// gets the host of Addr. The provider's certificate is verified (unless
+	// the config sets InsecureSkipVerify), and a failure is an error naming
+	// the host that wraps crypto/tls's error. A client certificate in the
+	// config (Certificates or GetClientCertificate) lets the customer
+	// authenticate with SASL EXTERNAL. nil means no STARTTLS.
 	TLSConfig *tls.Config
 
-	// Username and Secret are the credentials for AUTH.
+	// Username and Secret are the credentials for AUTH. Username may be
+	// empty when TLSConfig holds a client certificate: only EXTERNAL can
+	// then be used.
 	Username string
 	Secret   string
 	// Mechanisms lists the SASL mechanisms the customer may use, most
 	// preferred first; the first one the provider offers is used. It knows
-	// SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, PLAIN and LOGIN. nil means
-	// DefaultMechanisms.
+	// EXTERNAL, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, PLAIN and LOGIN. nil
+	// means DefaultMechanisms.
+	//
+	// EXTERNAL (RFC 4422 appendix A) is used only over TLS with a client
+	// certificate in TLSConfig. The customer sends it with an empty
+	// authorization identity, "AUTH EXTERNAL =", so that the provider
+	// takes the identity it maps the certificate to; Username is not sent.
 	Mechanisms []string
 	// AllowInsecureAuth permits PLAIN and LOGIN, which send the secret
 	// itself, on a connection without TLS. False means they are used only
@@ -122,6 +145,17 @@ type Customer struct {
 	// again. 0 means DefaultIdleTimeout. It also applies to a Handler.
 	IdleTimeout time.Duration
 
+	// Debug, if set, receives a transcript of each fetch in the RFC's
+	// notation, each line after the provider's address: "C: " for what the
+	// customer sends, "P: " for what the provider sends, before the role
+	// swap and after it, messages included. The TLS handshake does not
+	// show. AUTH exchanges are redacted: an initial response shows as
+	// "AUTH MECH <redacted>", the customer's other SASL lines as
+	// "<redacted>" and the provider's 334 replies as "334 <redacted>".
+	// Lines are written whole, one Write each, and the writes of
+	// concurrent fetches are serialized.
+	Debug io.Writer
+
 	// Logger receives a record for each step of a fetch. The secret and
 	// the SASL exchange are never logged. nil means slog.Default().
 	Logger *slog.Logger
@@ -137,7 +171,9 @@ type Handler interface {
 	// (220) first and serve until the provider quits. Reads return any
 	// bytes the provider sent ahead of the swap first. The customer closes
 	// conn afterwards. ctx is the context of the fetch; its cancellation
-	// already sets a past deadline on conn.
+	// already sets a past deadline on conn. conn has a method
+	// ConnectionState() (tls.ConnectionState, bool) that reports the TLS
+	// state when the session runs over TLS.
 	ServeReversed(ctx context.Context, conn net.Conn) error
 }
 
@@ -159,6 +195,9 @@ type FetchResult struct {
 	Domains []string
 	// Mechanism is the SASL mechanism that authenticated the session.
 	Mechanism string
+	// TLS is the state of the session's TLS connection, implicit or
+	// started with STARTTLS; nil when the session ran in clear text.
+	TLS *tls.ConnectionState
 	// NoMail is set when there was nothing to collect: the provider
 	// answered ATRN with 453, or it accepted ATRN and then ended the
 	// session before sending a message (RFC 2645 section 5.2.1 allows
@@ -198,9 +237,12 @@ const (
 // with the sentinels: [ErrATRNRefused] (450, a domain the account may not
 // pull), [ErrTryLater] (451), [ErrAuthRequired] (530), [ErrAuthFailed]
 // (535) and so on. [ErrNoATRN], [ErrNoAuthMechanism], [ErrNoStartTLS] and
-// [ErrProtocol] report a provider that cannot serve the request. When ctx
-// ends, the error matches ctx.Err(). A connection lost in the middle of a
-// message is an error, and that message stays queued at the provider.
+// [ErrProtocol] report a provider that cannot serve the request. A failed
+// TLS handshake names the provider's host and wraps crypto/tls's error (a
+// [*tls.CertificateVerificationError] for a certificate that does not
+// verify). When ctx ends, the error matches ctx.Err(). A connection lost
+// in the middle of a message is an error, and that message stays queued
+// at the provider.
 //
 // The result is never nil: after an error it counts what was received
 // before it.
@@ -229,6 +271,9 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		}
 		return res, fmt.Errorf("odmr: connecting to %s: %w", addr, err)
 	}
+	if _, isTLS := conn.(*tls.Conn); c.ImplicitTLS && !isTLS {
+		conn = tls.Client(conn, c.tlsConfig())
+	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -241,8 +286,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		}
 	}()
 
-	s := &customerSession{c: c, ctx: ctx, conn: conn, br: bufio.NewReaderSize(conn, 4096), log: log}
-	_, s.secure = conn.(*tls.Conn)
+	s := &customerSession{c: c, ctx: ctx, conn: conn, br: bufio.NewReaderSize(conn, 4096), log: log, addr: addr}
 	reversed, err := s.initial(domains, res)
 	if err != nil || !reversed {
 		return res, err
@@ -250,7 +294,11 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 
 	// The reversed state: the customer is now the SMTP server.
 	buffered, _ := s.br.Peek(s.br.Buffered())
-	rc := &idleConn{Conn: Reverse(s.conn, buffered), ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
+	rconn := Reverse(s.conn, buffered)
+	if c.Debug != nil {
+		rconn = &debugReversedConn{Conn: rconn, s: s}
+	}
+	rc := &idleConn{Conn: rconn, ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
 	if c.Handler != nil {
 		err = c.Handler.ServeReversed(ctx, rc)
 	} else {
@@ -271,8 +319,8 @@ func (c *Customer) check() error {
 		return errors.New("odmr: Customer needs a Sink or a Handler")
 	case c.Sink != nil && c.Handler != nil:
 		return errors.New("odmr: Customer has both a Sink and a Handler; set one")
-	case c.Username == "":
-		return errors.New("odmr: Customer needs a Username")
+	case c.Username == "" && !c.clientCert():
+		return errors.New("odmr: Customer needs a Username, or a client certificate in TLSConfig for EXTERNAL")
 	case strings.ContainsAny(c.Username, "\r\n\x00"):
 		return errors.New("odmr: Username contains CR, LF or NUL")
 	case strings.ContainsAny(c.hostname(), " \t\r\n\x00"):
@@ -286,6 +334,30 @@ func (c *Customer) addr() string {
 		return c.Addr
 	}
 	return net.JoinHostPort(strings.Trim(c.Addr, "[]"), strconv.Itoa(Port))
+}
+
+// host is the host part of Addr.
+func (c *Customer) host() string {
+	h, _, _ := net.SplitHostPort(c.addr())
+	return h
+}
+
+// tlsConfig returns the config of the handshake with the provider:
+// TLSConfig, or the defaults, with ServerName set.
+func (c *Customer) tlsConfig() *tls.Config {
+	cfg := &tls.Config{}
+	if c.TLSConfig != nil {
+		cfg = c.TLSConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = c.host()
+	}
+	return cfg
+}
+
+// clientCert reports whether TLSConfig carries a client certificate.
+func (c *Customer) clientCert() bool {
+	return c.TLSConfig != nil && (len(c.TLSConfig.Certificates) > 0 || c.TLSConfig.GetClientCertificate != nil)
 }
 
 func (c *Customer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -321,7 +393,8 @@ type customerSession struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	log    *slog.Logger
-	secure bool // the connection runs over TLS
+	addr   string // the provider's, for the debug transcript
+	secure bool   // the connection runs over TLS
 }
 
 // reply is one reply read off the wire: its code and its lines of text.
@@ -353,6 +426,12 @@ func (e *commandError) Unwrap() error { return e.err }
 func (s *customerSession) initial(domains []string, res *FetchResult) (bool, error) {
 	c := s.c
 	cmdTimeout := orDefault(c.CommandTimeout, DefaultCommandTimeout)
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		// Implicit TLS: the handshake comes before the greeting.
+		if err := s.handshake(tc, cmdTimeout); err != nil {
+			return false, err
+		}
+	}
 	r, err := s.read(cmdTimeout)
 	if err != nil {
 		return false, s.readErr("greeting", err)
@@ -378,6 +457,10 @@ func (s *customerSession) initial(domains []string, res *FetchResult) (bool, err
 		if ext, err = s.ehlo(cmdTimeout); err != nil {
 			return false, err
 		}
+	}
+	if s.secure {
+		cs := s.conn.(*tls.Conn).ConnectionState()
+		res.TLS = &cs
 	}
 	if _, ok := ext["ATRN"]; !ok {
 		s.quit()
@@ -465,37 +548,69 @@ func (s *customerSession) startTLS(timeout time.Duration) error {
 		}
 		return fmt.Errorf("%w: unexpected reply to STARTTLS: %d %s", ErrProtocol, r.code, r.text())
 	}
-	if s.br.Buffered() > 0 {
-		// Bytes sent before the handshake would be taken as protected
-		// (the STARTTLS command injection of CVE-2011-0411).
-		return fmt.Errorf("%w: provider sent data ahead of the TLS handshake", ErrProtocol)
+	if n := s.br.Buffered(); n > 0 {
+		// Bytes that came in clear after the 220 are not part of the TLS
+		// session: reading them as replies after the handshake would let
+		// an attacker inject them (the STARTTLS injection of
+		// CVE-2011-0411, against a client). Drop them.
+		s.br.Discard(n)
+		s.log.Warn("odmr: discarded bytes the provider sent after its reply to STARTTLS", "bytes", n)
 	}
-	cfg := s.c.TLSConfig.Clone()
-	if cfg.ServerName == "" {
-		cfg.ServerName, _, _ = net.SplitHostPort(s.c.addr())
+	tc := tls.Client(s.conn, s.c.tlsConfig())
+	if err := s.handshake(tc, timeout); err != nil {
+		return err
 	}
-	tc := tls.Client(s.conn, cfg)
+	s.conn = tc
+	s.br.Reset(tc)
+	return nil
+}
+
+// handshake runs the TLS handshake on tc, the connection's TLS layer.
+func (s *customerSession) handshake(tc *tls.Conn, timeout time.Duration) error {
 	if err := s.deadline(timeout); err != nil {
 		return err
 	}
 	if err := tc.HandshakeContext(s.ctx); err != nil {
-		return fmt.Errorf("odmr: TLS handshake with the provider: %w", err)
+		if s.ctx.Err() != nil {
+			return s.ctx.Err()
+		}
+		return &tlsError{host: s.c.tlsConfig().ServerName, err: err}
 	}
-	s.conn, s.secure = tc, true
-	s.br.Reset(tc)
+	s.secure = true
 	s.log.Debug("odmr: TLS started", "version", tls.VersionName(tc.ConnectionState().Version))
 	return nil
 }
 
+// tlsError is a failed TLS handshake with the provider. It names the host
+// the certificate was checked for and unwraps to crypto/tls's error.
+type tlsError struct {
+	host string
+	err  error
+}
+
+func (e *tlsError) Error() string {
+	msg := e.err.Error()
+	var ve *tls.CertificateVerificationError
+	if errors.As(e.err, &ve) {
+		msg = ve.Err.Error()
+	}
+	return "odmr: TLS with " + e.host + ": " + msg
+}
+
+func (e *tlsError) Unwrap() error { return e.err }
+
 // DefaultMechanisms is the order in which a [Customer] whose Mechanisms
 // field is nil picks a SASL mechanism among those the provider offers:
-// the SCRAM mechanisms, which prove the provider knows the secret too,
-// then CRAM-MD5, which RFC 2645 makes mandatory, then PLAIN and LOGIN.
-var DefaultMechanisms = []string{SCRAMSHA256, SCRAMSHA1, CRAMMD5, sasl.Plain, sasl.Login}
+// EXTERNAL, when the customer has a client certificate and the session
+// runs over TLS; the SCRAM mechanisms, which prove the provider knows the
+// secret too; then CRAM-MD5, which RFC 2645 makes mandatory; then PLAIN
+// and LOGIN.
+var DefaultMechanisms = []string{sasl.External, SCRAMSHA256, SCRAMSHA1, CRAMMD5, sasl.Plain, sasl.Login}
 
 // saslClient picks the first mechanism of the customer's list that the
-// provider offers; PLAIN and LOGIN only under TLS or when allowed in clear
-// text.
+// provider offers: EXTERNAL only under TLS with a client certificate, the
+// others only with a Username, PLAIN and LOGIN only under TLS or when
+// allowed in clear text.
 func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) {
 	has := make(map[string]bool)
 	for _, m := range strings.Fields(offered) {
@@ -506,10 +621,20 @@ func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) 
 		prefs = DefaultMechanisms
 	}
 	clearOK := secure || c.AllowInsecureAuth
-	inClear := false
+	inClear, noUser := false, false
 	for _, m := range prefs {
 		m = strings.ToUpper(m)
 		if !has[m] {
+			continue
+		}
+		if m == sasl.External {
+			if secure && c.clientCert() {
+				return externalClient{}, nil
+			}
+			continue
+		}
+		if c.Username == "" {
+			noUser = true
 			continue
 		}
 		switch m {
@@ -531,6 +656,9 @@ func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) 
 	switch {
 	case offered == "":
 		return nil, fmt.Errorf("%w: the EHLO reply lists no AUTH", ErrNoAuthMechanism)
+	case noUser:
+		return nil, fmt.Errorf("%w: the provider offers %s; without a Username only EXTERNAL, over TLS with a client certificate, can be used",
+			ErrNoAuthMechanism, offered)
 	case inClear:
 		return nil, fmt.Errorf("%w: the provider offers %s; PLAIN and LOGIN would send the secret in clear text: use TLS or set AllowInsecureAuth",
 			ErrNoAuthMechanism, offered)
@@ -542,13 +670,14 @@ func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) 
 func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (string, error) {
 	mech, ir, err := client.Start()
 	if err != nil {
-		return "", fmt.Errorf("odmr: AUTH: %w", err)
+		return "", &authError{"", err}
 	}
-	line := "AUTH " + mech
+	line, logged := "AUTH "+mech, "AUTH "+mech
 	if ir != nil {
 		line += " " + encodeSASL(ir)
+		logged += " " + redacted
 	}
-	r, err := s.cmd(timeout, line, "AUTH "+mech)
+	r, err := s.cmd(timeout, line, logged)
 	for step := 0; ; step++ {
 		if err != nil {
 			return "", s.readErr("AUTH "+mech, err)
@@ -565,11 +694,11 @@ func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (strin
 			resp, err := client.Next(chal)
 			if err != nil {
 				s.cancelAuth(timeout)
-				return "", fmt.Errorf("odmr: AUTH %s: %w", mech, err)
+				return "", &authError{mech, err}
 			}
 			// An empty response is an empty line; "=" is only for an
 			// initial response (RFC 4954 section 4).
-			r, err = s.cmd(timeout, base64.StdEncoding.EncodeToString(resp), "(AUTH response)")
+			r, err = s.cmd(timeout, base64.StdEncoding.EncodeToString(resp), redacted)
 			continue
 		case r.code >= 400:
 			s.quit()
@@ -580,6 +709,19 @@ func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (strin
 	}
 }
 
+// authError is a failure of the customer's own side of a SASL exchange,
+// such as a SCRAM server signature that does not verify.
+type authError struct {
+	mech string
+	err  error
+}
+
+func (e *authError) Error() string {
+	return strings.TrimSuffix("odmr: AUTH "+e.mech, " ") + ": " + strings.TrimPrefix(e.err.Error(), "odmr: ")
+}
+
+func (e *authError) Unwrap() error { return e.err }
+
 func encodeSASL(b []byte) string {
 	if len(b) == 0 {
 		return "="
@@ -589,7 +731,7 @@ func encodeSASL(b []byte) string {
 
 // cancelAuth abandons a SASL exchange with "*" (RFC 4954 section 4).
 func (s *customerSession) cancelAuth(timeout time.Duration) {
-	if _, err := s.cmd(min(timeout, 10*time.Second), "*", "*"); err == nil {
+	if _, err := s.cmd(min(timeout, 10*time.Second), "*", redacted); err == nil {
 		s.quit()
 	}
 }
@@ -608,12 +750,13 @@ func (s *customerSession) deadline(timeout time.Duration) error {
 }
 
 // cmd sends one command line and reads the reply. logged is what the log
-// shows of the line.
+// and the debug transcript show of the line.
 func (s *customerSession) cmd(timeout time.Duration, line, logged string) (*reply, error) {
 	if err := s.deadline(timeout); err != nil {
 		return nil, err
 	}
 	s.log.Debug("odmr: C: " + logged)
+	s.debug("C: ", logged)
 	if _, err := io.WriteString(s.conn, line+"\r\n"); err != nil {
 		return nil, err
 	}
@@ -641,12 +784,22 @@ func (s *customerSession) read(timeout time.Duration) (*reply, error) {
 		}
 		code, cont, text, ok := parseReplyLine(line)
 		if !ok || (i > 0 && code != r.code) {
+			s.debug("P: ", truncate(line, 80))
 			return nil, fmt.Errorf("%w: malformed reply %q", ErrProtocol, truncate(line, 80))
 		}
+		if code == 334 {
+			// A SASL challenge.
+			line = []byte("334 " + redacted)
+		}
+		s.debug("P: ", string(line))
 		r.code = code
 		r.lines = append(r.lines, text)
 		if !cont {
-			s.log.Debug("odmr: P: " + strconv.Itoa(r.code) + " " + r.lines[0])
+			first := r.lines[0]
+			if code == 334 {
+				first = redacted
+			}
+			s.log.Debug("odmr: P: " + strconv.Itoa(r.code) + " " + first)
 			return &r, nil
 		}
 	}
@@ -685,13 +838,32 @@ func (s *customerSession) readErr(what string, err error) error {
 		return err
 	}
 	var ne net.Error
+	var oe *net.OpError
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("odmr: provider closed the connection (waiting for the reply to %s)", what)
 	case errors.As(err, &ne) && ne.Timeout():
 		return fmt.Errorf("odmr: no reply to %s from the provider in time: %w", what, err)
+	case s.secure && errors.As(err, &oe) && oe.Op == "remote error":
+		// A TLS alert. In TLS 1.3 the provider's verdict on the client
+		// certificate arrives after the handshake, with the first read.
+		return &tlsError{host: s.c.tlsConfig().ServerName, err: err}
 	}
 	return fmt.Errorf("odmr: %s: %w", what, err)
+}
+
+// externalClient is SASL EXTERNAL with an empty authorization identity:
+// "AUTH EXTERNAL =". A provider that asks again with an empty challenge
+// (one that does not take an initial response) gets an empty response.
+type externalClient struct{}
+
+func (externalClient) Start() (string, []byte, error) { return sasl.External, []byte{}, nil }
+
+func (externalClient) Next(challenge []byte) ([]byte, error) {
+	if len(challenge) == 0 {
+		return []byte{}, nil
+	}
+	return nil, sasl.ErrUnexpectedServerChallenge
 }
 
 // loginClient is the LOGIN mechanism. Unlike go-sasl's it sends no
@@ -768,6 +940,27 @@ func (c *idleConn) err() error {
 
 // CloseWrite half-closes the connection when the one underneath can.
 func (c *idleConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// ConnectionState returns the TLS state when the session runs over TLS.
+func (c *idleConn) ConnectionState() (tls.ConnectionState, bool) {
+	conn := c.Conn
+	for range 8 {
+		switch t := conn.(type) {
+		case *tls.Conn:
+			return t.ConnectionState(), true
+		case interface {
+			ConnectionState() (tls.ConnectionState, bool)
+		}:
+			return t.ConnectionState()
+		}
+		u, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		conn = u.NetConn()
+	}
+	return tls.ConnectionState{}, false
+}
 
 // NetConn returns the connection underneath.
 func (c *idleConn) NetConn() net.Conn { return c.Conn }

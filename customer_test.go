@@ -1186,3 +1186,57 @@ func TestCustomerRFC2645Section6Transcript(t *testing.T) {
 	assert.Equal(t, int64(54), got[0].env.Size)
 	assert.Equal(t, wantBody, got[0].body)
 }
+
+// lockedBuffer collects what writers in several goroutines write.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestCustomerRelayOverSTARTTLSWithDebug(t *testing.T) {
+	// The relay copies both ways at once through the debug transcript,
+	// and passes half-closes through it.
+	custNoLeaks(t)
+	cert, pool := custCert(t)
+	q := &odmr.MemoryQueue{}
+	custEnqueue(t, q, "a@sender.test", "Subject: relayed\r\n\r\nOver TLS.\r\n", "u1@example.org")
+	addr := custProvider(t, q, func(p *odmr.Provider) { p.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	mta := &localMTA{}
+	debug := &lockedBuffer{}
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	c.TLSConfig = &tls.Config{RootCAs: pool, ServerName: "provider.example.net"}
+	c.Debug = debug
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	require.NotNil(t, res.TLS)
+	require.Len(t, mta.received(), 1)
+	assert.Equal(t, "Subject: relayed\r\n\r\nOver TLS.\r\n", mta.received()[0].body)
+	assert.Zero(t, q.Len())
+	out := debug.String()
+	for _, want := range []string{
+		addr + " C: STARTTLS\n",
+		addr + " P: 220 2.0.0 Ready to start TLS\n",
+		addr + " C: AUTH SCRAM-SHA-256 <redacted>\n",
+		addr + " C: 220 local.example.org ESMTP Service Ready\n",
+		addr + " P: MAIL FROM:<a@sender.test>",
+		addr + " P: Over TLS.\n",
+		addr + " P: QUIT\n",
+		addr + " C: 221 ",
+	} {
+		assert.Contains(t, out, want)
+	}
+	assert.NotContains(t, out, custSecret)
+}

@@ -7,6 +7,7 @@
 //
 //	odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
 //	    [-domains a.example,b.example] (-maildir DIR | -lmtp ADDR | -smtp ADDR | -relay HOST:PORT)
+//	    [-tls | -starttls] [-ca FILE] [-cert FILE -key FILE] [-debug]
 //
 // Run it from cron or a network hook each time the link comes up. The
 // exit status tells what happened; see -h.
@@ -15,6 +16,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,7 +37,7 @@ import (
 const (
 	exitMail      = 0 // mail was collected
 	exitNoMail    = 1 // no mail waiting (453, or nothing sent after the swap)
-	exitFailure   = 2 // connection or protocol failure
+	exitFailure   = 2 // connection, TLS or protocol failure
 	exitAuth      = 3 // authentication refused or impossible
 	exitRefused   = 4 // ATRN refused (450), or the provider does not do ATRN
 	exitUsage     = 5 // bad flags or configuration
@@ -43,12 +46,29 @@ const (
 
 const usageText = `Usage: odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
                      [-domains a.example,b.example] TARGET [flags]
+       odmr-customer -provider HOST:PORT -tls -cert FILE -key FILE TARGET [flags]
 
 Collects the mail an ODMR provider (RFC 2645) holds for your domains: it
-connects (port 366 by default), authenticates with CRAM-MD5, asks for the
-domains with ATRN and receives the mail as an SMTP server on the same
-connection. The secret is read from -secret-file, or from the environment
-variable ODMR_SECRET; it is never taken on the command line.
+connects (port 366 by default), authenticates, asks for the domains with
+ATRN and receives the mail as an SMTP server on the same connection. The
+secret is read from -secret-file, or from the environment variable
+ODMR_SECRET; it is never taken on the command line.
+
+Authentication uses the strongest mechanism the provider offers: EXTERNAL
+(the client certificate of -cert, under TLS), SCRAM-SHA-256, SCRAM-SHA-1,
+CRAM-MD5, then PLAIN or LOGIN, which send the secret itself and are used
+only under TLS unless -allow-insecure-auth is given. With -cert, -user and
+the secret are optional: without them only EXTERNAL is tried.
+
+TLS:
+  -tls               TLS from the first byte (implicit TLS); give the port
+  -starttls          plain connection upgraded with STARTTLS before AUTH;
+                     fails if the provider does not offer it
+  -ca FILE           PEM certificates to trust for the provider instead of
+                     the system's roots (with -tls or -starttls)
+  -cert FILE -key FILE
+                     PEM client certificate and key, for SASL EXTERNAL
+The provider's certificate is always verified, for the host of -provider.
 
 TARGET is exactly one of:
   -maildir DIR       store each message in the Maildir DIR (created if missing)
@@ -61,7 +81,7 @@ TARGET is exactly one of:
 Exit status:
   0  mail was collected (messages refused locally are logged)
   1  no mail was waiting
-  2  connection or protocol failure
+  2  connection, TLS (the provider's certificate) or protocol failure
   3  authentication refused (535, 530), or no usable mechanism
   4  ATRN refused (450: a domain not yours, or asking too often), or the
      provider does not offer ATRN
@@ -76,6 +96,8 @@ type config struct {
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
 	startTLS, allowInsecureAuth, verbose          bool
+	implicitTLS, debug                            bool
+	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
 }
 
@@ -94,9 +116,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
 	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
 	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate")
+	fs.BoolVar(&c.implicitTLS, "tls", false, "connect with TLS from the first byte (implicit TLS), verifying the provider's certificate")
+	fs.StringVar(&c.caFile, "ca", "", "PEM `FILE` of the certificates to trust for the provider (default: the system's roots)")
+	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and -tls or -starttls)")
+	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the client certificate's private key")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
 	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
 	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
+	fs.BoolVar(&c.debug, "debug", false, "print the session's transcript (C: and P: lines) to stderr, AUTH redacted")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageText)
 		fs.PrintDefaults()
@@ -109,10 +136,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
 	case c.provider == "":
 		return nil, errors.New("-provider HOST[:PORT] is required")
-	case c.user == "":
-		return nil, errors.New("-user NAME is required")
+	case c.user == "" && c.certFile == "":
+		return nil, errors.New("-user NAME is required (or -cert FILE -key FILE for EXTERNAL)")
 	case c.timeout <= 0:
 		return nil, errors.New("-timeout must be positive")
+	case c.implicitTLS && c.startTLS:
+		return nil, errors.New("give -tls or -starttls, not both")
+	case c.certFile != "" && c.keyFile == "":
+		return nil, errors.New("-cert FILE needs -key FILE")
+	case c.keyFile != "" && c.certFile == "":
+		return nil, errors.New("-key FILE needs -cert FILE")
+	case c.certFile != "" && !c.implicitTLS && !c.startTLS:
+		return nil, errors.New("-cert needs -tls or -starttls: a client certificate is sent only under TLS")
+	case c.caFile != "" && !c.implicitTLS && !c.startTLS:
+		return nil, errors.New("-ca needs -tls or -starttls")
 	}
 	n := 0
 	for _, t := range []string{c.maildir, c.lmtp, c.smtp, c.relay} {
@@ -126,8 +163,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return &c, nil
 }
 
-// readSecret reads the secret from the file, or from ODMR_SECRET.
+// readSecret reads the secret from the file, or from ODMR_SECRET. With a
+// client certificate and no -user, there is none to read.
 func readSecret(c *config, log *slog.Logger) (string, error) {
+	if c.user == "" {
+		if c.secretFile != "" {
+			return "", errors.New("-secret-file needs -user NAME")
+		}
+		return "", nil
+	}
 	if c.secretFile == "" {
 		s := os.Getenv("ODMR_SECRET")
 		if s == "" {
@@ -153,11 +197,51 @@ func readSecret(c *config, log *slog.Logger) (string, error) {
 	return s, nil
 }
 
+// tlsConfig builds the TLS configuration of the flags; nil without TLS.
+func tlsConfig(c *config) (*tls.Config, error) {
+	if !c.implicitTLS && !c.startTLS {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificate in it", c.caFile)
+		}
+	}
+	if c.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-cert %s -key %s: %w", c.certFile, c.keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
+// lockedWriter serializes the writes of the logger and of the debug
+// transcript, which come from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
 func run(args []string, stderr io.Writer) int {
+	stderr = &lockedWriter{w: stderr}
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitMail
@@ -176,8 +260,15 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "odmr-customer:", err)
 		return exitUsage
 	}
+	tlsCfg, err := tlsConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "odmr-customer:", err)
+		return exitUsage
+	}
 	c := &odmr.Customer{
 		Addr:              cfg.provider,
+		ImplicitTLS:       cfg.implicitTLS,
+		TLSConfig:         tlsCfg,
 		Username:          cfg.user,
 		Secret:            secret,
 		Hostname:          cfg.hostname,
@@ -188,8 +279,8 @@ func run(args []string, stderr io.Writer) int {
 		IdleTimeout:       cfg.timeout,
 		Logger:            log,
 	}
-	if cfg.startTLS {
-		c.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.debug {
+		c.Debug = stderr
 	}
 	if cfg.domains != "" {
 		c.Domains = strings.Split(cfg.domains, ",")
@@ -224,8 +315,12 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "odmr-customer: session with %s relayed to %s in %v\n",
 			cfg.provider, cfg.relay, res.Duration.Round(time.Millisecond))
 	default:
-		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v\n",
-			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond))
+		how := res.Mechanism
+		if res.TLS != nil {
+			how += ", " + tls.VersionName(res.TLS.Version)
+		}
+		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v (%s)\n",
+			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond), how)
 		if res.Refused > 0 || res.RefusedRecipients > 0 {
 			fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
 				res.Refused, res.RefusedRecipients)

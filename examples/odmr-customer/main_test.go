@@ -3,9 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,7 +50,8 @@ func TestCustomerCommandUsageErrorsExit5(t *testing.T) {
 func TestCustomerCommandHelpDocumentsTheExitStatus(t *testing.T) {
 	var stderr bytes.Buffer
 	assert.Equal(t, 0, run([]string{"-h"}, &stderr))
-	for _, s := range []string{"Exit status", "-maildir", "-relay", "-lmtp", "-smtp", "ODMR_SECRET", "  8  temporary"} {
+	for _, s := range []string{"Exit status", "-maildir", "-relay", "-lmtp", "-smtp", "ODMR_SECRET", "  8  temporary",
+		"-tls", "-starttls", "-ca FILE", "-cert FILE -key FILE", "-debug", "EXTERNAL"} {
 		assert.Contains(t, stderr.String(), s)
 	}
 }
@@ -148,4 +157,217 @@ func TestCustomerCommandConnectionRefusedExits2(t *testing.T) {
 	var stderr bytes.Buffer
 	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-user", "u", "-maildir", t.TempDir()}, &stderr))
 	assert.Contains(t, stderr.String(), "connecting to "+addr)
+}
+
+// testPKI is a CA, with a provider certificate for 127.0.0.1 and
+// localhost and a client certificate for alice, written as PEM files.
+type testPKI struct {
+	dir                       string
+	pool                      *x509.CertPool
+	server                    tls.Certificate
+	caFile, certFile, keyFile string
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	p := &testPKI{dir: t.TempDir(), pool: x509.NewCertPool()}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "odmr-customer test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	p.pool.AddCert(ca)
+	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+		}
+		if usage == x509.ExtKeyUsageServerAuth {
+			tmpl.DNSNames, tmpl.IPAddresses = []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		require.NoError(t, err)
+		return der, key
+	}
+	serverDER, serverKey := leaf(2, "provider.test", x509.ExtKeyUsageServerAuth)
+	p.server = tls.Certificate{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}
+	clientDER, clientKey := leaf(3, "alice", x509.ExtKeyUsageClientAuth)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(clientKey)
+	require.NoError(t, err)
+	write := func(name, typ string, der []byte) string {
+		f := filepath.Join(p.dir, name)
+		require.NoError(t, os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		return f
+	}
+	p.caFile = write("ca.pem", "CERTIFICATE", caDER)
+	p.certFile = write("alice.pem", "CERTIFICATE", clientDER)
+	p.keyFile = write("alice.key", "PRIVATE KEY", keyDER)
+	return p
+}
+
+// startTLSProvider is startProvider with TLS: implicit TLS, or STARTTLS
+// offered. A client certificate whose CN names an account authenticates
+// it with EXTERNAL.
+func startTLSProvider(t *testing.T, q *odmr.MemoryQueue, pki *testPKI, implicit bool) string {
+	t.Helper()
+	accts := odmr.Accounts{
+		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org", "example.com"}},
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pki.pool}
+	p := &odmr.Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts, Queue: q,
+		TLSConfig: cfg, Logger: slog.New(slog.DiscardHandler),
+		ExternalAuth: func(ctx context.Context, cs tls.ConnectionState) (string, error) {
+			if cn := cs.PeerCertificates[0].Subject.CommonName; accts[cn].Name != "" {
+				return cn, nil
+			}
+			return "", errors.New("unknown certificate")
+		}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	if implicit {
+		l = tls.NewListener(l, cfg)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.ServeListener(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Shutdown(ctx)
+		p.Close()
+		<-done
+	})
+	return addr
+}
+
+func enqueueOne(t *testing.T, q *odmr.MemoryQueue) {
+	t.Helper()
+	_, err := q.Enqueue(odmr.Envelope{From: "x@sender.test", To: []string{"u@example.org"}},
+		strings.NewReader("Subject: hi\r\n\r\nHello over TLS.\r\n"))
+	require.NoError(t, err)
+}
+
+func maildirCount(t *testing.T, md string) int {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(md, "new"))
+	require.NoError(t, err)
+	return len(entries)
+}
+
+func TestCustomerCommandImplicitTLSWithAClientCertificate(t *testing.T) {
+	pki := newTestPKI(t)
+	q := &odmr.MemoryQueue{}
+	enqueueOne(t, q)
+	addr := startTLSProvider(t, q, pki, true)
+	t.Setenv("ODMR_SECRET", "")
+	md := filepath.Join(t.TempDir(), "Maildir")
+	// No -user and no secret: the certificate is the credential.
+	args := []string{"-provider", addr, "-tls", "-ca", pki.caFile, "-cert", pki.certFile, "-key", pki.keyFile,
+		"-domains", "example.org", "-maildir", md, "-hostname", "customer.test", "-debug"}
+	var stderr bytes.Buffer
+	require.Equal(t, exitMail, run(args, &stderr), stderr.String())
+	out := stderr.String()
+	assert.Contains(t, out, "received 1 message(s) for 1 recipient(s)")
+	assert.Contains(t, out, "(EXTERNAL, TLS 1.")
+	for _, want := range []string{
+		addr + " C: EHLO customer.test",
+		addr + " C: AUTH EXTERNAL <redacted>",
+		addr + " P: 235 ",
+		addr + " C: ATRN example.org",
+		addr + " C: 220 customer.test ",
+		addr + " P: MAIL FROM:<x@sender.test>",
+		addr + " P: Hello over TLS.",
+	} {
+		assert.Contains(t, out, want)
+	}
+	assert.NotContains(t, out, "STARTTLS")
+	assert.Equal(t, 1, maildirCount(t, md))
+	assert.Zero(t, q.Len())
+}
+
+func TestCustomerCommandSTARTTLSWithACA(t *testing.T) {
+	pki := newTestPKI(t)
+	q := &odmr.MemoryQueue{}
+	enqueueOne(t, q)
+	addr := startTLSProvider(t, q, pki, false)
+	secret := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secret, []byte("s3cret\n"), 0o600))
+	md := filepath.Join(t.TempDir(), "Maildir")
+	args := []string{"-provider", addr, "-starttls", "-ca", pki.caFile, "-user", "alice", "-secret-file", secret,
+		"-domains", "example.org", "-maildir", md, "-hostname", "customer.test", "-debug", "-v"}
+	var stderr bytes.Buffer
+	require.Equal(t, exitMail, run(args, &stderr), stderr.String())
+	out := stderr.String()
+	assert.Contains(t, out, "(SCRAM-SHA-256, TLS 1.")
+	assert.Contains(t, out, addr+" C: STARTTLS\n")
+	assert.Contains(t, out, addr+" C: AUTH SCRAM-SHA-256 <redacted>")
+	assert.Contains(t, out, addr+" P: 334 <redacted>")
+	assert.NotContains(t, out, "s3cret")
+	assert.Equal(t, 1, maildirCount(t, md))
+
+	// -cert with a user and a secret: EXTERNAL still comes first.
+	enqueueOne(t, q)
+	stderr.Reset()
+	args = append(args, "-cert", pki.certFile, "-key", pki.keyFile)
+	require.Equal(t, exitMail, run(args, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "(EXTERNAL, TLS 1.")
+	assert.Equal(t, 2, maildirCount(t, md))
+}
+
+func TestCustomerCommandTLSVerifiesTheProvider(t *testing.T) {
+	pki := newTestPKI(t)
+	q := &odmr.MemoryQueue{}
+	enqueueOne(t, q)
+	addr := startTLSProvider(t, q, pki, true)
+	t.Setenv("ODMR_SECRET", "s3cret")
+	md := filepath.Join(t.TempDir(), "Maildir")
+	// The system's roots do not know the test CA.
+	var stderr bytes.Buffer
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-user", "alice", "-maildir", md}, &stderr))
+	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: ")
+	// Nor does another CA.
+	other := newTestPKI(t)
+	stderr.Reset()
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-ca", other.caFile, "-user", "alice", "-maildir", md}, &stderr))
+	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: certificate signed by unknown authority")
+	assert.Equal(t, 1, q.Len())
+}
+
+func TestCustomerCommandTLSFlagErrorsExit5(t *testing.T) {
+	pki := newTestPKI(t)
+	t.Setenv("ODMR_SECRET", "s")
+	md := t.TempDir()
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	require.NoError(t, os.WriteFile(notPEM, []byte("hello"), 0o600))
+	base := []string{"-provider", "127.0.0.1:1", "-user", "u", "-maildir", md}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-tls", "-cert", pki.certFile}, "-cert FILE needs -key FILE"},
+		{[]string{"-tls", "-key", pki.keyFile}, "-key FILE needs -cert FILE"},
+		{[]string{"-tls", "-starttls"}, "-tls or -starttls, not both"},
+		{[]string{"-ca", pki.caFile}, "-ca needs -tls or -starttls"},
+		{[]string{"-cert", pki.certFile, "-key", pki.keyFile}, "-cert needs -tls or -starttls"},
+		{[]string{"-tls", "-ca", notPEM}, "no PEM certificate"},
+		{[]string{"-tls", "-ca", filepath.Join(md, "missing.pem")}, "-ca: "},
+		{[]string{"-tls", "-cert", pki.caFile, "-key", pki.keyFile}, "-cert " + pki.caFile},
+	} {
+		var stderr bytes.Buffer
+		assert.Equal(t, exitUsage, run(append(append([]string(nil), base...), tc.args...), &stderr), "%q", tc.args)
+		assert.Contains(t, stderr.String(), tc.want, "%q", tc.args)
+	}
+	// Without -cert, -user stays required.
+	var stderr bytes.Buffer
+	assert.Equal(t, exitUsage, run([]string{"-provider", "p", "-tls", "-maildir", md}, &stderr))
+	assert.Contains(t, stderr.String(), "-user NAME is required")
 }
