@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/go-odmr/odmr/internal/oneconn"
 	"github.com/go-odmr/odmr/internal/pipeline"
 	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
 )
@@ -568,4 +569,133 @@ func (w *syncWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// refusingBackend is a go-smtp backend playing the customer: it refuses
+// recipients by their local part (temp: 450, perm: 550) and bodies that
+// contain "virus" (554), and keeps the rest.
+type refusingBackend struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (b *refusingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &refusingSession{b: b}, nil
+}
+
+type refusingSession struct {
+	b    *refusingBackend
+	from string
+	to   []string
+}
+
+func (s *refusingSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.from, s.to = from, nil
+	return nil
+}
+
+func (s *refusingSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	switch {
+	case strings.HasPrefix(to, "temp"):
+		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "Mailbox busy"}
+	case strings.HasPrefix(to, "perm"):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *refusingSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if strings.Contains(string(b), "virus") {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Content refused"}
+	}
+	s.b.mu.Lock()
+	s.b.got = append(s.b.got, fmt.Sprintf("%s->%v %q", s.from, s.to, b))
+	s.b.mu.Unlock()
+	return nil
+}
+
+func (s *refusingSession) Reset()        { s.from, s.to = "", nil }
+func (s *refusingSession) Logout() error { return nil }
+
+func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
+	// go-smtp's server offers PIPELINING and CHUNKING; the plain run
+	// hides both from the provider.
+	var msgs []plMsg
+	for i := range 30 {
+		m := plMsg{fmt.Sprintf("s%d@x.test", i), fmt.Sprintf("Subject: %d\r\n\r\n.dot\r\ncaf\xc3\xa9\r\n", i), []string{fmt.Sprintf("ok%d@example.org", i)}}
+		switch i % 6 {
+		case 1:
+			m.to = append(m.to, fmt.Sprintf("temp%d@example.org", i), fmt.Sprintf("perm%d@example.org", i))
+		case 2:
+			m.to = []string{fmt.Sprintf("perm%d@example.org", i)}
+		case 3:
+			m.body += "a virus\r\n"
+		}
+		msgs = append(msgs, m)
+	}
+	for _, tcp := range []bool{false, true} {
+		var plain plRun
+		var plainGot []string
+		for _, mode := range plModes {
+			b := &refusingBackend{}
+			srv := smtp.NewServer(b)
+			srv.Domain = "customer.test"
+			srv.ErrorLog = silentLog{}
+			var pc net.Conn
+			if tcp {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(t, err)
+				go srv.Serve(l)
+				pc, err = net.Dial("tcp", l.Addr().String())
+				require.NoError(t, err)
+			} else {
+				var cc net.Conn
+				pc, cc = net.Pipe()
+				go srv.Serve(oneconn.New(cc))
+			}
+			var hide [][]byte
+			if !mode.pipelined {
+				hide = [][]byte{[]byte("-PIPELINING"), []byte("-CHUNKING")}
+			} else if !mode.chunking {
+				hide = [][]byte{[]byte("-CHUNKING")}
+			}
+			q := &recQueue{MemoryQueue: &MemoryQueue{}}
+			var ids []string
+			for _, m := range msgs {
+				id, err := q.Enqueue(Envelope{From: m.from, To: m.to}, strings.NewReader(m.body))
+				require.NoError(t, err)
+				ids = append(ids, id)
+			}
+			saved := pipeline.UseChunking
+			pipeline.UseChunking = mode.chunking
+			rc := hideConn{pc, hide}
+			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler)}
+			err := deliverWired(context.Background(), newSession(p, rc), rc, []string{"example.org"})
+			pipeline.UseChunking = saved
+			require.NoError(t, err)
+			pc.Close()
+			srv.Close()
+			run := plRun{outcome: map[string]string{}}
+			for _, id := range ids {
+				for _, r := range q.results[id] {
+					run.outcome[id+" "+r.Recipient] = plClass(r.Err)
+				}
+			}
+			b.mu.Lock()
+			got := b.got
+			b.mu.Unlock()
+			if !mode.pipelined {
+				plain, plainGot = run, got
+				assert.Len(t, got, 20)
+				continue
+			}
+			assert.Equal(t, sortedLines(plain.outcome), sortedLines(run.outcome), "tcp=%v %s", tcp, mode.name)
+			assert.Equal(t, plainGot, got, "tcp=%v %s", tcp, mode.name)
+		}
+	}
 }
