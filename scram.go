@@ -266,11 +266,13 @@ func (c *scramClient) Next(challenge []byte) ([]byte, error) {
 		return nil, sasl.ErrUnexpectedServerChallenge
 	}
 	out, err := c.conv.Step(string(challenge))
-	if err != nil {
-		return nil, fmt.Errorf("odmr: SCRAM: %w", err)
-	}
+	// Check the signature first: xdg-go/scram reports a bad one as a
+	// generic validation error.
 	if c.conv.Done() && !c.conv.Valid() {
 		return nil, errors.New("odmr: SCRAM: the server's signature is wrong")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("odmr: SCRAM: %w", err)
 	}
 	return []byte(out), nil
 }

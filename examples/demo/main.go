@@ -249,7 +249,7 @@ func (t *transcript) print(who, line string) {
 	case who == "C: " && t.inAUTH:
 		line = "[authentication response hidden]"
 	case who == "P: " && t.inAUTH && strings.HasPrefix(line, "334 "):
-		line = shorten(line, 64) // a challenge: not secret, but long
+		line = "334 [challenge hidden]" // SCRAM's carry salt and signatures
 	case who == "P: " && t.inAUTH:
 		t.inAUTH = false
 	case who == "P: " && t.inData && line == ".":
