@@ -20,7 +20,7 @@ const maxDomains = 256
 // back lower-cased, without the trailing dot and without duplicates, in the
 // order given.
 func ParseATRN(arg string) ([]string, error) {
-	arg = strings.TrimSpace(arg)
+	arg = strings.Trim(arg, " \t")
 	if arg == "" {
 		return nil, nil
 	}

@@ -436,7 +436,7 @@ func (s *session) run(ctx context.Context) (err error) {
 	}()
 
 	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
-		s.reply(errLocalError.withMessage("Service not configured"))
+		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Service not configured, closing connection"})
 		return errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")
 	}
 	s.log.Debug("odmr: session started")
@@ -522,7 +522,7 @@ func (s *session) readCommand() (string, error) {
 func (s *session) dispatch(ctx context.Context, line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
-	arg = strings.TrimSpace(arg)
+	arg = strings.Trim(arg, " \t")
 	switch verb {
 	case "EHLO", "HELO":
 		return s.handleHello(verb, arg)
@@ -975,13 +975,19 @@ func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) er
 		rc = &debugConn{Conn: rc, s: s}
 	}
 	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
-	c := smtp.NewClient(dc)
+	// The session closes the connection; go-smtp's client must not, or it
+	// could not say QUIT to a customer that refuses with its greeting.
+	c := smtp.NewClient(noCloseConn{dc})
 	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
 	c.SubmissionTimeout = orDefault(s.p.DataTimeout, DefaultDataTimeout)
-	defer c.Close()
 
 	// Hello reads the customer's 220 greeting first.
 	if err := c.Hello(s.p.hostname()); err != nil {
+		if AsError(err) != nil {
+			// A 554 greeting (or a refused HELO): RFC 5321 section 3.1 has
+			// the customer wait for our QUIT.
+			s.quitRaw(dc)
+		}
 		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
 	}
 	batch, err := s.p.Queue.Claim(ctx, domains)
@@ -1220,6 +1226,21 @@ func lingeringClose(conn net.Conn) {
 	}
 	conn.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(conn, 256<<10))
+}
+
+// noCloseConn keeps go-smtp's client from closing the connection.
+type noCloseConn struct{ net.Conn }
+
+func (noCloseConn) Close() error { return nil }
+
+// quitRaw sends QUIT and waits briefly for the reply, whatever state the
+// SMTP client is in.
+func (s *session) quitRaw(conn net.Conn) {
+	conn.SetDeadline(time.Now().Add(orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)))
+	if _, err := io.WriteString(conn, "QUIT\r\n"); err != nil {
+		return
+	}
+	bufio.NewReader(conn).ReadString('\n')
 }
 
 // deadlineConn bounds each write and stops every operation once ctx is

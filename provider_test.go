@@ -719,13 +719,13 @@ func TestShutdownEndsIdleSessions(t *testing.T) {
 	c.expectClosed()
 }
 
-func TestServeWithoutConfigurationAnswers451(t *testing.T) {
+func TestServeWithoutConfigurationAnswers421(t *testing.T) {
 	srv, cli := net.Pipe()
 	done := make(chan error, 1)
 	go func() { done <- (&Provider{Logger: slog.New(slog.DiscardHandler)}).Serve(srv) }()
 	line, err := bufio.NewReader(cli).ReadString('\n')
 	require.NoError(t, err)
-	assert.True(t, strings.HasPrefix(line, "451 "), line)
+	assert.True(t, strings.HasPrefix(line, "421 "), line)
 	assert.ErrorContains(t, <-done, "Authenticator")
 }
 

@@ -1,10 +1,3 @@
-// The module does not require golang.org/x/net yet, so this file builds
-// only with -tags nettest. Once go.mod requires golang.org/x/net (go get
-// golang.org/x/net@v0.62.0), delete this comment and the
-// build constraint so that the test always runs.
-
-//go:build nettest
-
 package odmrtest_test
 
 import (
