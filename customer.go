@@ -686,18 +686,19 @@ func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (strin
 		case r.code == 235:
 			return mech, nil
 		case r.code == 334 && step < maxAuthSteps:
-			chal, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.text()))
-			if err != nil {
+			chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(r.text()))
+			if derr != nil {
 				s.cancelAuth(timeout)
 				return "", fmt.Errorf("%w: malformed AUTH %s challenge", ErrProtocol, mech)
 			}
-			resp, err := client.Next(chal)
-			if err != nil {
+			resp, nerr := client.Next(chal)
+			if nerr != nil {
 				s.cancelAuth(timeout)
-				return "", &authError{mech, err}
+				return "", &authError{mech, nerr}
 			}
 			// An empty response is an empty line; "=" is only for an
-			// initial response (RFC 4954 section 4).
+			// initial response (RFC 4954 section 4). The assignment is to
+			// the loop's r and err: a failed send or read ends the loop.
 			r, err = s.cmd(timeout, base64.StdEncoding.EncodeToString(resp), redacted)
 			continue
 		case r.code >= 400:

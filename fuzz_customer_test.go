@@ -1,0 +1,134 @@
+package odmr
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// customerReplySeeds are what providers send: the RFC 2645 section 6
+// session, each refusal, Exim's 250-then-QUIT, and broken replies.
+func customerReplySeeds() []string {
+	ehlo := "220 p ready\r\n250-p\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n"
+	chal := "334 PDE4OTYuNjk3MTcwOTUyQHByb3ZpZGVyLnRlc3Q+\r\n"
+	return []string{
+		"",
+		"220 p ready\r\n",
+		"554 go away\r\n",
+		ehlo + chal + "235 ok\r\n453 no mail\r\n",
+		ehlo + chal + "235 ok\r\n450 4.7.1 refused\r\n",
+		ehlo + chal + "235 ok\r\n451 later\r\n",
+		ehlo + chal + "535 5.7.8 bad\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nDATA\r\ncut mid-data",
+		"220 p\r\n250 p\r\n",
+		"220 p\r\n250-p\r\n250-AUTH PLAIN\r\n250 ATRN\r\n",
+		"220-p\r\n220 p\r\n250-p\r\n250-AUTH SCRAM-SHA-256 CRAM-MD5\r\n250 ATRN\r\n334 cj1ub25jZSxzPXNhbHQsaT0x\r\n",
+		"2\r\n", "999 x\r\n", "220\r\n250-\r\n250 \r\n", "220 p\n250-p\n250-AUTH CRAM-MD5\n250 ATRN\n334 !!!\n",
+		"220 " + strings.Repeat("x", 70000) + "\r\n",
+		ehlo + "334 \r\n", ehlo + chal + "334 again\r\n334 again\r\n334 again\r\n334 again\r\n334 again\r\n334 again\r\n",
+	}
+}
+
+// FuzzCustomerReplies feeds arbitrary bytes to a Customer as the provider.
+// Whatever arrives, Fetch returns in bounded time with a result, delivers
+// only whole messages, and leaves no goroutine behind.
+func FuzzCustomerReplies(f *testing.F) {
+	for _, s := range customerReplySeeds() {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, input []byte) {
+		before := runtime.NumGoroutine()
+		cli, srv := net.Pipe()
+		drained := make(chan struct{})
+		go func() {
+			io.Copy(io.Discard, srv)
+			close(drained)
+		}()
+		go func() {
+			srv.Write(input)
+			srv.Close()
+		}()
+		var delivered []string
+		c := &Customer{
+			Addr:     "provider.test",
+			Dial:     func(context.Context, string, string) (net.Conn, error) { return cli, nil },
+			Username: fuzzUser, Secret: fuzzSecret, Hostname: "customer.test",
+			Domains:        []string{"example.org"},
+			CommandTimeout: fuzzHang, ATRNTimeout: fuzzHang, IdleTimeout: fuzzHang,
+			Logger: slog.New(slog.DiscardHandler),
+			Sink: MessageSinkFunc(func(ctx context.Context, env Envelope, body io.Reader) error {
+				b, err := io.ReadAll(body)
+				if err == nil {
+					delivered = append(delivered, string(b))
+				}
+				return err
+			}),
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*fuzzHang)
+		defer cancel()
+		start := time.Now()
+		res, err := c.Fetch(ctx)
+		if time.Since(start) > fuzzHang {
+			t.Fatalf("Fetch took %v on input %q", time.Since(start), input)
+		}
+		if res == nil {
+			t.Fatalf("Fetch returned no result (err %v)", err)
+		}
+		if err == nil && res.Messages != len(delivered) {
+			t.Fatalf("result says %d messages, the sink got %d", res.Messages, len(delivered))
+		}
+		for _, m := range delivered {
+			// go-smtp's DATA reader ends a message only at CRLF.CRLF: what
+			// reaches the sink is never cut short by a closed connection.
+			if !strings.Contains(string(input), m[:min(len(m), 8)]) {
+				t.Fatalf("delivered %q, which the provider never sent", m)
+			}
+		}
+		cli.Close()
+		<-drained
+		checkNoGoroutinesLeft(t, before)
+	})
+}
+
+// FuzzSCRAMServer feeds arbitrary client messages to the SCRAM server: it
+// never panics and succeeds only with a valid proof, which random input
+// does not make.
+func FuzzSCRAMServer(f *testing.F) {
+	f.Add([]byte("n,,n=alice,r=abcdef"), []byte("c=biws,r=abcdef,p=AAAA"), []byte(""))
+	f.Add([]byte("n,a=bob,n=alice,r=x"), []byte(""), []byte(""))
+	f.Add([]byte("y,,n=al=2Cice,r=x"), []byte("c=eSws,r=x,p="), []byte("x"))
+	f.Add([]byte("p=tls-unique,,n=alice,r=x"), []byte("garbage"), []byte(""))
+	f.Add([]byte(""), []byte(""), []byte(""))
+	creds, err := NewSCRAMCredentials(SCRAMSHA256, fuzzUser, fuzzSecret, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, first, final, last []byte) {
+		var user string
+		srv, err := newSCRAMServer(SCRAMSHA256, &user, func(u string) (SCRAMCredentials, error) {
+			if u == fuzzUser {
+				return creds, nil
+			}
+			return fakeSCRAM(SCRAMSHA256, u), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, msg := range [][]byte{first, final, last} {
+			_, done, err := srv.Next(msg)
+			if err != nil {
+				return
+			}
+			if done {
+				t.Fatalf("authenticated after %d random messages: %q %q %q", i+1, first, final, last)
+			}
+		}
+	})
+}
