@@ -32,11 +32,13 @@ func deliverWired(ctx context.Context, s *session, rc net.Conn, domains []string
 	}
 	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
 	lc := pipeline.NewLineConn(dc)
-	c := smtp.NewClient(lc)
+	c := smtp.NewClient(noCloseConn{lc})
 	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
 	c.SubmissionTimeout = orDefault(s.p.DataTimeout, DefaultDataTimeout)
-	defer c.Close()
 	if err := c.Hello(s.p.hostname()); err != nil {
+		if AsError(err) != nil {
+			s.quitRaw(dc)
+		}
 		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
 	}
 	batch, err := s.p.Queue.Claim(ctx, domains)

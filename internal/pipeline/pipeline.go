@@ -112,7 +112,10 @@ type Mail struct {
 // before the reply that settles it was read.
 type ConnError struct{ Err error }
 
+// Error says that the connection was lost, and why.
 func (e *ConnError) Error() string { return "pipeline: connection lost: " + e.Err.Error() }
+
+// Unwrap returns the cause.
 func (e *ConnError) Unwrap() error { return e.Err }
 
 // BodyError is the result of a recipient whose message body could not be
@@ -123,12 +126,15 @@ type BodyError struct {
 	Open bool
 }
 
+// Error says whether the body could not be opened or read, and why.
 func (e *BodyError) Error() string {
 	if e.Open {
 		return "pipeline: cannot open message body: " + e.Err.Error()
 	}
 	return "pipeline: cannot read message body: " + e.Err.Error()
 }
+
+// Unwrap returns the cause.
 func (e *BodyError) Unwrap() error { return e.Err }
 
 // ErrClosed is the cause of the ConnErrors of messages still in flight

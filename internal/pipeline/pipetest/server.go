@@ -65,6 +65,7 @@ type Message struct {
 	Body string
 }
 
+// String formats the message for comparisons and failure reports.
 func (m Message) String() string { return fmt.Sprintf("%s->%v %q", m.From, m.To, m.Body) }
 
 // Commands returns the command lines received, in order.
