@@ -50,6 +50,8 @@ var (
 	memProfile  = flag.String("memprofile", "", "throughput: write an allocation profile of the ODMR runs to this file")
 	heapProfile = flag.String("heapprofile", "", "idle: write heap profiles of the servers, with the sessions open, to this file name plus a suffix")
 
+	childProfile = flag.String("childprofile", "", "big and idle: children write CPU profiles to this file name plus their role and mode")
+
 	childRole = flag.String("child", "", "internal: run as a child process in this role")
 	childAddr = flag.String("addr", "", "internal: address for a child")
 	childMode = flag.String("mode", "", "internal: mode for a child")
@@ -59,8 +61,16 @@ func main() {
 	flag.Parse()
 	raiseNoFile()
 	if *childRole != "" {
+		if *childProfile != "" {
+			f, err := os.Create(*childProfile + "." + *childRole + *childMode)
+			if err == nil {
+				pprof.StartCPUProfile(f)
+				defer pprof.StopCPUProfile()
+			}
+		}
 		if err := runChild(*childRole); err != nil {
 			fmt.Fprintf(os.Stderr, "odmr-bench child %s: %v\n", *childRole, err)
+			pprof.StopCPUProfile()
 			os.Exit(1)
 		}
 		return

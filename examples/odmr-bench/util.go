@@ -366,6 +366,9 @@ func startChild(role string, args ...string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
+	if *childProfile != "" {
+		args = append(args, "-childprofile", *childProfile)
+	}
 	cmd := exec.Command(exe, append([]string{"-child", role}, args...)...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
