@@ -127,7 +127,7 @@ func openIdle(addr string, n int) ([]net.Conn, error) {
 	default:
 	}
 	// Let the servers settle into their reads.
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(min(500*time.Millisecond, time.Duration(n)*50*time.Microsecond))
 	return out, nil
 }
 
