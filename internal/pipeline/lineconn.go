@@ -35,6 +35,9 @@ func NewLineConn(conn net.Conn) *LineConn { return &LineConn{Conn: conn} }
 // Read returns buffered bytes first. Before Handoff it returns no more
 // than one line (up to and including LF) per call.
 func (c *LineConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if c.r == c.w {
 		if c.err != nil {
 			err := c.err

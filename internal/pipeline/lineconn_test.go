@@ -50,6 +50,9 @@ func TestLineConnOneLinePerRead(t *testing.T) {
 		s.Close()
 	}()
 	lc := NewLineConn(c)
+	n, err := lc.Read(nil)
+	assert.Zero(t, n)
+	assert.NoError(t, err)
 	buf := make([]byte, 100)
 	var got []string
 	for {
