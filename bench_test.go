@@ -23,8 +23,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-
-	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
 // benchBody is a 10 KiB message of 78-byte lines, some starting with a
@@ -172,15 +170,12 @@ func BenchmarkDeliver(b *testing.B) {
 				hide = append(hide, []byte(h))
 			}
 			rc := hideConn{conn, hide}
-			saved := pipeline.UseChunking
-			pipeline.UseChunking = mode.bdat
-			defer func() { pipeline.UseChunking = saved }()
-			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler)}
+			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), Chunking: mode.bdat}
 			s := newSession(p, rc)
 			b.SetBytes(int64(len(benchBody)))
 			b.ReportAllocs()
 			b.ResetTimer()
-			if err := deliverWired(context.Background(), s, rc, []string{"example.org"}); err != nil {
+			if err := s.deliver(context.Background(), rc, []string{"example.org"}); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()

@@ -18,8 +18,9 @@ import (
 // PIPELINING: each message's MAIL, RCPTs and DATA go out as one group,
 // and the next message's group right behind the final dot, so that a
 // message costs one round trip instead of four. With CHUNKING, when
-// pipeline.UseChunking is set, it sends BDAT and waits for nothing. Each recipient gets the result the plain
-// path (deliverOne) would give it for the same replies.
+// Provider.Chunking is set, it sends BDAT and waits for nothing. Each
+// recipient gets the result the plain path (deliverOne) would give it for
+// the same replies.
 //
 // c has read the customer's greeting and EHLO reply through lc; the
 // connection is handed over to the pipelined sender, with any byte the
@@ -32,7 +33,7 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 		return s.deliverEach(ctx, c, batch, domains)
 	}
 	chunking, _ := c.Extension("CHUNKING")
-	chunking = chunking && pipeline.UseChunking
+	chunking = chunking && s.p.Chunking
 	snd := pipeline.NewSender(ctx, conn, pipeline.Config{
 		ReplyTimeout: orDefault(s.p.ReplyTimeout, DefaultReplyTimeout),
 		DataTimeout:  orDefault(s.p.DataTimeout, DefaultDataTimeout),

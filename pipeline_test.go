@@ -19,39 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr/internal/oneconn"
-	"github.com/go-odmr/odmr/internal/pipeline"
 	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
 )
-
-// deliverWired is session.deliver with the lines that hand a customer
-// offering PIPELINING to deliverPipelined. Once provider.go has them, it
-// is s.deliver.
-func deliverWired(ctx context.Context, s *session, rc net.Conn, domains []string) error {
-	if s.p.Debug != nil {
-		rc = &debugConn{Conn: rc, s: s}
-	}
-	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
-	lc := pipeline.NewLineConn(dc)
-	c := smtp.NewClient(noCloseConn{lc})
-	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
-	c.SubmissionTimeout = orDefault(s.p.DataTimeout, DefaultDataTimeout)
-	if err := c.Hello(s.p.hostname()); err != nil {
-		if AsError(err) != nil {
-			s.quitRaw(dc)
-		}
-		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
-	}
-	batch, err := s.p.Queue.Claim(ctx, domains)
-	if err != nil {
-		c.Quit()
-		return nil
-	}
-	defer batch.Close()
-	if ok, _ := c.Extension("PIPELINING"); ok {
-		return s.deliverPipelined(ctx, c, lc, batch, domains)
-	}
-	return s.deliverEach(ctx, c, batch, domains)
-}
 
 // recQueue is a MemoryQueue that records every Complete and can make
 // bodies fail to open or to read.
@@ -174,9 +143,6 @@ func runReversed(t *testing.T, msgs []plMsg, srv *pipetest.Server, q *recQueue, 
 		require.NoError(t, err)
 		ids = append(ids, id)
 	}
-	saved := pipeline.UseChunking
-	pipeline.UseChunking = mode.chunking
-	defer func() { pipeline.UseChunking = saved }()
 
 	var pc, cc net.Conn
 	if tcp {
@@ -203,10 +169,11 @@ func runReversed(t *testing.T, msgs []plMsg, srv *pipetest.Server, q *recQueue, 
 		ReplyTimeout: 10 * time.Second,
 		DataTimeout:  10 * time.Second,
 		WriteTimeout: 10 * time.Second,
+		Chunking:     mode.chunking,
 	}
 	s := newSession(p, pc)
 	run := plRun{outcome: map[string]string{}}
-	run.err = deliverWired(context.Background(), s, pc, []string{"example.org"})
+	run.err = s.deliver(context.Background(), pc, []string{"example.org"})
 	pc.Close()
 
 	q.mu.Lock()
@@ -550,7 +517,7 @@ func TestPipelinedPathWithDebugTranscript(t *testing.T) {
 	go srv.Serve(cc)
 	p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), Debug: &buf}
 	s := newSession(p, pc)
-	require.NoError(t, deliverWired(context.Background(), s, pc, []string{"example.org"}))
+	require.NoError(t, s.deliver(context.Background(), pc, []string{"example.org"}))
 	pc.Close()
 	assert.Contains(t, buf.String(), "C: 550 5.1.1 no such user")
 	assert.Contains(t, buf.String(), "P: QUIT")
@@ -673,12 +640,9 @@ func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 				require.NoError(t, err)
 				ids = append(ids, id)
 			}
-			saved := pipeline.UseChunking
-			pipeline.UseChunking = mode.chunking
 			rc := hideConn{pc, hide}
-			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler)}
-			err := deliverWired(context.Background(), newSession(p, rc), rc, []string{"example.org"})
-			pipeline.UseChunking = saved
+			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), Chunking: mode.chunking}
+			err := newSession(p, rc).deliver(context.Background(), rc, []string{"example.org"})
 			require.NoError(t, err)
 			pc.Close()
 			srv.Close()

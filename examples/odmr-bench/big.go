@@ -12,7 +12,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
-	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
 // bigResult is what a child of the big-message figure reports.
@@ -104,7 +103,7 @@ func genQueue(size int64) *listQueue {
 }
 
 func bigProviderChild() error {
-	pipeline.UseChunking = *childMode == "BDAT"
+	chunking = *childMode == "BDAT"
 	q := genQueue(*bigSize)
 	p := newProvider(q)
 	addr, err := serveProvider(p)

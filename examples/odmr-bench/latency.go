@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
-	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
 // latency delivers the same messages through a proxy that delays each
@@ -27,8 +26,8 @@ func latency() ([]row, error) {
 		{"pipelined DATA", []string{"CHUNKING"}},
 		{"pipelined BDAT", nil},
 	}
-	pipeline.UseChunking = true
-	defer func() { pipeline.UseChunking = false }()
+	chunking = true
+	defer func() { chunking = false }()
 	type result struct {
 		took     time.Duration
 		outcomes map[string]string

@@ -11,7 +11,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
-	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
 // throughput relays *nMsgs messages of *msgSize bytes provider →
@@ -28,8 +27,8 @@ func throughput() ([]row, error) {
 	}
 	odmrRun := func(memQueue, bdat bool) func() (time.Duration, error) {
 		return func() (time.Duration, error) {
-			pipeline.UseChunking = bdat
-			defer func() { pipeline.UseChunking = false }()
+			chunking = bdat
+			defer func() { chunking = false }()
 			return relayODMR(bodies, memQueue)
 		}
 	}

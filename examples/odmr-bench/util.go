@@ -35,6 +35,9 @@ const (
 
 var discardLogger = slog.New(slog.DiscardHandler)
 
+// chunking turns BDAT on in the providers newProvider makes.
+var chunking bool
+
 // newProvider returns a provider with one account and its abuse limits
 // off, so that a benchmark measures work and not refusals.
 func newProvider(q odmr.QueueSource) *odmr.Provider {
@@ -50,6 +53,7 @@ func newProvider(q odmr.QueueSource) *odmr.Provider {
 		MaxSessions:         -1,
 		MaxSessionsPerAddr:  -1,
 		MaxAuthFailures:     1 << 20,
+		Chunking:            chunking,
 	}
 }
 

@@ -45,14 +45,6 @@ const (
 	DefaultWriteBufferSize = 16 << 10
 )
 
-// UseChunking makes the provider send bodies with BDAT when the customer
-// offers CHUNKING (it always pipelines when the customer offers
-// PIPELINING). It is off by default: the package's own Customer, on
-// go-smtp's server, does not yet report a connection cut in the middle of
-// a BDAT chunk as an error, nor count go-smtp's own BDAT size refusals
-// (see BENCHMARKS.md). Benchmarks and tests within the module set it.
-var UseChunking = false
-
 // Config tunes a [Sender]. The zero value is ready to use.
 type Config struct {
 	// ReplyTimeout bounds the wait for each reply but those that end a
