@@ -220,6 +220,8 @@ func (q *MemoryQueue) Failed() []RecipientResult {
 	return slices.Clone(q.failed)
 }
 
+func bySeq(m *memMessage, seq uint64) int { return cmp.Compare(m.seq, seq) }
+
 type memBatch struct {
 	q       *MemoryQueue
 	domains []string
@@ -239,9 +241,7 @@ func (b *memBatch) Next(ctx context.Context) (Message, error) {
 	}
 	// The batch moves forward through the queue in arrival order, so each
 	// message is looked at once and returned at most once.
-	start, _ := slices.BinarySearchFunc(q.messages, b.cursor+1, func(m *memMessage, seq uint64) int {
-		return cmp.Compare(m.seq, seq)
-	})
+	start, _ := slices.BinarySearchFunc(q.messages, b.cursor+1, bySeq)
 	for _, m := range q.messages[start:] {
 		b.cursor = m.seq
 		var mine []*memRcpt
@@ -338,7 +338,9 @@ func (l *memLease) Complete(ctx context.Context, results []RecipientResult) erro
 	}
 	l.m.rcpts = keep
 	if len(keep) == 0 {
-		q.messages = slices.DeleteFunc(q.messages, func(m *memMessage) bool { return m == l.m })
+		if i, ok := slices.BinarySearchFunc(q.messages, l.m.seq, bySeq); ok {
+			q.messages = slices.Delete(q.messages, i, i+1)
+		}
 		delete(q.byID, l.m.env.ID)
 	}
 	q.failed = append(q.failed, failed...)

@@ -86,24 +86,8 @@ func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, 
 // only when the connection can no longer be used.
 func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *smtp.Client, msg Message, domains []string) error {
 	env := msg.Envelope()
-	s.messages++
-	results := make([]RecipientResult, 0, len(env.To))
-	rcpts := make([]string, 0, len(env.To))
-	for _, r := range env.To {
-		if inDomains(r, domains) {
-			rcpts = append(rcpts, r)
-		} else {
-			results = append(results, RecipientResult{r, errLocalError.withMessage("Recipient not in the session's domains")})
-		}
-	}
+	rcpts, results := s.prepare(c, env, domains)
 	if len(rcpts) == 0 {
-		s.complete(ctx, msg, env, results)
-		return nil
-	}
-	if perm := s.unsendable(c, env); perm != nil {
-		for _, r := range rcpts {
-			results = append(results, RecipientResult{r, perm})
-		}
 		s.complete(ctx, msg, env, results)
 		return nil
 	}
@@ -148,27 +132,6 @@ func (s *session) pipelineResult(env Envelope, err error) error {
 		return e
 	}
 	return fmt.Errorf("%w: %v", errLostConnection, err)
-}
-
-// complete counts a message's results and hands them to the queue, as
-// deliverOne does.
-func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult) {
-	for _, r := range results {
-		switch {
-		case r.Err == nil:
-			s.delivered++
-		case Permanent(r.Err):
-			s.failed++
-		default:
-			s.deferred++
-		}
-	}
-	// Record outcomes even when the session is being cancelled: an
-	// acknowledged message must not be delivered again.
-	if err := msg.Complete(context.WithoutCancel(ctx), results); err != nil {
-		s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
-	}
-	s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
 }
 
 // mailParams are the MAIL parameters go-smtp's Client.Mail sends for the

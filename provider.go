@@ -403,9 +403,11 @@ func newSession(p *Provider, conn net.Conn) *session {
 		raw:   conn,
 		conn:  conn,
 		start: time.Now(),
-		br:    bufio.NewReaderSize(conn, 4096),
-		bw:    bufio.NewWriterSize(conn, 4096),
-		log:   p.logger().With("remote", conn.RemoteAddr().String()),
+		// Small buffers keep idle sessions cheap (BENCHMARKS.md); wire.ReadLine
+		// joins lines longer than the reader's buffer.
+		br:  bufio.NewReaderSize(conn, 1024),
+		bw:  bufio.NewWriterSize(conn, 512),
+		log: p.logger().With("remote", conn.RemoteAddr().String()),
 	}
 	_, s.isTLS = conn.(*tls.Conn)
 	return s
@@ -1020,44 +1022,14 @@ func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) er
 // connection can no longer be used.
 func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, domains []string) (connErr error) {
 	env := msg.Envelope()
-	s.messages++
-	results := make([]RecipientResult, 0, len(env.To))
-	var rcpts []string
-	for _, r := range env.To {
-		if inDomains(r, domains) {
-			rcpts = append(rcpts, r)
-		} else {
-			results = append(results, RecipientResult{r, errLocalError.withMessage("Recipient not in the session's domains")})
-		}
-	}
+	rcpts, results := s.prepare(c, env, domains)
 	set := func(list []string, err error) {
 		for _, r := range list {
 			results = append(results, RecipientResult{r, err})
 		}
 	}
-	defer func() {
-		for _, r := range results {
-			switch {
-			case r.Err == nil:
-				s.delivered++
-			case Permanent(r.Err):
-				s.failed++
-			default:
-				s.deferred++
-			}
-		}
-		// Record outcomes even when the session is being cancelled: an
-		// acknowledged message must not be delivered again.
-		if err := msg.Complete(context.WithoutCancel(ctx), results); err != nil {
-			s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
-		}
-		s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
-	}()
+	defer func() { s.complete(ctx, msg, env, results) }()
 	if len(rcpts) == 0 {
-		return nil
-	}
-	if perm := s.unsendable(c, env); perm != nil {
-		set(rcpts, perm)
 		return nil
 	}
 
@@ -1119,6 +1091,61 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	}
 	set(accepted, nil)
 	return nil
+}
+
+// prepare sorts the recipients of a message before it is sent: those to
+// send, and the results of those that are not, because they are outside
+// the session's domains (they stay queued for their own customer), their
+// address cannot go on the wire, or the customer cannot take the message.
+func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts []string, results []RecipientResult) {
+	s.messages++
+	results = make([]RecipientResult, 0, len(env.To))
+	rcpts = make([]string, 0, len(env.To))
+	for _, r := range env.To {
+		switch {
+		case !inDomains(r, domains):
+			results = append(results, RecipientResult{r, errLocalError.withMessage("Recipient not in the session's domains")})
+		case strings.ContainsAny(r, "\r\n"):
+			// A queue that lets this through must not make it a command
+			// injection, nor a message that blocks the rest of the queue.
+			results = append(results, RecipientResult{r, &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"}})
+		default:
+			rcpts = append(rcpts, r)
+		}
+	}
+	var perm error
+	if strings.ContainsAny(env.From, "\r\n") {
+		perm = &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"}
+	} else if len(rcpts) > 0 {
+		perm = s.unsendable(c, env)
+	}
+	if perm != nil {
+		for _, r := range rcpts {
+			results = append(results, RecipientResult{r, perm})
+		}
+		rcpts = nil
+	}
+	return rcpts, results
+}
+
+// complete counts a message's results and hands them to the queue.
+func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult) {
+	for _, r := range results {
+		switch {
+		case r.Err == nil:
+			s.delivered++
+		case Permanent(r.Err):
+			s.failed++
+		default:
+			s.deferred++
+		}
+	}
+	// Record outcomes even when the session is being cancelled: an
+	// acknowledged message must not be delivered again.
+	if err := msg.Complete(context.WithoutCancel(ctx), results); err != nil {
+		s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
+	}
+	s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
 }
 
 // unsendable returns a permanent failure when the customer cannot take env.

@@ -743,3 +743,27 @@ func TestEightBitMessageToSevenBitCustomerFailsPermanently(t *testing.T) {
 	require.Len(t, f.q.Failed(), 1)
 	assert.ErrorIs(t, f.q.Failed()[0].Err, &Error{Code: 554})
 }
+
+func TestAddressWithCRLFFailsOnlyThatRecipient(t *testing.T) {
+	for _, pipelining := range []bool{false, true} {
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "ok@example.org", "bad\r\nDATA@example.org")
+		f.enqueue(t, "s\r\nRSET@x.test", "Subject: y\r\n\r\nhi\r\n", "u@example.org")
+		f.enqueue(t, "s@x.test", "Subject: z\r\n\r\nafter\r\n", "u@example.org")
+		ext := []string{"8BITMIME", "SIZE 0"}
+		if pipelining {
+			ext = append(ext, "PIPELINING")
+		}
+		got, cmds := f.pull(t, "ATRN example.org", scriptedCustomer{ehlo: ext})
+		require.Len(t, got, 2, "pipelining %v", pipelining)
+		assert.Equal(t, []string{"ok@example.org"}, got[0].to)
+		assert.Contains(t, got[1].data, "after")
+		for _, c := range cmds {
+			assert.NotEqual(t, "RSET@x.test>", c)
+			assert.NotContains(t, c, "DATA@")
+		}
+		require.Len(t, f.q.Failed(), 2)
+		assert.ErrorIs(t, f.q.Failed()[0].Err, &Error{Code: 553})
+		assert.Equal(t, 0, f.q.Len())
+	}
+}
