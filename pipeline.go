@@ -60,27 +60,6 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 	return nil
 }
 
-// deliverEach is the plain delivery loop, one command at a time.
-func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, domains []string) error {
-	for {
-		msg, err := batch.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			s.log.Warn("odmr: queue failed during delivery", "err", err)
-			break
-		}
-		if err := s.deliverOne(ctx, c, msg, domains); err != nil {
-			return err
-		}
-	}
-	if err := c.Quit(); err != nil {
-		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
-	}
-	return nil
-}
-
 // sendPipelined queues one message on snd. Its results reach the queue
 // once the customer's reply to its end has been read. It returns an error
 // only when the connection can no longer be used.

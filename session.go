@@ -1,0 +1,434 @@
+package odmr
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-odmr/odmr/internal/wire"
+)
+
+const (
+	maxCommandLine = 4096  // longer than RFC 5321's 512, for long ATRN lists
+	maxSASLLine    = 12288 // RFC 4954 section 4
+)
+
+// session is one ODMR session on the provider side.
+type session struct {
+	p     *Provider
+	raw   net.Conn // the accepted connection, for deadlines from other goroutines
+	conn  net.Conn // raw, or the TLS connection over it
+	start time.Time
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	log   *slog.Logger
+	state atomic.Int32
+
+	helo         string
+	identity     string
+	inSASL       bool // redact client lines in the debug transcript
+	errs         int
+	authFailures int
+	isTLS        bool
+
+	// Counts for the closing log record.
+	messages, delivered, failed, deferred int
+}
+
+func newSession(p *Provider, conn net.Conn) *session {
+	s := &session{
+		p:     p,
+		raw:   conn,
+		conn:  conn,
+		start: time.Now(),
+		// Small buffers keep idle sessions cheap (BENCHMARKS.md); wire.ReadLine
+		// joins lines longer than the reader's buffer.
+		br:  bufio.NewReaderSize(conn, 1024),
+		bw:  bufio.NewWriterSize(conn, 512),
+		log: p.logger().With("remote", conn.RemoteAddr().String()),
+	}
+	_, s.isTLS = conn.(*tls.Conn)
+	return s
+}
+
+func (s *session) State() State { return State(s.state.Load()) }
+
+// interruptIdle wakes a session blocked reading a command so it sees the
+// shutdown flag. Sessions in the reversed state keep delivering.
+func (s *session) interruptIdle() {
+	if s.State() < StateReversed {
+		s.raw.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// errSessionOver ends the command loop after a reply that closes the session.
+var errSessionOver = errors.New("odmr: session closed by provider")
+
+func (s *session) run(ctx context.Context) (err error) {
+	start := s.start
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { s.raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	defer func() {
+		s.state.Store(int32(StateClosed))
+		lingeringClose(s.conn)
+		attrs := []any{
+			"identity", s.identity, "messages", s.messages, "delivered", s.delivered,
+			"failed", s.failed, "deferred", s.deferred, "duration", time.Since(start).Round(time.Millisecond),
+		}
+		if err != nil && !errors.Is(err, errSessionOver) {
+			s.log.Info("odmr: session ended", append(attrs, "err", err)...)
+		} else {
+			s.log.Info("odmr: session ended", attrs...)
+			err = nil
+		}
+	}()
+
+	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
+		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Service not configured, closing connection"})
+		return errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")
+	}
+	s.log.Debug("odmr: session started")
+	if err := s.replyLine(220, s.p.hostname()+" on-demand mail relay server ready"); err != nil {
+		return err
+	}
+	for {
+		line, err := s.readCommand()
+		if err != nil {
+			return s.readFailed(ctx, err)
+		}
+		if err := s.dispatch(ctx, line); err != nil {
+			return err
+		}
+	}
+}
+
+// readFailed answers the error that ended reading a command.
+func (s *session) readFailed(ctx context.Context, err error) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return fmt.Errorf("odmr: connection closed by customer in %s state", s.State())
+	case errors.Is(err, wire.ErrFlood):
+		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Line too long, closing connection"})
+		return err
+	case errors.As(err, &ne) && ne.Timeout():
+		if s.p.shutdown.Load() || ctx.Err() != nil {
+			s.reply(errShuttingDown)
+			return errSessionOver
+		}
+		s.reply(errTimeout)
+		return fmt.Errorf("odmr: customer idle for %v", s.commandTimeout())
+	}
+	return err
+}
+
+func (s *session) commandTimeout() time.Duration {
+	return orDefault(s.p.CommandTimeout, DefaultCommandTimeout)
+}
+
+// readLine reads one line under the command timeout. Errors about the
+// line itself (too long, bare CR) come back as *Error.
+func (s *session) readLine(max int) (string, error) {
+	deadline := time.Now().Add(s.commandTimeout())
+	if end := s.start.Add(orDefault(s.p.SessionTimeout, DefaultSessionTimeout)); end.Before(deadline) {
+		deadline = end
+	}
+	s.conn.SetReadDeadline(deadline)
+	if s.p.shutdown.Load() && s.State() < StateReversed {
+		// Shutdown may have run between the check and the deadline.
+		return "", os.ErrDeadlineExceeded
+	}
+	line, err := wire.ReadLine(s.br, max)
+	if err == nil && s.p.Debug != nil {
+		s.debug("C: ", string(line))
+	}
+	switch {
+	case errors.Is(err, wire.ErrLineTooLong):
+		return "", errLineTooLong
+	case errors.Is(err, wire.ErrBareCR):
+		return "", errSyntax.withMessage("Bare CR or NUL in command")
+	}
+	return string(line), err
+}
+
+// readCommand reads command lines, answering those that are malformed.
+func (s *session) readCommand() (string, error) {
+	for {
+		line, err := s.readLine(maxCommandLine)
+		var e *Error
+		if errors.As(err, &e) {
+			if err := s.fail(e); err != nil {
+				return "", err
+			}
+			continue
+		}
+		return line, err
+	}
+}
+
+// dispatch runs one command; a non-nil error ends the session.
+func (s *session) dispatch(ctx context.Context, line string) error {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	arg = strings.Trim(arg, " \t")
+	switch verb {
+	case "EHLO", "HELO":
+		return s.handleHello(verb, arg)
+	case "STARTTLS":
+		return s.handleStartTLS(ctx, arg)
+	case "AUTH":
+		return s.handleAuth(ctx, arg)
+	case "ATRN":
+		return s.handleATRN(ctx, arg)
+	case "NOOP":
+		return s.replyLine(250, "2.0.0 OK")
+	case "RSET":
+		return s.replyLine(250, "2.0.0 OK")
+	case "QUIT":
+		s.replyLine(221, "2.0.0 Bye")
+		return errSessionOver
+	case "GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE":
+		// Cross-protocol requests (a browser aimed at port 366) are not
+		// a confused mail client: close at once.
+		s.reply(errCrossProtocol)
+		return errors.New("odmr: HTTP request on the ODMR port")
+	case "":
+		return s.fail(errSyntax.withMessage("Empty command"))
+	}
+	return s.fail(ErrNotImplemented.withMessage("Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT"))
+}
+
+func (s *session) handleHello(verb, arg string) error {
+	if arg == "" {
+		return s.fail(errBadArguments.withMessage("%s requires a domain or address", verb))
+	}
+	s.helo = arg
+	host := s.p.hostname()
+	if verb == "HELO" {
+		return s.replyLine(250, host)
+	}
+	lines := []string{host}
+	if mechs := s.mechanisms(); len(mechs) > 0 {
+		lines = append(lines, "AUTH "+strings.Join(mechs, " "))
+	}
+	if s.p.TLSConfig != nil && !s.isTLS {
+		lines = append(lines, "STARTTLS")
+	}
+	lines = append(lines, "ENHANCEDSTATUSCODES", "ATRN")
+	return s.replyLines(250, lines...)
+}
+
+// errTLSRequired answers AUTH and ATRN in clear when TLS is required.
+var errTLSRequired = &Error{Code: 530, EnhancedCode: EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+
+func (s *session) handleStartTLS(ctx context.Context, arg string) error {
+	switch {
+	case s.isTLS:
+		return s.fail(errBadSequence.withMessage("TLS already active"))
+	case s.p.TLSConfig == nil:
+		return s.reply(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "TLS not available"})
+	case arg != "":
+		return s.fail(errBadArguments.withMessage("STARTTLS takes no parameters"))
+	case s.identity != "":
+		return s.fail(errBadSequence.withMessage("Already authenticated"))
+	}
+	if err := s.replyLine(220, "2.0.0 Ready to start TLS"); err != nil {
+		return err
+	}
+	// Bytes that came after STARTTLS in clear are not part of the TLS
+	// session: executing them would let an attacker inject commands
+	// (CVE-2011-0411 and kin). Drop them.
+	if n := s.br.Buffered(); n > 0 {
+		s.br.Discard(n)
+		s.log.Warn("odmr: discarded bytes pipelined after STARTTLS", "bytes", n)
+	}
+	tc := tls.Server(s.raw, s.p.TLSConfig)
+	hsCtx, cancel := context.WithTimeout(ctx, s.commandTimeout())
+	defer cancel()
+	if err := tc.HandshakeContext(hsCtx); err != nil {
+		return fmt.Errorf("odmr: TLS handshake: %w", err)
+	}
+	s.conn = tc
+	s.br.Reset(tc)
+	s.bw.Reset(tc)
+	s.isTLS = true
+	s.helo = "" // RFC 3207 section 4.2: the client starts over with EHLO
+	s.log = s.log.With("tls", tls.VersionName(tc.ConnectionState().Version))
+	s.log.Debug("odmr: TLS started")
+	return nil
+}
+
+func (s *session) handleATRN(ctx context.Context, arg string) error {
+	if s.p.RequireTLS && !s.isTLS {
+		return s.fail(errTLSRequired)
+	}
+	if s.identity == "" {
+		return s.fail(ErrAuthRequired)
+	}
+	if !s.p.atrnLimits.allow(s.identity, time.Now()) {
+		s.log.Info("odmr: ATRN refused", "reason", "rate limit")
+		return s.fail(ErrATRNRefused.withMessage("Too many ATRN requests; wait before asking again"))
+	}
+	domains, err := ParseATRN(arg)
+	if err != nil {
+		return s.fail(errBadArguments.withMessage("%s", strings.TrimPrefix(err.Error(), "odmr: ")))
+	}
+	allowed, err := s.p.Authorizer.Domains(ctx, s.identity)
+	if err != nil {
+		s.log.Warn("odmr: domain authorizer failed", "err", err)
+		return s.fail(ErrTryLater)
+	}
+	permitted := make(map[string]bool, len(allowed))
+	var all []string
+	for _, d := range allowed {
+		d = strings.ToLower(strings.TrimSuffix(d, "."))
+		if d != "" && !permitted[d] {
+			permitted[d] = true
+			all = append(all, d)
+		}
+	}
+	if len(domains) == 0 {
+		domains = all
+		if len(domains) == 0 {
+			s.log.Info("odmr: ATRN refused", "reason", "identity has no domains")
+			return s.fail(errNoDomains)
+		}
+	}
+	for _, d := range domains {
+		if !permitted[d] {
+			s.log.Info("odmr: ATRN refused", "domains", domains, "denied", d)
+			return s.fail(ErrATRNRefused.withMessage("Access to domain %s denied", d))
+		}
+	}
+	has, err := s.p.Queue.HasMail(ctx, domains)
+	if err != nil {
+		s.log.Warn("odmr: queue failed", "domains", domains, "err", err)
+		return s.fail(ErrTryLater)
+	}
+	if !has {
+		s.log.Info("odmr: no mail", "domains", domains)
+		return s.reply(ErrNoMail)
+	}
+	s.log = s.log.With("domains", domains)
+	if err := s.replyLine(250, "2.0.0 OK now reversing the connection"); err != nil {
+		return err
+	}
+	s.state.Store(int32(StateReversed))
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	rc := Reverse(s.conn, buffered)
+	if err := s.deliver(ctx, rc, domains); err != nil {
+		return err
+	}
+	return errSessionOver
+}
+
+// fail sends an error reply and counts it; too many errors end the session.
+func (s *session) fail(e *Error) error {
+	if e.Code >= 500 {
+		s.errs++
+		if s.errs >= orDefault(s.p.MaxErrors, DefaultMaxErrors) {
+			s.reply(errTooManyErrors)
+			return errors.New("odmr: too many errors")
+		}
+	}
+	return s.reply(e)
+}
+
+// reply sends e as a single-line reply.
+func (s *session) reply(e *Error) error {
+	text := e.Message
+	if ec := e.EnhancedCode.String(); ec != "" {
+		text = ec + " " + text
+	}
+	return s.replyLine(e.Code, text)
+}
+
+func (s *session) replyLine(code int, text string) error {
+	return s.replyLines(code, text)
+}
+
+// replyLines writes a reply, multi-line when given several lines, in one
+// write: fetchmail reads the EHLO reply as it arrives.
+func (s *session) replyLines(code int, lines ...string) error {
+	for i, l := range lines {
+		sep := byte('-')
+		if i == len(lines)-1 {
+			sep = ' '
+		}
+		fmt.Fprintf(s.bw, "%03d%c%s\r\n", code, sep, l)
+		if s.p.Debug != nil {
+			if code == 334 {
+				l = "<redacted>"
+			}
+			s.debug("P: ", fmt.Sprintf("%03d%c%s", code, sep, l))
+		}
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(orDefault(s.p.WriteTimeout, DefaultWriteTimeout)))
+	return s.bw.Flush()
+}
+
+// debug writes one transcript line, redacting SASL data.
+func (s *session) debug(prefix, line string) {
+	if prefix == "C: " {
+		if s.inSASL {
+			line = "<redacted>"
+		} else if verb, rest, ok := strings.Cut(line, " "); ok && strings.EqualFold(verb, "AUTH") {
+			if mech, _, hasIR := strings.Cut(rest, " "); hasIR {
+				line = verb + " " + mech + " <redacted>"
+			}
+		}
+	}
+	s.p.debugMu.Lock()
+	defer s.p.debugMu.Unlock()
+	fmt.Fprintf(s.p.Debug, "%s %s%s\n", s.raw.RemoteAddr(), prefix, line)
+}
+
+// debugConn copies the reversed session into the debug transcript, line by
+// line: what the provider reads is the customer's ("C: ").
+type debugConn struct {
+	net.Conn
+	s          *session
+	rbuf, wbuf []byte
+}
+
+func (c *debugConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.rbuf = c.lines("C: ", append(c.rbuf, p[:n]...))
+	return n, err
+}
+
+func (c *debugConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.wbuf = c.lines("P: ", append(c.wbuf, p[:n]...))
+	return n, err
+}
+
+// lines writes the complete lines of buf and returns the rest, keeping at
+// most a few KiB of an unfinished line.
+func (c *debugConn) lines(prefix string, buf []byte) []byte {
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			break
+		}
+		c.s.debug(prefix, strings.TrimSuffix(string(buf[:i]), "\r"))
+		buf = buf[i+1:]
+	}
+	if len(buf) > 4096 {
+		c.s.debug(prefix, string(buf)+" [...]")
+		buf = buf[:0]
+	}
+	return append([]byte(nil), buf...)
+}
