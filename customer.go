@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -296,7 +295,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	buffered, _ := s.br.Peek(s.br.Buffered())
 	rconn := Reverse(s.conn, buffered)
 	if c.Debug != nil {
-		rconn = &debugReversedConn{Conn: rconn, s: s}
+		rconn = &transcriptConn{Conn: rconn, in: "P: ", out: "C: ", emit: s.debug}
 	}
 	rc := &idleConn{Conn: rconn, ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
 	if c.Handler != nil {
@@ -368,22 +367,8 @@ func (c *Customer) dial(ctx context.Context, network, addr string) (net.Conn, er
 	return d.DialContext(ctx, network, addr)
 }
 
-func (c *Customer) hostname() string {
-	if c.Hostname != "" {
-		return c.Hostname
-	}
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
-	}
-	return "localhost"
-}
-
-func (c *Customer) logger() *slog.Logger {
-	if c.Logger != nil {
-		return c.Logger
-	}
-	return slog.Default()
-}
+func (c *Customer) hostname() string     { return hostnameOr(c.Hostname) }
+func (c *Customer) logger() *slog.Logger { return loggerOr(c.Logger) }
 
 // customerSession is the initial and authenticated states of one fetch,
 // in which the customer is the client.

@@ -18,7 +18,7 @@ import (
 // deliver runs the reversed state: the provider is now the SMTP client.
 func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) error {
 	if s.p.Debug != nil {
-		rc = &debugConn{Conn: rc, s: s}
+		rc = &transcriptConn{Conn: rc, in: "C: ", out: "P: ", emit: s.debug}
 	}
 	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
 	// The session closes the connection; go-smtp's client must not, or it

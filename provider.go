@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,22 +151,8 @@ type Provider struct {
 	shutdown   atomic.Bool
 }
 
-func (p *Provider) hostname() string {
-	if p.Hostname != "" {
-		return p.Hostname
-	}
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
-	}
-	return "localhost"
-}
-
-func (p *Provider) logger() *slog.Logger {
-	if p.Logger != nil {
-		return p.Logger
-	}
-	return slog.Default()
-}
+func (p *Provider) hostname() string     { return hostnameOr(p.Hostname) }
+func (p *Provider) logger() *slog.Logger { return loggerOr(p.Logger) }
 
 func orDefault[T comparable](v, def T) T {
 	var zero T

@@ -2,7 +2,6 @@ package odmr
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -393,42 +392,4 @@ func (s *session) debug(prefix, line string) {
 	s.p.debugMu.Lock()
 	defer s.p.debugMu.Unlock()
 	fmt.Fprintf(s.p.Debug, "%s %s%s\n", s.raw.RemoteAddr(), prefix, line)
-}
-
-// debugConn copies the reversed session into the debug transcript, line by
-// line: what the provider reads is the customer's ("C: ").
-type debugConn struct {
-	net.Conn
-	s          *session
-	rbuf, wbuf []byte
-}
-
-func (c *debugConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.rbuf = c.lines("C: ", append(c.rbuf, p[:n]...))
-	return n, err
-}
-
-func (c *debugConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.wbuf = c.lines("P: ", append(c.wbuf, p[:n]...))
-	return n, err
-}
-
-// lines writes the complete lines of buf and returns the rest, keeping at
-// most a few KiB of an unfinished line.
-func (c *debugConn) lines(prefix string, buf []byte) []byte {
-	for {
-		i := bytes.IndexByte(buf, '\n')
-		if i < 0 {
-			break
-		}
-		c.s.debug(prefix, strings.TrimSuffix(string(buf[:i]), "\r"))
-		buf = buf[i+1:]
-	}
-	if len(buf) > 4096 {
-		c.s.debug(prefix, string(buf)+" [...]")
-		buf = buf[:0]
-	}
-	return append([]byte(nil), buf...)
 }
