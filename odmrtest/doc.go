@@ -1,6 +1,6 @@
 // Package odmrtest is a conformance suite for On-Demand Mail Relay
-// providers (RFC 2645), in the manner of golang.org/x/net/nettest and
-// testing/fstest.
+// (RFC 2645) providers and customers, in the manner of
+// golang.org/x/net/nettest and testing/fstest.
 //
 // The suite reaches the provider only through connections it dials, and
 // speaks raw SMTP over them, so it tests any implementation: this
@@ -37,4 +37,34 @@
 // queued itself (they carry an X-Odmrtest-Token header field); any other
 // message is answered 451 so that it stays queued at the provider, which
 // makes it safe to point the suite at a provider that holds real mail.
+//
+// # Customers
+//
+// The customer half is the mirror image: [TestCustomer] (or [RunCustomer])
+// runs each check of [CustomerChecks] by playing a scripted provider on a
+// loopback port and running the customer once against it, through
+// [CustomerConfig]'s Fetch hook. The suite greets, offers CRAM-MD5 and
+// ATRN (or, for some checks, PLAIN only, or no ATRN), verifies the
+// customer's CRAM-MD5 response against the secret, answers ATRN with 250,
+// 450, 451, 453 or 530, and after a 250 plays the provider's SMTP client:
+// it reads the customer's greeting and delivers a message with dot-stuffed
+// and 8-bit lines, pipelined when the customer offers PIPELINING, or cuts
+// it off midway. Each check judges what the customer sent and what it
+// reported, a [CustomerOutcome] whose Kind the adapter derives from an
+// error value or an exit status, and whose Messages are what the
+// customer's sink received:
+//
+//	func TestMyCustomer(t *testing.T) {
+//		odmrtest.TestCustomer(t, odmrtest.CustomerConfig{
+//			Fetch:   runMyCustomerAgainst, // func(ctx, addr) CustomerOutcome
+//			User:    "alice",
+//			Secret:  "s3cret",
+//			Domains: []string{"example.org", "example.com"},
+//		})
+//	}
+//
+// [NewCustomer] returns the configuration for this library's
+// [odmr.Customer] with an in-memory sink, and [OutcomeOf] classifies what
+// [odmr.Customer.Fetch] returns; a program such as fetchmail is run by a
+// Fetch hook that maps its exit status to an [OutcomeKind].
 package odmrtest
