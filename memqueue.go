@@ -50,8 +50,9 @@ type memMessage struct {
 
 // Enqueue adds a message for env.From and env.To with the body read from
 // r, and returns its ID. Bare LF line endings in the body become CRLF;
-// Size, Body (8BITMIME when the body has 8-bit bytes) and UTF8 (when an
-// address is not ASCII) are filled in when env leaves them zero.
+// Size and Body (8BITMIME when the body has 8-bit bytes, 7BIT otherwise,
+// whatever was declared, but for BINARYMIME) are set from the content, and
+// UTF8 when an address is not ASCII.
 func (q *MemoryQueue) Enqueue(env Envelope, r io.Reader) (string, error) {
 	if len(env.To) == 0 {
 		return "", errors.New("odmr: message has no recipients")
@@ -61,8 +62,14 @@ func (q *MemoryQueue) Enqueue(env Envelope, r io.Reader) (string, error) {
 		return "", err
 	}
 	env.Size = int64(len(body))
-	if env.Body == "" && has8Bit(body) {
-		env.Body = Body8BitMIME
+	// The content decides, not the declaration: intakes (go-smtp's client
+	// among them) declare BODY=8BITMIME for 7-bit mail too, and a 7-bit
+	// message may go to a customer without 8BITMIME.
+	if env.Body != BodyBinaryMIME {
+		env.Body = ""
+		if has8Bit(body) {
+			env.Body = Body8BitMIME
+		}
 	}
 	if !env.UTF8 {
 		env.UTF8 = !isASCII(env.From)

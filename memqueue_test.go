@@ -107,3 +107,15 @@ func TestMemoryQueueEnqueueFillsEnvelope(t *testing.T) {
 	assert.Equal(t, Body8BitMIME, env.Body)
 	assert.Equal(t, int64(7), env.Size)
 }
+
+func TestMemoryQueueBodyTypeComesFromContent(t *testing.T) {
+	q := &MemoryQueue{}
+	// go-smtp's client declares BODY=8BITMIME for any message.
+	q.Enqueue(Envelope{To: []string{"a@example.org"}, Body: Body8BitMIME}, strings.NewReader("plain\r\n"))
+	q.Enqueue(Envelope{To: []string{"a@example.org"}}, strings.NewReader("caf\xc3\xa9\r\n"))
+	q.Enqueue(Envelope{To: []string{"a@example.org"}, Body: BodyBinaryMIME}, strings.NewReader("x\r\n"))
+	m := q.Messages()
+	assert.Equal(t, BodyType(""), m[0].Body)
+	assert.Equal(t, Body8BitMIME, m[1].Body)
+	assert.Equal(t, BodyBinaryMIME, m[2].Body)
+}

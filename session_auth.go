@@ -97,7 +97,12 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 			return s.authFailed(mech, user, err)
 		}
 		if done {
+			// A success clears the identity's count and the address's: an
+			// address shared by many users (a NAT) is not locked out by
+			// their typos, and guessing at other accounts from it still
+			// meets those accounts' own lockout.
 			s.p.authFails.succeed("user:" + user)
+			s.p.authFails.succeed(remoteHost(s.raw.RemoteAddr()))
 			s.identity = user
 			s.state.Store(int32(StateAuthenticated))
 			s.log = s.log.With("identity", user)

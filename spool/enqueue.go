@@ -22,9 +22,10 @@ import (
 // nil is returned only in the first case.
 //
 // The body is streamed to a file, never held in memory; bare LF line
-// endings become CRLF on the way. Size, Body (8BITMIME when the body has
-// 8-bit bytes) and UTF8 (when an address is not ASCII) are filled in when
-// env leaves them zero, and Received when it is zero. env.ID is ignored:
+// endings become CRLF on the way. Size and Body (8BITMIME when the body
+// has 8-bit bytes, 7BIT otherwise, whatever was declared, but for
+// BINARYMIME) come from the content; UTF8 is set when an address is not
+// ASCII, and Received when it is zero. env.ID is ignored:
 // the spool names its messages. Duplicate recipients are queued once.
 //
 // When a domain of the recipients is over its quota, Enqueue returns an
@@ -109,8 +110,14 @@ func (s *Spool) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 	}
 
 	env.Size = w.n
-	if env.Body == "" && w.eightBit {
-		env.Body = odmr.Body8BitMIME
+	// The content decides, not the declaration: intakes (go-smtp's client
+	// among them) declare BODY=8BITMIME for 7-bit mail too, and a 7-bit
+	// message may go to a customer without 8BITMIME.
+	if env.Body != odmr.BodyBinaryMIME {
+		env.Body = ""
+		if w.eightBit {
+			env.Body = odmr.Body8BitMIME
+		}
 	}
 	if !env.UTF8 {
 		env.UTF8 = !isASCII(env.From)
