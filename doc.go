@@ -34,6 +34,10 @@
 // RFC 2645 section 7 are sentinels such as [ErrNoMail] and [ErrATRNRefused]
 // that [errors.Is] matches against replies read off the wire.
 //
+// Package odmrtest checks any provider or customer against the RFC, and
+// package spool is a durable queue that several provider processes may
+// share.
+//
 // After the swap the connection is an ordinary SMTP connection; [Reverse]
 // wraps it as a [net.Conn] that replays any bytes read ahead, so any SMTP
 // stack can take it over.
