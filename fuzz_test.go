@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/wire"
 )
 
 // Native fuzz targets. Their committed seed corpora live in
@@ -577,16 +579,23 @@ func authExchange(t *testing.T, insecure bool, lines ...string) []int {
 	}
 	var codes []int
 	for _, l := range lines {
-		if err := tp.PrintfLine("%s", l); err != nil {
-			t.Fatalf("writing %q: %v", l, err)
-		}
-		code, msg, err := tp.ReadResponse(0)
+		// Write while reading: over net.Pipe a provider that answers an
+		// endless line before reading all of it would otherwise deadlock
+		// with a writer that is still sending (TCP buffers hide this).
+		wrote := make(chan error, 1)
+		go func() { wrote <- tp.PrintfLine("%s", l) }()
+		code, _, err := tp.ReadResponse(0)
 		var te *textproto.Error
 		if err != nil && !errors.As(err, &te) {
 			t.Fatalf("reply to %q: %v (codes so far %v)", l, err, codes)
 		}
-		_ = msg
 		codes = append(codes, code)
+		if werr := <-wrote; werr != nil {
+			if code == 421 {
+				return codes // the provider closed on the line, as it may
+			}
+			t.Fatalf("writing %q: %v", l, werr)
+		}
 	}
 	return codes
 }
@@ -628,11 +637,17 @@ func FuzzPlain(f *testing.F) {
 				t.Fatalf("AUTH PLAIN answered %d, want 334", codes[1])
 			}
 		}
-		if got := codes[len(codes)-1]; got != want {
+		if got := codes[len(codes)-1]; got != want && !(want == 500 && got == 421 && endless(len(enc))) {
 			t.Fatalf("PLAIN %s: %d, want %d", short(response), got, want)
 		}
 	})
 }
+
+// endless reports whether a line of n bytes may be taken for an endless
+// one, which the provider answers with 421 and a close rather than 500
+// (the boundary depends on how the reads fall, so a read buffer's worth of
+// lengths accept either).
+func endless(n int) bool { return n > wire.MaxDiscard-4096 }
 
 func FuzzLogin(f *testing.F) {
 	f.Add([]byte("alice"), []byte("s3cret"), true)
@@ -673,6 +688,9 @@ func FuzzLogin(f *testing.F) {
 			add(pw, want, maxSASLLine)
 		}
 		got := authExchange(t, true, lines...)
+		if n := len(got); n == len(codes) && codes[n-1] == 500 && got[n-1] == 421 && endless(len(lines[n-1])) {
+			codes[n-1] = 421
+		}
 		if !slices.Equal(got, codes) {
 			t.Fatalf("LOGIN %s %s: replies %v, want %v", short(user), short(pass), got, codes)
 		}
