@@ -69,11 +69,8 @@ func checkCRAMOffered(p *probe) error {
 }
 
 func checkCRAM(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	r, chal, err := c.authCRAM(p.cfg.User, p.cfg.Secret)
@@ -118,11 +115,8 @@ func checkChallengeUnique(p *probe) error {
 }
 
 func checkWrongSecret(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	r, _, err := c.authCRAM(p.cfg.User, p.cfg.Secret+"-wrong")
@@ -137,11 +131,8 @@ func checkWrongSecret(p *probe) error {
 }
 
 func checkRetryAfterFailure(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	r, _, err := c.authCRAM(p.cfg.User, p.cfg.Secret+"-wrong")
@@ -164,11 +155,8 @@ func checkRetryAfterFailure(p *probe) error {
 }
 
 func checkUnknownUser(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	r, _, err := c.authCRAM("odmrtest-no-such-user", p.cfg.Secret)
@@ -183,11 +171,8 @@ func checkUnknownUser(p *probe) error {
 }
 
 func checkNotAuthenticated(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	// A cancelled exchange.
@@ -223,11 +208,8 @@ func checkSecondAuth(p *probe) error {
 }
 
 func checkAuthCancel(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	if _, err := c.expect("AUTH CRAM-MD5", "a challenge", 334); err != nil {
@@ -238,11 +220,8 @@ func checkAuthCancel(p *probe) error {
 }
 
 func checkInvalidBase64(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	if _, err := c.expect("AUTH CRAM-MD5", "a challenge", 334); err != nil {
@@ -253,11 +232,8 @@ func checkInvalidBase64(p *probe) error {
 }
 
 func checkUnknownMech(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	_, err = c.expect("AUTH X-ODMRTEST-UNKNOWN", "an unsupported mechanism is rejected with 504", 504)
@@ -387,11 +363,8 @@ func checkLongLine(p *probe) error {
 }
 
 func checkQuitInitial(p *probe) error {
-	c, err := p.dial()
+	c, err := p.dialEHLO()
 	if err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
 		return err
 	}
 	return c.quit("QUIT is valid in the initial state")

@@ -329,6 +329,16 @@ func (c *conn) login() error {
 	return nil
 }
 
+// dialEHLO dials and says EHLO.
+func (p *probe) dialEHLO() (*conn, error) {
+	c, err := p.dial()
+	if err != nil {
+		return nil, err
+	}
+	_, err = c.ehlo()
+	return c, err
+}
+
 // dialLogin dials, says EHLO and authenticates.
 func (p *probe) dialLogin() (*conn, error) {
 	c, err := p.dial()
