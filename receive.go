@@ -61,6 +61,7 @@ var errLineTooLongData = &smtp.SMTPError{
 func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult, log *slog.Logger) error {
 	rcv := &receiver{
 		ctx:     ctx,
+		conn:    conn,
 		sink:    c.Sink,
 		log:     log,
 		prefix:  strconv.FormatInt(time.Now().UnixNano(), 36),
@@ -79,7 +80,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 
-	l := oneconn.New(conn)
+	l := oneconn.New(peerEOFConn{conn})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	<-l.Done()
@@ -122,9 +123,36 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	return nil
 }
 
+// errPeerEOF is what go-smtp reads when the provider closes the
+// connection. It matches net.ErrClosed, so that go-smtp ends the session
+// quietly, as it does at io.EOF, instead of answering 421.
+var errPeerEOF error = peerEOF{}
+
+type peerEOF struct{}
+
+func (peerEOF) Error() string { return "connection closed by the provider" }
+
+func (peerEOF) Is(target error) bool { return target == net.ErrClosed }
+
+// peerEOFConn hands go-smtp errPeerEOF where the connection gives io.EOF.
+// go-smtp copies a BDAT chunk with io.Copy, which takes io.EOF for the end
+// of the data: a connection closed inside the last chunk would hand the
+// sink a truncated message as if it were whole. Any other error makes the
+// copy fail, and the message is abandoned.
+type peerEOFConn struct{ net.Conn }
+
+func (c peerEOFConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		err = errPeerEOF
+	}
+	return n, err
+}
+
 // receiver is the go-smtp backend of one reversed session.
 type receiver struct {
 	ctx     context.Context
+	conn    *idleConn
 	sink    MessageSink
 	log     *slog.Logger
 	prefix  string // of message IDs
@@ -179,21 +207,78 @@ type recvSession struct {
 	mu   sync.Mutex
 	env  Envelope
 	inTx bool
+	tx   *txEnd // how the open transaction ended, once it has
 	n    int
+
+	// pipe is the last BDAT transfer's reader; see waitBDAT.
+	pipe *io.PipeReader
+}
+
+// waitBDAT waits until go-smtp's goroutine for the last BDAT transfer has
+// finished. In go-smtp v0.25.1 that goroutine, after Data returns, sends
+// its result on a channel field of the connection that the next BDAT
+// transfer replaces: when a transfer is abandoned (RSET, a chunk over the
+// size limit) and the next one starts at once, the old result can be
+// taken for the new message's. The goroutine closes the pipe's reader
+// after that send, so a read from it returning io.ErrClosedPipe means it
+// is done. A transfer always ends (its writer closed) before the next
+// MAIL, so the read does not wait for data.
+func (s *recvSession) waitBDAT() {
+	s.mu.Lock()
+	pr := s.pipe
+	s.pipe = nil
+	s.mu.Unlock()
+	if pr == nil {
+		return
+	}
+	for pause := time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
+		if _, err := pr.Read(nil); err == io.ErrClosedPipe || s.r.ctx.Err() != nil {
+			return
+		}
+		time.Sleep(pause)
+	}
+}
+
+// txEnd tells a BDAT transfer that go-smtp abandoned why it was: an RSET
+// (or QUIT) from the provider, or a connection that failed. go-smtp
+// closes the transfer's pipe and then calls Reset or Logout, in its own
+// goroutine; the sink reads the pipe in another, so the connection's
+// state is taken at that call, not when the sink notices.
+type txEnd struct {
+	once    sync.Once
+	done    chan struct{}
+	connErr error // the connection's read error when the transaction ended
+}
+
+func newTxEnd() *txEnd { return &txEnd{done: make(chan struct{})} }
+
+func (t *txEnd) end(connErr error) {
+	t.once.Do(func() {
+		t.connErr = connErr
+		close(t.done)
+	})
+}
+
+// endTx records the end of the open transaction, if any.
+func (s *recvSession) endTx() {
+	s.mu.Lock()
+	tx := s.tx
+	s.env, s.inTx, s.tx = Envelope{}, false, nil
+	s.mu.Unlock()
+	if tx != nil {
+		tx.end(s.r.conn.err())
+	}
 }
 
 // Reset ends the transaction (RSET, or the end of DATA).
-func (s *recvSession) Reset() {
-	s.mu.Lock()
-	s.env, s.inTx = Envelope{}, false
-	s.mu.Unlock()
-}
+func (s *recvSession) Reset() { s.endTx() }
 
 // Logout is called when the connection ends.
 func (s *recvSession) Logout() error {
 	s.mu.Lock()
 	open := s.inTx
 	s.mu.Unlock()
+	s.endTx()
 	if open {
 		s.r.mu.Lock()
 		s.r.openTx = true
@@ -204,6 +289,7 @@ func (s *recvSession) Logout() error {
 
 // Mail starts a transaction.
 func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
+	s.waitBDAT()
 	env := Envelope{From: from}
 	if opts != nil {
 		env.Size, env.Body, env.UTF8 = opts.Size, BodyType(opts.Body), opts.UTF8
@@ -212,7 +298,7 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 		return smtp.ErrDataTooLarge
 	}
 	s.mu.Lock()
-	s.env, s.inTx = env, true
+	s.env, s.inTx, s.tx = env, true, newTxEnd()
 	s.mu.Unlock()
 	s.r.mu.Lock()
 	s.r.mails++
@@ -250,6 +336,10 @@ func (s *recvSession) Data(r io.Reader) error {
 	env := s.env
 	env.To = append([]string(nil), s.env.To...)
 	env.ID = s.r.prefix + "." + strconv.Itoa(s.n)
+	tx := s.tx
+	if pr, ok := r.(*io.PipeReader); ok {
+		s.pipe = pr
+	}
 	s.mu.Unlock()
 	env.Received = time.Now()
 
@@ -283,14 +373,27 @@ func (s *recvSession) Data(r io.Reader) error {
 	case errors.Is(body.err, smtp.ErrTooLongLine):
 		s.refused()
 		return errLineTooLongData
-	case errors.Is(body.err, smtp.ErrDataReset):
-		// A BDAT transfer the provider abandoned.
-		return body.err
+	case errors.Is(body.err, smtp.ErrDataReset) && tx != nil:
+		// go-smtp abandoned a BDAT transfer: learn why.
+		abandoned := false
+		select {
+		case <-tx.done:
+			abandoned = tx.connErr == nil
+		case <-s.r.ctx.Done():
+		}
+		if abandoned {
+			// RSET or QUIT from the provider (RFC 3030 section 3).
+			return body.err
+		}
 	}
 	// The connection failed under the message.
+	cut := body.err
+	if err := s.r.conn.err(); err != nil {
+		cut = err
+	}
 	s.r.mu.Lock()
 	if s.r.cut == nil {
-		s.r.cut = body.err
+		s.r.cut = cut
 	}
 	s.r.mu.Unlock()
 	return errLostConnection.toSMTPError()

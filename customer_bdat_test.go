@@ -1,0 +1,165 @@
+package odmr_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr"
+)
+
+// bdatCut plays a provider that turns the line around, sends one message
+// with BDAT and closes the connection after part of it: cut is what it
+// writes after RCPT.
+func bdatCut(t *testing.T, cut string) string {
+	return fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine() // ATRN
+		c.PrintfLine("250 OK now reversing the connection")
+		if _, _, err := c.ReadResponse(220); err != nil {
+			return
+		}
+		c.PrintfLine("EHLO fake.example.net")
+		if _, _, err := c.ReadResponse(250); err != nil {
+			return
+		}
+		c.PrintfLine("MAIL FROM:<a@sender.test>")
+		c.ReadResponse(250)
+		c.PrintfLine("RCPT TO:<u1@example.org>")
+		c.ReadResponse(250)
+		io.WriteString(raw, cut)
+		raw.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, raw)
+	})
+}
+
+func TestCustomerBDATCutInsideTheLastChunkDeliversNothing(t *testing.T) {
+	custNoLeaks(t)
+	// The provider announces 100 bytes as the last chunk, sends 40 and
+	// closes: the sink must not take 40 bytes for the whole message.
+	addr := bdatCut(t, "BDAT 100 LAST\r\nSubject: cut\r\n\r\nonly part of the bo")
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lost during a message")
+	assert.Empty(t, sink.received())
+	assert.Zero(t, res.Messages)
+	assert.False(t, res.NoMail)
+}
+
+func TestCustomerBDATCutBetweenChunksIsAnError(t *testing.T) {
+	custNoLeaks(t)
+	// A whole first chunk, then the line drops before the next BDAT.
+	first := "Subject: cut\r\n\r\nfirst chunk\r\n"
+	addr := bdatCut(t, "BDAT "+strconv.Itoa(len(first))+"\r\n"+first)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lost during a message")
+	assert.Empty(t, sink.received())
+	assert.Zero(t, res.Messages)
+}
+
+func TestCustomerBDATCutInsideAMiddleChunkIsAnError(t *testing.T) {
+	custNoLeaks(t)
+	addr := bdatCut(t, "BDAT 1000\r\n"+strings.Repeat("x", 10))
+	sink := &memSink{}
+	_, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lost during a message")
+	assert.Empty(t, sink.received())
+}
+
+func TestCustomerBDATAbandonedWithRSETIsNotACut(t *testing.T) {
+	custNoLeaks(t)
+	// RFC 3030 section 3: RSET abandons a BDAT transfer; the session goes
+	// on, and the next message arrives.
+	next := "Subject: second\r\n\r\nwhole\r\n"
+	addr := bdatCut(t, "BDAT 5\r\nhalf-RSET\r\n"+
+		"MAIL FROM:<a@sender.test>\r\nRCPT TO:<u1@example.org>\r\n"+
+		"BDAT "+strconv.Itoa(len(next))+" LAST\r\n"+next+"QUIT\r\n")
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	require.Len(t, sink.received(), 1)
+	assert.Equal(t, next, sink.received()[0].body)
+}
+
+// cuttingProxy forwards connections to target and, on the first one,
+// closes both sides once limit bytes have gone from target to the client:
+// the client reads a clean end of stream in the middle of whatever was
+// being sent, as when the provider's process dies.
+func cuttingProxy(t *testing.T, target string, limit int64) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		down, err := l.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			down.Close()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.Copy(up, down)
+			up.Close()
+		}()
+		io.CopyN(down, up, limit)
+		down.Close()
+		up.Close()
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
+	for _, chunking := range []bool{false, true} {
+		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
+			custNoLeaks(t)
+			q := &odmr.MemoryQueue{}
+			body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 5000)
+			custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+			addr := custProvider(t, q, func(p *odmr.Provider) { p.Chunking = chunking })
+
+			sink := &memSink{}
+			_, err := custCustomer(cuttingProxy(t, addr, 100<<10), sink, "example.org").Fetch(context.Background())
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "lost during a message")
+			assert.Empty(t, sink.received(), "a cut message must not reach the sink")
+
+			require.Eventually(t, func() bool {
+				attempts, _ := q.LastError("1", "u1@example.org")
+				return attempts == 1
+			}, 5*time.Second, 10*time.Millisecond)
+			res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+			require.NoError(t, err)
+			assert.Equal(t, 1, res.Messages)
+			require.Len(t, sink.received(), 1)
+			assert.Equal(t, body, sink.received()[0].body)
+			assert.Zero(t, q.Len())
+		})
+	}
+}
