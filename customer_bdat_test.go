@@ -163,3 +163,70 @@ func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
 		})
 	}
 }
+
+// swapped plays a provider up to the customer's greeting after the role
+// swap, then runs rest.
+func swapped(t *testing.T, rest func(c *textproto.Conn, raw net.Conn)) string {
+	return fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine() // ATRN
+		c.PrintfLine("250 OK now reversing the connection")
+		if _, _, err := c.ReadResponse(220); err != nil {
+			return
+		}
+		rest(c, raw)
+	})
+}
+
+func TestCustomerEHLOReplyStartsWithItsName(t *testing.T) {
+	custNoLeaks(t)
+	got := make(chan []string, 2)
+	addr := swapped(t, func(c *textproto.Conn, raw net.Conn) {
+		c.PrintfLine("EHLO fake.example.net")
+		_, ehlo, _ := c.ReadResponse(250)
+		c.PrintfLine("HELO fake.example.net")
+		_, helo, _ := c.ReadResponse(250)
+		c.PrintfLine("QUIT")
+		c.ReadResponse(221)
+		got <- strings.Split(ehlo, "\n")
+		got <- []string{helo}
+	})
+	c := custCustomer(addr, &memSink{}, "example.org")
+	c.MaxMessageSize = 4096
+	_, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	ehlo, helo := <-got, <-got
+	// RFC 5321 section 4.1.1.1: the first line of the reply names the
+	// server; RFC 1870: SIZE gives the largest message it takes.
+	assert.Equal(t, "customer.example.org Hello fake.example.net", ehlo[0])
+	assert.Contains(t, ehlo, "SIZE 4096")
+	assert.Equal(t, "customer.example.org Hello fake.example.net", helo[0])
+}
+
+func TestCustomerCountsABDATChunkOverTheSizeLimitAsRefused(t *testing.T) {
+	custNoLeaks(t)
+	reply := make(chan int, 1)
+	addr := swapped(t, func(c *textproto.Conn, raw net.Conn) {
+		c.PrintfLine("EHLO fake.example.net")
+		c.ReadResponse(250)
+		io.WriteString(raw, "MAIL FROM:<a@sender.test>\r\nRCPT TO:<u1@example.org>\r\n"+
+			"BDAT 5000 LAST\r\n"+strings.Repeat("x", 5000))
+		c.ReadResponse(250)
+		c.ReadResponse(250)
+		code, _, _ := c.ReadResponse(250)
+		c.PrintfLine("QUIT")
+		c.ReadResponse(221)
+		reply <- code
+	})
+	sink := &memSink{}
+	c := custCustomer(addr, sink, "example.org")
+	c.MaxMessageSize = 4096
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 552, <-reply)
+	assert.Equal(t, 1, res.Refused)
+	assert.Zero(t, res.Messages)
+	assert.Empty(t, sink.received())
+}

@@ -80,7 +80,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 
-	l := oneconn.New(peerEOFConn{conn})
+	l := oneconn.New(&serverConn{Conn: conn, rcv: rcv, host: c.hostname()})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	<-l.Done()
@@ -134,19 +134,60 @@ func (peerEOF) Error() string { return "connection closed by the provider" }
 
 func (peerEOF) Is(target error) bool { return target == net.ErrClosed }
 
-// peerEOFConn hands go-smtp errPeerEOF where the connection gives io.EOF.
-// go-smtp copies a BDAT chunk with io.Copy, which takes io.EOF for the end
-// of the data: a connection closed inside the last chunk would hand the
-// sink a truncated message as if it were whole. Any other error makes the
-// copy fail, and the message is abandoned.
-type peerEOFConn struct{ net.Conn }
+// serverConn is the connection as go-smtp's server sees it. It reads
+// errPeerEOF where the connection gives io.EOF: go-smtp copies a BDAT
+// chunk with io.Copy, which takes io.EOF for the end of the data, so a
+// connection closed inside the last chunk would hand the sink a truncated
+// message as if it were whole; any other error makes the copy fail and
+// the message is abandoned.
+//
+// It also mends three replies of go-smtp v0.25.1, which writes each reply
+// line with a Write of its own:
+//   - the first line of the EHLO reply, "250-Hello <client>", gets the
+//     customer's name in front, as RFC 5321 section 4.1.1.1 wants the
+//     server's domain there; the HELO reply likewise;
+//   - "SIZE n" advertises the customer's MaxMessageSize, not the one byte
+//     more that go-smtp is given (see receive);
+//   - go-smtp refuses a BDAT chunk over the size limit itself, without
+//     the session seeing it: the refusal is counted here.
+type serverConn struct {
+	net.Conn
+	rcv  *receiver
+	host string
+}
 
-func (c peerEOFConn) Read(p []byte) (int, error) {
+func (c *serverConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err == io.EOF {
 		err = errPeerEOF
 	}
 	return n, err
+}
+
+func (c *serverConn) Write(p []byte) (int, error) {
+	line, ok := bytes.CutSuffix(p, []byte("\r\n"))
+	if !ok || len(line) < 4 || bytes.IndexByte(line, '\n') >= 0 {
+		return c.Conn.Write(p)
+	}
+	code, text := string(line[:4]), string(line[4:])
+	var mended string
+	switch {
+	case code == "250-" && strings.HasPrefix(text, "Hello "):
+		mended = code + c.host + " " + text
+	case code == "250 " && strings.HasPrefix(text, "2.0.0 Hello "):
+		mended = code + c.host + " " + strings.TrimPrefix(text, "2.0.0 ")
+	case (code == "250-" || code == "250 ") && strings.HasPrefix(text, "SIZE ") && c.rcv.maxSize > 0:
+		mended = code + "SIZE " + strconv.FormatInt(c.rcv.maxSize, 10)
+	case code == "552 " && text == "5.3.4 Max message size exceeded":
+		c.rcv.chunkRefused()
+	}
+	if mended == "" {
+		return c.Conn.Write(p)
+	}
+	if _, err := io.WriteString(c.Conn, mended+"\r\n"); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // receiver is the go-smtp backend of one reversed session.
@@ -161,9 +202,10 @@ type receiver struct {
 	inflight sync.WaitGroup // Data calls under way
 
 	mu           sync.Mutex
-	mails        int   // MAIL commands accepted
-	openTx       bool  // a transaction was open when the session ended
-	cut          error // the connection failed in the middle of a message
+	session      *recvSession // the session, once EHLO has made it
+	mails        int          // MAIL commands accepted
+	openTx       bool         // a transaction was open when the session ended
+	cut          error        // the connection failed in the middle of a message
 	messages     int
 	recipients   int
 	bytes        int64
@@ -173,7 +215,31 @@ type receiver struct {
 
 // NewSession is called by go-smtp at the provider's EHLO.
 func (r *receiver) NewSession(*smtp.Conn) (smtp.Session, error) {
-	return &recvSession{r: r}, nil
+	s := &recvSession{r: r}
+	r.mu.Lock()
+	r.session = s
+	r.mu.Unlock()
+	return s, nil
+}
+
+// chunkRefused counts a message go-smtp refused for its size in the
+// middle of a BDAT transfer. The same reply to MAIL FROM with a SIZE over
+// the limit comes before the session sees the MAIL: it is not a message
+// refused, and no transaction is open then.
+func (r *receiver) chunkRefused() {
+	r.mu.Lock()
+	s := r.session
+	r.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	open := s.inTx
+	s.mu.Unlock()
+	if open {
+		s.refused()
+		r.log.Info("odmr: message refused", "reply", 552, "err", "over MaxMessageSize")
+	}
 }
 
 // reply turns a sink's error into the reply for the provider. An error
