@@ -170,7 +170,7 @@ func BenchmarkDeliver(b *testing.B) {
 				hide = append(hide, []byte(h))
 			}
 			rc := hideConn{conn, hide}
-			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), Chunking: mode.bdat}
+			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), DisableChunking: !mode.bdat}
 			s := newSession(p, rc)
 			b.SetBytes(int64(len(benchBody)))
 			b.ReportAllocs()

@@ -142,7 +142,7 @@ func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
 			q := &odmr.MemoryQueue{}
 			body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 5000)
 			custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
-			addr := custProvider(t, q, func(p *odmr.Provider) { p.Chunking = chunking })
+			addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
 
 			sink := &memSink{}
 			_, err := custCustomer(cuttingProxy(t, addr, 100<<10), sink, "example.org").Fetch(context.Background())

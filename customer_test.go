@@ -456,17 +456,21 @@ func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
 		"Grüße, ½ € \xff\xfe raw bytes\r\n" +
 		"\r\n" +
 		".\r\n"
-	q := &odmr.MemoryQueue{}
-	custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
-	addr := custProvider(t, q)
-	sink := &memSink{}
-	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
-	require.NoError(t, err)
-	got := sink.received()
-	require.Len(t, got, 1)
-	assert.Equal(t, body, got[0].body)
-	assert.Equal(t, int64(len(body)), res.Bytes)
-	assert.Equal(t, odmr.Body8BitMIME, got[0].env.Body)
+	for _, chunking := range []bool{false, true} {
+		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
+			q := &odmr.MemoryQueue{}
+			custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+			addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
+			sink := &memSink{}
+			res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+			require.NoError(t, err)
+			got := sink.received()
+			require.Len(t, got, 1)
+			assert.Equal(t, body, got[0].body)
+			assert.Equal(t, int64(len(body)), res.Bytes)
+			assert.Equal(t, odmr.Body8BitMIME, got[0].env.Body)
+		})
+	}
 }
 
 // custQueue is a QueueSource of single messages whose bodies are made by

@@ -18,7 +18,7 @@ import (
 // PIPELINING: each message's MAIL, RCPTs and DATA go out as one group,
 // and the next message's group right behind the final dot, so that a
 // message costs one round trip instead of four. With CHUNKING, when
-// Provider.Chunking is set, it sends BDAT and waits for nothing. Each
+// Provider.DisableChunking is not set, it sends BDAT and waits for nothing. Each
 // recipient gets the result the plain path (deliverOne) would give it for
 // the same replies.
 //
@@ -33,7 +33,7 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 		return s.deliverEach(ctx, c, batch, domains)
 	}
 	chunking, _ := c.Extension("CHUNKING")
-	chunking = chunking && s.p.Chunking
+	chunking = chunking && !s.p.DisableChunking
 	snd := pipeline.NewSender(ctx, conn, pipeline.Config{
 		ReplyTimeout: orDefault(s.p.ReplyTimeout, DefaultReplyTimeout),
 		DataTimeout:  orDefault(s.p.DataTimeout, DefaultDataTimeout),

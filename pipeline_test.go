@@ -163,13 +163,13 @@ func runReversed(t *testing.T, msgs []plMsg, srv *pipetest.Server, q *recQueue, 
 	}
 	defer pc.Close()
 	p := &Provider{
-		Hostname:     "provider.test",
-		Queue:        q,
-		Logger:       slog.New(slog.DiscardHandler),
-		ReplyTimeout: 10 * time.Second,
-		DataTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		Chunking:     mode.chunking,
+		Hostname:        "provider.test",
+		Queue:           q,
+		Logger:          slog.New(slog.DiscardHandler),
+		ReplyTimeout:    10 * time.Second,
+		DataTimeout:     10 * time.Second,
+		WriteTimeout:    10 * time.Second,
+		DisableChunking: !mode.chunking,
 	}
 	s := newSession(p, pc)
 	run := plRun{outcome: map[string]string{}}
@@ -641,7 +641,7 @@ func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 				ids = append(ids, id)
 			}
 			rc := hideConn{pc, hide}
-			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), Chunking: mode.chunking}
+			p := &Provider{Hostname: "provider.test", Queue: q, Logger: slog.New(slog.DiscardHandler), DisableChunking: !mode.chunking}
 			err := newSession(p, rc).deliver(context.Background(), rc, []string{"example.org"})
 			require.NoError(t, err)
 			pc.Close()

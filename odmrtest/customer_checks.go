@@ -61,6 +61,12 @@ func customerChecks() []customerCheck {
 			"When the connection breaks in the middle of a message's text, the customer does not deliver the partial message (RFC 5321 sections 4.1.1.4 and 6.1)."),
 		cc("RFC2920", "pipelined-commands-in-reversed-state", Must, checkCustPipelining,
 			"A customer that offers PIPELINING in the reversed state answers MAIL, RCPT and DATA sent in one group, each in order, and takes the message (RFC 2920 section 3.1)."),
+		cc("RFC3030", "receives-BDAT", Must, checkCustBDAT,
+			"A customer that offers CHUNKING in the reversed state takes a message sent as BDAT chunks, the first ending in the middle of a line and the last marked LAST, and its sink gets the octets as sent: no dot-stuffing to undo (RFC 3030 sections 2 and 4). The chunks go in one write when the customer offers PIPELINING."),
+		cc("RFC3030", "replies-to-each-chunk", Must, checkCustChunkReply,
+			"The customer replies to a BDAT chunk once it has the chunk's octets, even when the chunk ends in the middle of a line and the provider waits for that reply before it sends the next (RFC 3030 section 2), as a provider without PIPELINING does."),
+		cc("RFC3030", "provider-cuts-mid-BDAT", Must, checkCustCutBDAT,
+			"When the connection breaks inside the last BDAT chunk, before all its octets came, the customer does not deliver the partial message (RFC 3030 section 3, RFC 5321 section 6.1)."),
 	}
 }
 
@@ -709,4 +715,177 @@ func checkCustPipelining(p *cprobe) error {
 	}
 	p.decide(s.final)
 	return p.wantMail(out)
+}
+
+// chunkedStart plays a provider up to the BDAT of one message for the
+// customer's domains, with MAIL and RCPT sent and accepted. It skips when
+// the customer does not offer CHUNKING.
+func (p *cprobe) chunkedStart() (*pconn, *message, *ehloInfo, error) {
+	c, err := p.start()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := c.login(); err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := c.reverse(); err != nil {
+		return nil, nil, nil, err
+	}
+	info, err := c.ehlo()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if !info.has("CHUNKING") {
+		return nil, nil, nil, p.skipf("the customer does not offer CHUNKING")
+	}
+	m := p.newMessage(p.ccfg.Domains...)
+	mail := "MAIL FROM:<" + m.from + ">"
+	if info.has("8BITMIME") {
+		m = p.newMessage8bit(p.ccfg.Domains...)
+		mail += " BODY=8BITMIME"
+	}
+	if _, err := c.expect(mail, 250, "the customer takes mail"); err != nil {
+		return nil, nil, nil, err
+	}
+	for _, r := range m.to {
+		if _, err := c.expect("RCPT TO:<"+r+">", 250, "the recipient is in the customer's domains"); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return c, m, info, nil
+}
+
+// chunk sends one BDAT command and its chunk, in one write, and reads
+// the reply.
+func (c *pconn) chunk(data string, last bool) (*reply, error) {
+	line := fmt.Sprintf("BDAT %d", len(data))
+	verb := "BDAT"
+	if last {
+		line += " LAST"
+		verb = "BDAT LAST"
+	}
+	c.p.logLine("P: ", line)
+	c.p.logLine("# ", fmt.Sprintf("%d octets of the message", len(data)))
+	if err := c.write(line + "\r\n" + data); err != nil {
+		return nil, err
+	}
+	return c.readReply("in reply to " + verb)
+}
+
+func checkCustBDAT(p *cprobe) error {
+	c, m, info, err := p.chunkedStart()
+	if err != nil {
+		return err
+	}
+	half := len(m.body) / 2
+	var r1, r2 *reply
+	if info.has("PIPELINING") {
+		line1, line2 := fmt.Sprintf("BDAT %d", half), fmt.Sprintf("BDAT %d LAST", len(m.body)-half)
+		p.logLine("P: ", line1)
+		p.logLine("# ", fmt.Sprintf("%d octets of the message, ending mid-line", half))
+		p.logLine("P: ", line2)
+		p.logLine("# ", fmt.Sprintf("the other %d octets, in the same write", len(m.body)-half))
+		if err := c.write(line1 + "\r\n" + m.body[:half] + line2 + "\r\n" + m.body[half:]); err != nil {
+			return err
+		}
+		if r1, err = c.readReply("in reply to BDAT"); err != nil {
+			return err
+		}
+		if r2, err = c.readReply("in reply to BDAT LAST"); err != nil {
+			return err
+		}
+	} else {
+		if r1, err = c.chunk(m.body[:half], false); err != nil {
+			return err
+		}
+		if r1.Code == 250 {
+			if r2, err = c.chunk(m.body[half:], true); err != nil {
+				return err
+			}
+		}
+	}
+	if r1.Code != 250 {
+		p.decide(r1)
+		return p.failf("the customer answered the first BDAT chunk with %d, want 250 (RFC 3030 section 2)", r1.Code)
+	}
+	p.decide(r2)
+	if r2.Code != 250 {
+		return p.failf("the customer answered BDAT LAST with %d, want 250", r2.Code)
+	}
+	if _, _, err := c.quit(); err != nil {
+		return err
+	}
+	out, err := p.outcome()
+	if err != nil {
+		return err
+	}
+	if err := p.expectReceived(out, m, m.to); err != nil {
+		return err
+	}
+	return p.wantMail(out)
+}
+
+func checkCustChunkReply(p *cprobe) error {
+	c, m, _, err := p.chunkedStart()
+	if err != nil {
+		return err
+	}
+	// A chunk that ends in the middle of a line, then the wait.
+	half := len(m.body) / 2
+	r, err := c.chunk(m.body[:half], false)
+	if err != nil {
+		return err
+	}
+	p.decide(r)
+	if r.Code != 250 {
+		return p.failf("the customer answered a BDAT chunk ending mid-line with %d, want 250 (RFC 3030 section 2)", r.Code)
+	}
+	if r, err = c.chunk(m.body[half:], true); err != nil {
+		return err
+	}
+	if r.Code != 250 {
+		p.decide(r)
+		return p.failf("the customer answered BDAT LAST with %d, want 250", r.Code)
+	}
+	if _, _, err := c.quit(); err != nil {
+		return err
+	}
+	out, err := p.outcome()
+	if err != nil {
+		return err
+	}
+	if err := p.expectReceived(out, m, m.to); err != nil {
+		return err
+	}
+	return p.wantMail(out)
+}
+
+func checkCustCutBDAT(p *cprobe) error {
+	c, m, _, err := p.chunkedStart()
+	if err != nil {
+		return err
+	}
+	// Announce the whole message as the last chunk, send half and close:
+	// the customer reads a clean end of stream inside the chunk.
+	half := len(m.body) / 2
+	line := fmt.Sprintf("BDAT %d LAST", len(m.body))
+	p.logLine("P: ", line)
+	p.logLine("# ", fmt.Sprintf("%d of the %d octets, then the suite closes the connection", half, len(m.body)))
+	if err := c.write(line + "\r\n" + m.body[:half]); err != nil {
+		return err
+	}
+	c.nc.Close()
+	out, err := p.outcome()
+	if err != nil {
+		return err
+	}
+	p.decideText(fmt.Sprintf("outcome %s, %d messages", out.Kind, len(out.Messages)))
+	if received(out, m) != nil {
+		return p.failf("the customer's sink got the message whose last chunk was cut off: a partial message was delivered")
+	}
+	if len(out.Messages) > 0 {
+		return p.failf("the customer's sink reports %d messages though none was completed", len(out.Messages))
+	}
+	p.note("the customer reports %s", outcomeText(out))
+	return nil
 }

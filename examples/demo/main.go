@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +54,7 @@ var queued = []struct {
 }{
 	{"Lester.Tester@dot.foo.bar", []string{"l.eva.msg@example.com"},
 		"From: Lester Tester <Lester.Tester@dot.foo.bar>\r\nTo: l.eva.msg@example.com\r\nSubject: test\r\n\r\n" +
-			"Hello from the provider's queue.\r\n.A line that starts with a dot travels as \"..A\".\r\n"},
+			"Hello from the provider's queue.\r\n.A line that starts with a dot arrives as it was sent.\r\n"},
 	{"newsletter@lists.example", []string{"info@example.org", "sales@example.com"},
 		"From: newsletter@lists.example\r\nSubject: One copy for two domains\r\n\r\nOne message, two recipients, one transaction.\r\n"},
 	{"", []string{"postmaster@example.org"},
@@ -203,6 +204,7 @@ type transcript struct {
 	in, out []byte // partial lines read and written
 	inAUTH  bool   // between AUTH and its final reply
 	inData  bool   // between 354 and the final dot
+	inBDAT  int    // bytes of a BDAT chunk still to come
 }
 
 // transcriptConn feeds a transcript: what the customer reads is the
@@ -234,6 +236,12 @@ func (t *transcript) add(who string, partial *[]byte, p []byte) {
 		}
 		line := strings.TrimSuffix(string((*partial)[:i]), "\r")
 		*partial = (*partial)[i+1:]
+		if who == "P: " && t.inBDAT > 0 {
+			t.inBDAT -= i + 1
+			line = "  " + shorten(line, 72) // the message itself, indented
+		} else if f := strings.Fields(line); who == "P: " && len(f) >= 2 && strings.EqualFold(f[0], "BDAT") {
+			t.inBDAT, _ = strconv.Atoi(f[1])
+		}
 		t.print(who, line)
 	}
 }

@@ -53,7 +53,7 @@ func newProvider(q odmr.QueueSource) *odmr.Provider {
 		MaxSessions:         -1,
 		MaxSessionsPerAddr:  -1,
 		MaxAuthFailures:     1 << 20,
-		Chunking:            chunking,
+		DisableChunking:     !chunking,
 	}
 }
 

@@ -46,6 +46,7 @@ type config struct {
 	tlsCert, tlsKey, tlsListen           string
 	allowInsecureAuth, verbose           bool
 	requireTLS                           bool
+	noChunking                           bool
 	maxMessageBytes                      int64
 	hashUser                             string
 	spoolDir, smarthost, smarthostTLS    string
@@ -68,6 +69,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key `FILE` (PEM) for -tls-cert")
 	fs.StringVar(&c.tlsListen, "tls-listen", "", "`ADDR` of an ODMR listener with implicit TLS (needs -tls-cert)")
 	fs.BoolVar(&c.requireTLS, "require-tls", false, "refuse AUTH and ATRN outside TLS (fetchmail cannot then connect)")
+	fs.BoolVar(&c.noChunking, "no-chunking", false, "deliver with DATA even to customers that offer CHUNKING (BDAT)")
 	fs.StringVar(&c.hashUser, "hash-secret", "", "print SCRAM credentials for `USER` from a secret read on standard input, for the accounts file, and exit")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-size", 50<<20, "largest message the SMTP intake accepts, in `BYTES`")
 	fs.BoolVar(&c.verbose, "v", false, "log every session event")
@@ -167,6 +169,7 @@ func run(args []string) error {
 		AllowInsecureAuth: cfg.allowInsecureAuth,
 		TLSConfig:         tlsConfig,
 		RequireTLS:        cfg.requireTLS,
+		DisableChunking:   cfg.noChunking,
 		Logger:            log,
 	}
 	odmrLn, err := listen(cfg.listen, "listen")

@@ -179,3 +179,12 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 7, n)
 }
+
+func TestNoChunkingFlag(t *testing.T) {
+	c, err := parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	assert.False(t, c.noChunking, "BDAT is on by default")
+	c, err = parseFlags([]string{"-accounts", "x", "-no-chunking"})
+	require.NoError(t, err)
+	assert.True(t, c.noChunking)
+}
