@@ -140,6 +140,12 @@ func run(args []string) error {
 		return listSpool(cfg.spoolDir, os.Stdout)
 	}
 
+	// Take SIGINT and SIGTERM from here on, so that one that comes while
+	// the listeners start still stops the program cleanly.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+
 	accounts, err := odmr.LoadAccounts(cfg.accounts)
 	if err != nil {
 		return err
@@ -218,8 +224,6 @@ func run(args []string) error {
 		log.Warn("odmr-provider: no SMTP intake (-smtp \"\"): nothing can be queued")
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	select {
 	case s := <-sig:
 		log.Info("odmr-provider: stopping", "signal", s.String())
