@@ -132,6 +132,13 @@ type Customer struct {
 	// message is refused with 552. 0 means no limit. It does not apply
 	// to a Handler.
 	MaxMessageSize int64
+	// NoReceivedHeader stops the customer from prepending a Received:
+	// header field to each message it hands to Sink. By default it does,
+	// as RFC 5321 section 4.4 requires of an SMTP server: the provider's
+	// EHLO name and address, the customer's Hostname, ESMTP or ESMTPS
+	// (RFC 3848), the message's ID, the recipient when there is one, and
+	// the time. Set it when the sink adds that trace itself.
+	NoReceivedHeader bool
 
 	// CommandTimeout bounds the connection set-up and the wait for each
 	// reply before ATRN. 0 means DefaultCommandTimeout.

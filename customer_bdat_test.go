@@ -230,3 +230,61 @@ func TestCustomerCountsABDATChunkOverTheSizeLimitAsRefused(t *testing.T) {
 	assert.Zero(t, res.Messages)
 	assert.Empty(t, sink.received())
 }
+
+func TestCustomerPrependsReceived(t *testing.T) {
+	custNoLeaks(t)
+	body := "Subject: trace\r\n\r\nHi.\r\n"
+	send := func(greet string, rcpts ...string) func(c *textproto.Conn, raw net.Conn) {
+		return func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("%s relay.example.net", greet)
+			c.ReadResponse(250)
+			c.PrintfLine("MAIL FROM:<a@sender.test>")
+			c.ReadResponse(250)
+			for _, r := range rcpts {
+				c.PrintfLine("RCPT TO:<%s>", r)
+				c.ReadResponse(250)
+			}
+			c.PrintfLine("DATA")
+			c.ReadResponse(354)
+			io.WriteString(raw, body+".\r\n")
+			c.ReadResponse(250)
+			c.PrintfLine("QUIT")
+			c.ReadResponse(221)
+		}
+	}
+	fetch := func(t *testing.T, script func(c *textproto.Conn, raw net.Conn), off bool) gotMessage {
+		sink := &memSink{}
+		c := custCustomer(swapped(t, script), sink, "example.org")
+		c.NoReceivedHeader = off
+		_, err := c.Fetch(context.Background())
+		require.NoError(t, err)
+		require.Len(t, sink.received(), 1)
+		got := sink.received()[0]
+		assert.Equal(t, body, got.body, "the message follows the field unchanged")
+		return got
+	}
+	t.Run("EHLO, one recipient", func(t *testing.T) {
+		before := time.Now().Truncate(time.Second)
+		got := fetch(t, send("EHLO", "u1@example.org"), false)
+		lines := strings.Split(strings.TrimSuffix(got.received, "\r\n"), "\r\n")
+		require.Len(t, lines, 3, got.received)
+		assert.Equal(t, "Received: from relay.example.net ([127.0.0.1])", lines[0])
+		assert.Equal(t, "\tby customer.example.org with ESMTP id "+got.env.ID, lines[1])
+		rest, date, ok := strings.Cut(lines[2], "; ")
+		require.True(t, ok, lines[2])
+		assert.Equal(t, "\tfor <u1@example.org>", rest)
+		when, err := time.Parse(time.RFC1123Z, date)
+		require.NoError(t, err)
+		assert.False(t, when.Before(before), "the time of receipt")
+		assert.Regexp(t, `^[A-Za-z0-9-]+$`, got.env.ID, "the ID is an atom (RFC 5321 section 4.4)")
+	})
+	t.Run("HELO, two recipients", func(t *testing.T) {
+		got := fetch(t, send("HELO", "u1@example.org", "u2@example.org"), false)
+		assert.Contains(t, got.received, " with SMTP id ")
+		assert.NotContains(t, got.received, "for <", "no recipient is named when there are several")
+	})
+	t.Run("NoReceivedHeader", func(t *testing.T) {
+		got := fetch(t, send("EHLO", "u1@example.org"), true)
+		assert.Empty(t, got.received)
+	})
+}

@@ -2,6 +2,7 @@ package odmr_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -132,19 +133,46 @@ type memSink struct {
 }
 
 type gotMessage struct {
-	env  odmr.Envelope
-	body string
+	env      odmr.Envelope
+	body     string // as the provider sent it
+	received string // the Received: field the customer put in front
 }
 
 func (s *memSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-	b, err := io.ReadAll(body)
+	br := bufio.NewReader(body)
+	trace, err := cutReceived(br)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(br)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.msgs = append(s.msgs, gotMessage{env, string(b)})
+	s.msgs = append(s.msgs, gotMessage{env, string(b), trace})
 	s.mu.Unlock()
 	return nil
+}
+
+// cutReceived reads the Received: header field the customer puts in
+// front of each message, folded lines and all, and returns it; "" when
+// the message does not start with one.
+func cutReceived(br *bufio.Reader) (string, error) {
+	head, _ := br.Peek(len("Received:"))
+	if string(head) != "Received:" {
+		return "", nil
+	}
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			return b.String(), err
+		}
+		if next, _ := br.Peek(1); len(next) == 0 || (next[0] != ' ' && next[0] != '\t') {
+			return b.String(), nil
+		}
+	}
 }
 
 func (s *memSink) received() []gotMessage {
@@ -586,8 +614,12 @@ type hashSink struct {
 }
 
 func (s *hashSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+	br := bufio.NewReader(body)
+	if _, err := cutReceived(br); err != nil {
+		return err
+	}
 	h := sha256.New()
-	n, err := io.Copy(h, body)
+	n, err := io.Copy(h, br)
 	if err != nil {
 		return err
 	}
@@ -1060,7 +1092,12 @@ func TestCustomerMaildirSinkEndToEnd(t *testing.T) {
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join(dir, "new", e.Name()))
 		require.NoError(t, err)
-		got = append(got, string(b))
+		br := bufio.NewReader(bytes.NewReader(b))
+		trace, err := cutReceived(br)
+		require.NoError(t, err)
+		assert.Contains(t, trace, "by customer.example.org with ESMTP id ")
+		rest, _ := io.ReadAll(br)
+		got = append(got, string(rest))
 	}
 	sort.Strings(got)
 	assert.Equal(t, []string{b1, b2}, got, "exact content")

@@ -86,10 +86,26 @@ func ctlsProvider(t *testing.T, implicit bool, opts ...func(*Provider)) *ctlsEnv
 	return e
 }
 
-// ctlsSink keeps the bodies it receives.
+// ctlsSink keeps the bodies it receives, and the Received: fields the
+// customer put in front of them.
 type ctlsSink struct {
 	mu     sync.Mutex
 	bodies []string
+	traces []string
+}
+
+// stripReceived splits the Received: field the customer puts in front of
+// a message from the message.
+func stripReceived(b []byte) (trace, rest string) {
+	s := string(b)
+	if !strings.HasPrefix(s, "Received: ") {
+		return "", s
+	}
+	i := strings.Index(s, "\r\n") + 2
+	for strings.HasPrefix(s[i:], "\t") {
+		i += strings.Index(s[i:], "\r\n") + 2
+	}
+	return s[:i], s[i:]
 }
 
 func (s *ctlsSink) Deliver(ctx context.Context, env Envelope, body io.Reader) error {
@@ -97,8 +113,10 @@ func (s *ctlsSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 	if err != nil {
 		return err
 	}
+	trace, rest := stripReceived(b)
 	s.mu.Lock()
-	s.bodies = append(s.bodies, string(b))
+	s.bodies = append(s.bodies, rest)
+	s.traces = append(s.traces, trace)
 	s.mu.Unlock()
 	return nil
 }
@@ -205,6 +223,7 @@ func TestCustomerImplicitTLS(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Messages)
 	assert.Equal(t, []string{ctlsBody}, sink.received())
+	assert.Contains(t, sink.traces[0], " with ESMTPS id ", "the Received: field tells TLS")
 	assert.Zero(t, e.q.Len())
 	assert.Equal(t, SCRAMSHA256, res.Mechanism)
 	require.NotNil(t, res.TLS)
@@ -266,6 +285,7 @@ func TestCustomerSTARTTLSThenPLAINDeliversInsideTLS(t *testing.T) {
 	assert.Equal(t, "PLAIN", res.Mechanism)
 	assert.Equal(t, 1, res.Messages)
 	assert.Equal(t, []string{ctlsBody}, sink.received())
+	assert.Contains(t, sink.traces[0], " with ESMTPS id ", "the Received: field tells TLS")
 	require.NotNil(t, res.TLS)
 
 	// In clear on the wire: the greeting, the first EHLO and STARTTLS.

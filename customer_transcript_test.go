@@ -42,7 +42,8 @@ func (s *transcriptSink) Deliver(_ context.Context, env Envelope, body io.Reader
 		return err
 	}
 	s.mu.Lock()
-	s.msgs = append(s.msgs, transcriptMessage{env.From, slices.Clone(env.To), string(b)})
+	_, rest := stripReceived(b)
+	s.msgs = append(s.msgs, transcriptMessage{env.From, slices.Clone(env.To), rest})
 	s.mu.Unlock()
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/mail"
 	"strings"
 
 	"github.com/go-odmr/odmr"
@@ -46,11 +47,18 @@ func ExampleCustomer_Fetch() {
 		Domains:  []string{"example.org"},
 		Hostname: "customer.example.org",
 		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-			b, err := io.ReadAll(body) // a sink reads the body to its end
+			msg, err := mail.ReadMessage(body)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("from <%s> to %v: %q\n", env.From, env.To, b)
+			text, err := io.ReadAll(msg.Body) // a sink reads the body to its end
+			if err != nil {
+				return err
+			}
+			// The customer has put a Received: field in front (RFC 5321
+			// section 4.4).
+			fmt.Printf("from <%s> to %v: %q, %q, %d Received: field\n", env.From, env.To,
+				msg.Header.Get("Subject"), text, len(msg.Header["Received"]))
 			return nil
 		}),
 		Logger: slog.New(slog.DiscardHandler),
@@ -66,7 +74,7 @@ func ExampleCustomer_Fetch() {
 	res, err = customer.Fetch(context.Background())
 	fmt.Println("messages:", res.Messages, "no mail:", res.NoMail, "error:", err)
 	// Output:
-	// from <bob@example.net> to [alice@example.org]: "Subject: hi\r\n\r\nHello.\r\n"
+	// from <bob@example.net> to [alice@example.org]: "hi", "Hello.\r\n", 1 Received: field
 	// messages: 1 no mail: false
 	// messages: 0 no mail: true error: <nil>
 }

@@ -62,6 +62,8 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	rcv := &receiver{
 		ctx:     ctx,
 		conn:    conn,
+		host:    c.hostname(),
+		trace:   !c.NoReceivedHeader,
 		sink:    c.Sink,
 		log:     log,
 		prefix:  strconv.FormatInt(time.Now().UnixNano(), 36),
@@ -174,8 +176,14 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	switch {
 	case code == "250-" && strings.HasPrefix(text, "Hello "):
 		mended = code + c.host + " " + text
+		c.rcv.mu.Lock()
+		c.rcv.helo = false
+		c.rcv.mu.Unlock()
 	case code == "250 " && strings.HasPrefix(text, "2.0.0 Hello "):
 		mended = code + c.host + " " + strings.TrimPrefix(text, "2.0.0 ")
+		c.rcv.mu.Lock()
+		c.rcv.helo = true
+		c.rcv.mu.Unlock()
 	case (code == "250-" || code == "250 ") && strings.HasPrefix(text, "SIZE ") && c.rcv.maxSize > 0:
 		mended = code + "SIZE " + strconv.FormatInt(c.rcv.maxSize, 10)
 	case code == "552 " && text == "5.3.4 Max message size exceeded":
@@ -194,6 +202,8 @@ func (c *serverConn) Write(p []byte) (int, error) {
 type receiver struct {
 	ctx     context.Context
 	conn    *idleConn
+	host    string // the customer's name, for Received:
+	trace   bool   // prepend Received:
 	sink    MessageSink
 	log     *slog.Logger
 	prefix  string // of message IDs
@@ -203,6 +213,7 @@ type receiver struct {
 
 	mu           sync.Mutex
 	session      *recvSession // the session, once EHLO has made it
+	helo         bool         // the provider said HELO, not EHLO
 	mails        int          // MAIL commands accepted
 	openTx       bool         // a transaction was open when the session ended
 	cut          error        // the connection failed in the middle of a message
@@ -214,8 +225,8 @@ type receiver struct {
 }
 
 // NewSession is called by go-smtp at the provider's EHLO.
-func (r *receiver) NewSession(*smtp.Conn) (smtp.Session, error) {
-	s := &recvSession{r: r}
+func (r *receiver) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := &recvSession{r: r, peer: c.Hostname(), addr: c.Conn().RemoteAddr()}
 	r.mu.Lock()
 	r.session = s
 	r.mu.Unlock()
@@ -270,6 +281,8 @@ func oneLine(s string) string {
 // recvSession is the go-smtp session: one SMTP transaction at a time.
 type recvSession struct {
 	r    *receiver
+	peer string   // the provider's EHLO name
+	addr net.Addr // the provider's address
 	mu   sync.Mutex
 	env  Envelope
 	inTx bool
@@ -401,7 +414,7 @@ func (s *recvSession) Data(r io.Reader) error {
 	s.n++
 	env := s.env
 	env.To = append([]string(nil), s.env.To...)
-	env.ID = s.r.prefix + "." + strconv.Itoa(s.n)
+	env.ID = s.r.prefix + "-" + strconv.Itoa(s.n)
 	tx := s.tx
 	if pr, ok := r.(*io.PipeReader); ok {
 		s.pipe = pr
@@ -410,7 +423,11 @@ func (s *recvSession) Data(r io.Reader) error {
 	env.Received = time.Now()
 
 	body := &bodyReader{r: r, max: s.r.maxSize}
-	err := s.r.sink.Deliver(s.r.ctx, env, body)
+	var msg io.Reader = body
+	if s.r.trace {
+		msg = io.MultiReader(strings.NewReader(s.received(env)), body)
+	}
+	err := s.r.sink.Deliver(s.r.ctx, env, msg)
 	if err == nil && body.err == nil && !body.eof {
 		// The sink must read the message to its end. A sink that returns
 		// early may have stored a truncated message: refuse it.
@@ -463,6 +480,69 @@ func (s *recvSession) Data(r io.Reader) error {
 	}
 	s.r.mu.Unlock()
 	return errLostConnection.toSMTPError()
+}
+
+// received returns the Received: header field the customer prepends to a
+// message (RFC 5321 section 4.4), folded, with its CRLF:
+//
+//	Received: from provider.example.net ([192.0.2.1])
+//		by customer.example.org with ESMTPS id lx9p2k1-1
+//		for <user@example.org>; Tue, 24 Nov 2026 18:31:20 +0000
+func (s *recvSession) received(env Envelope) string {
+	var b strings.Builder
+	b.WriteString("Received: from ")
+	b.WriteString(traceWord(s.peer, "unknown"))
+	if lit := addressLiteral(s.addr); lit != "" {
+		b.WriteString(" (" + lit + ")")
+	}
+	b.WriteString("\r\n\tby " + traceWord(s.r.host, "localhost") + " with ")
+	s.r.mu.Lock()
+	helo := s.r.helo
+	s.r.mu.Unlock()
+	proto := "ESMTP"
+	if helo {
+		proto = "SMTP"
+	}
+	if _, ok := s.r.conn.ConnectionState(); ok {
+		proto += "S"
+	}
+	b.WriteString(proto + " id " + env.ID)
+	if len(env.To) == 1 {
+		b.WriteString("\r\n\tfor <" + traceWord(env.To[0], "") + ">")
+	}
+	b.WriteString("; " + env.Received.Format(time.RFC1123Z) + "\r\n")
+	return b.String()
+}
+
+// traceWord keeps a name from the peer from breaking the header field:
+// anything but printable ASCII other than space, parentheses and angle
+// brackets becomes "_".
+func traceWord(s, empty string) string {
+	if s == "" {
+		return empty
+	}
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r >= 0x7f || r == '(' || r == ')' || r == '<' || r == '>' || r == ';' {
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+// addressLiteral is addr as an RFC 5321 address literal, "[192.0.2.1]"
+// or "[IPv6:2001:db8::1]"; "" when addr is not an IP address.
+func addressLiteral(addr net.Addr) string {
+	var ip net.IP
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		ip = a.IP
+	default:
+		return ""
+	}
+	if ip4 := ip.To4(); ip4 != nil {
+		return "[" + ip4.String() + "]"
+	}
+	return "[IPv6:" + ip.String() + "]"
 }
 
 func (s *recvSession) refused() {

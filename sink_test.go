@@ -1,6 +1,8 @@
 package odmr_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"log"
@@ -81,7 +83,10 @@ func (s *localSession) LMTPData(r io.Reader, status smtp.StatusCollector) error 
 		ok = append(ok, to)
 	}
 	s.b.mu.Lock()
-	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok}, string(b)})
+	br := bufio.NewReader(bytes.NewReader(b))
+	trace, _ := cutReceived(br)
+	rest, _ := io.ReadAll(br)
+	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok}, string(rest), trace})
 	s.b.mu.Unlock()
 	return nil
 }

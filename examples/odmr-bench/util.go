@@ -225,7 +225,11 @@ type crcSink struct {
 }
 
 func (s *crcSink) Deliver(_ context.Context, _ odmr.Envelope, body io.Reader) error {
-	n, c := crcOf(body)
+	br := bufio.NewReader(body)
+	if err := skipReceived(br); err != nil {
+		return err
+	}
+	n, c := crcOf(br)
 	s.mu.Lock()
 	s.bytes, s.crc = n, c
 	s.mu.Unlock()
@@ -450,3 +454,19 @@ func median(xs []float64) float64 {
 
 func mib(b int64) string   { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 func kib(b float64) string { return fmt.Sprintf("%.1f KiB", b/1024) }
+
+// skipReceived reads past the Received: field the customer puts in front
+// of each message, so that the checksum is of the message as sent.
+func skipReceived(br *bufio.Reader) error {
+	if head, _ := br.Peek(len("Received:")); string(head) != "Received:" {
+		return nil
+	}
+	for {
+		if _, err := br.ReadSlice('\n'); err != nil {
+			return err
+		}
+		if next, _ := br.Peek(1); len(next) == 0 || (next[0] != ' ' && next[0] != '\t') {
+			return nil
+		}
+	}
+}

@@ -129,7 +129,9 @@ func TestCustomerCommandFetchIntoAMaildir(t *testing.T) {
 	require.Len(t, entries, 1)
 	b, err := os.ReadFile(filepath.Join(md, "new", entries[0].Name()))
 	require.NoError(t, err)
-	assert.Equal(t, "Return-Path: <x@sender.test>\nDelivered-To: u@example.org\nSubject: hi\n\nHello.\n", string(b))
+	assert.Regexp(t, `^Return-Path: <x@sender.test>\nDelivered-To: u@example.org\n`+
+		`Received: from provider.test \(\[127.0.0.1\]\)\n\tby customer.test with ESMTP id [a-z0-9-]+\n\tfor <u@example.org>; [^\n]+\n`+
+		`Subject: hi\n\nHello.\n$`, string(b))
 
 	stderr.Reset()
 	assert.Equal(t, exitNoMail, run(args, &stderr), stderr.String())

@@ -189,7 +189,11 @@ func TestCrashSafety(t *testing.T) {
 	}
 	assert.Empty(t, partial, "partial messages delivered")
 	assert.Zero(t, lost)
-	assert.LessOrEqual(t, dups, rounds, "more duplicates than kills")
+	// A kill repeats the messages the customer had acknowledged but whose
+	// 250 the provider had not yet read. With PIPELINING and BDAT several
+	// are in flight: at most pipeline.DefaultLastWindow (128 KiB) past an
+	// unanswered last chunk, about 50 of this test's smallest messages.
+	assert.LessOrEqual(t, dups, rounds*50, "more duplicates than messages in flight at the kills")
 	t.Logf("%d kills: %d messages acknowledged at intake, %d delivered, %d lost, %d duplicate deliveries, %d delivered without an intake 250, %d partial",
 		rounds, len(acked), len(deliveries), lost, dups, unacked, len(partial))
 }
