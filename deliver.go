@@ -94,7 +94,7 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 		set(list, fmt.Errorf("%w: %v", errLostConnection, err))
 		return err
 	}
-	opts := &smtp.MailOptions{Size: env.Size, UTF8: env.UTF8}
+	opts := dsnMailOptions(&smtp.MailOptions{Size: env.Size, UTF8: env.UTF8}, env)
 	if err := c.Mail(env.From, opts); err != nil {
 		if e := AsError(err); e != nil {
 			set(rcpts, e)
@@ -104,7 +104,7 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	}
 	var accepted []string
 	for i, r := range rcpts {
-		err := c.Rcpt(r, nil)
+		err := c.Rcpt(r, dsnRcptOptions(env, r))
 		if e := AsError(err); e != nil {
 			results = append(results, RecipientResult{r, e})
 			continue

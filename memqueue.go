@@ -80,6 +80,7 @@ func (q *MemoryQueue) Enqueue(env Envelope, r io.Reader) (string, error) {
 	if env.Received.IsZero() {
 		env.Received = time.Now()
 	}
+	env.DSN = env.DSN.Clone()
 	m := &memMessage{body: body}
 	for _, t := range env.To {
 		m.rcpts = append(m.rcpts, &memRcpt{addr: t, domain: domainOf(t)})
@@ -266,6 +267,7 @@ func (b *memBatch) Next(ctx context.Context) (Message, error) {
 			r.leasedBy = b
 			env.To[i] = r.addr
 		}
+		env.DSN = m.env.DSN.only(env.To)
 		return &memLease{b: b, m: m, rcpts: mine, env: env}, nil
 	}
 	return nil, io.EOF
@@ -297,6 +299,7 @@ type memLease struct {
 func (l *memLease) Envelope() Envelope {
 	env := l.env
 	env.To = slices.Clone(env.To)
+	env.DSN = env.DSN.Clone()
 	return env
 }
 

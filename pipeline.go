@@ -70,10 +70,18 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 		s.complete(ctx, msg, env, results)
 		return nil
 	}
+	var rcptParams []string
+	if ok, _ := c.Extension("DSN"); ok && env.DSN != nil {
+		utf8, _ := c.Extension("SMTPUTF8")
+		for _, r := range rcpts {
+			rcptParams = append(rcptParams, dsnRcptParams(env, r, utf8))
+		}
+	}
 	return snd.Send(&pipeline.Mail{
-		From:   env.From,
-		Params: mailParams(c, env),
-		To:     rcpts,
+		From:       env.From,
+		Params:     mailParams(c, env),
+		To:         rcpts,
+		RcptParams: rcptParams,
 		Open: func() (io.ReadCloser, error) {
 			body, err := msg.Open()
 			if err != nil {
@@ -126,6 +134,9 @@ func mailParams(c *smtp.Client, env Envelope) string {
 	}
 	if ok, _ := c.Extension("SMTPUTF8"); ok && env.UTF8 {
 		b.WriteString(" SMTPUTF8")
+	}
+	if ok, _ := c.Extension("DSN"); ok {
+		b.WriteString(dsnMailParams(env))
 	}
 	return b.String()
 }

@@ -79,6 +79,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 		srv.MaxMessageBytes = c.MaxMessageSize + 1
 	}
 	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 
@@ -369,7 +370,7 @@ func (s *recvSession) Logout() error {
 // Mail starts a transaction.
 func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.waitBDAT()
-	env := Envelope{From: from}
+	env := Envelope{From: from, DSN: dsnFromMail(opts)}
 	if opts != nil {
 		env.Size, env.Body, env.UTF8 = opts.Size, BodyType(opts.Body), opts.UTF8
 	}
@@ -386,12 +387,17 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 // Rcpt adds a recipient, asking the sink first if it is a RecipientChecker.
-func (s *recvSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	dsn := s.env.DSN.Clone()
+	s.mu.Unlock()
+	addRcptDSN(&dsn, to, opts)
 	if rc, ok := s.r.sink.(RecipientChecker); ok {
 		s.mu.Lock()
 		env := s.env
 		env.To = append([]string(nil), s.env.To...)
 		s.mu.Unlock()
+		env.DSN = dsn.Clone()
 		if err := rc.CheckRecipient(s.r.ctx, env, to); err != nil {
 			s.r.mu.Lock()
 			s.r.refusedRcpts++
@@ -402,6 +408,7 @@ func (s *recvSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	s.mu.Lock()
 	s.env.To = append(s.env.To, to)
+	s.env.DSN = dsn
 	s.mu.Unlock()
 	return nil
 }
@@ -414,6 +421,7 @@ func (s *recvSession) Data(r io.Reader) error {
 	s.n++
 	env := s.env
 	env.To = append([]string(nil), s.env.To...)
+	env.DSN = s.env.DSN.Clone()
 	env.ID = s.r.prefix + "-" + strconv.Itoa(s.n)
 	tx := s.tx
 	if pr, ok := r.(*io.PipeReader); ok {

@@ -118,7 +118,7 @@ func (s *SMTPSink) fail(what string, err error) error {
 }
 
 func mailOptions(env Envelope) *smtp.MailOptions {
-	return &smtp.MailOptions{Size: env.Size, UTF8: env.UTF8, Body: smtp.BodyType(env.Body)}
+	return dsnMailOptions(&smtp.MailOptions{Size: env.Size, UTF8: env.UTF8, Body: smtp.BodyType(env.Body)}, env)
 }
 
 // CheckRecipient asks the local server whether it takes rcpt, with MAIL
@@ -132,7 +132,7 @@ func (s *SMTPSink) CheckRecipient(ctx context.Context, env Envelope, rcpt string
 	if err := c.Mail(env.From, mailOptions(env)); err != nil {
 		return s.fail("MAIL", err)
 	}
-	if err := c.Rcpt(rcpt, nil); err != nil {
+	if err := c.Rcpt(rcpt, dsnRcptOptions(env, rcpt)); err != nil {
 		return s.fail("RCPT", err)
 	}
 	c.Quit()
@@ -153,7 +153,7 @@ func (s *SMTPSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 	var accepted []string
 	var failed []RecipientResult
 	for _, rcpt := range env.To {
-		err := c.Rcpt(rcpt, nil)
+		err := c.Rcpt(rcpt, dsnRcptOptions(env, rcpt))
 		if e := AsError(err); e != nil {
 			failed = append(failed, RecipientResult{rcpt, e})
 			continue

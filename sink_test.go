@@ -44,21 +44,38 @@ type localSession struct {
 	b    *localMTA
 	from string
 	to   []string
+	dsn  *odmr.DSN
 }
 
-func (s *localSession) Reset()        { s.from, s.to = "", nil }
+func (s *localSession) Reset()        { s.from, s.to, s.dsn = "", nil, nil }
 func (s *localSession) Logout() error { return nil }
 
-func (s *localSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *localSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.from = from
+	if opts != nil && (opts.Return != "" || opts.EnvelopeID != "") {
+		s.dsn = &odmr.DSN{Return: odmr.DSNReturn(opts.Return), EnvID: opts.EnvelopeID}
+	}
 	return nil
 }
 
-func (s *localSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *localSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if e := s.b.refuse[to]; e != nil {
 		return e
 	}
 	s.to = append(s.to, to)
+	if opts != nil && opts.Notify != nil {
+		if s.dsn == nil {
+			s.dsn = &odmr.DSN{}
+		}
+		if s.dsn.Recipients == nil {
+			s.dsn.Recipients = map[string]odmr.RecipientDSN{}
+		}
+		r := odmr.RecipientDSN{ORcptType: string(opts.OriginalRecipientType), ORcpt: opts.OriginalRecipient}
+		for _, n := range opts.Notify {
+			r.Notify = append(r.Notify, odmr.DSNNotify(n))
+		}
+		s.dsn.Recipients[to] = r
+	}
 	return nil
 }
 
@@ -86,7 +103,7 @@ func (s *localSession) LMTPData(r io.Reader, status smtp.StatusCollector) error 
 	br := bufio.NewReader(bytes.NewReader(b))
 	trace, _ := cutReceived(br)
 	rest, _ := io.ReadAll(br)
-	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok}, string(rest), trace})
+	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok, DSN: s.dsn}, string(rest), trace})
 	s.b.mu.Unlock()
 	return nil
 }
@@ -99,6 +116,7 @@ func startLocalMTA(t *testing.T, mta *localMTA, lmtp bool, network string) strin
 	srv.Domain = "local.example.org"
 	srv.LMTP = lmtp
 	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	addr := "127.0.0.1:0"
 	if network == "unix" {
@@ -363,4 +381,22 @@ func TestRelayEximPatternEndsCleanly(t *testing.T) {
 	require.Len(t, lines, 2)
 	assert.Equal(t, "220 local.example.org ESMTP Service Ready", lines[0], "the local server's greeting is the customer's")
 	assert.True(t, strings.HasPrefix(lines[1], "221 "), lines[1])
+}
+
+func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	dsn := &odmr.DSN{Return: odmr.ReturnFull, EnvID: "env 42", Recipients: map[string]odmr.RecipientDSN{
+		"u1@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess}, ORcptType: "RFC822", ORcpt: "first@example.org"},
+	}}
+	_, err := q.Enqueue(odmr.Envelope{From: "a@sender.test", To: []string{"u1@example.org", "u2@example.org"}, DSN: dsn},
+		strings.NewReader("Subject: dsn\r\n\r\nHi.\r\n"))
+	require.NoError(t, err)
+	mta := &localMTA{}
+	sink := odmr.NewSMTPSink(startLocalMTA(t, mta, false, "tcp"))
+	_, err = custCustomer(custProvider(t, q), sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	got := mta.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, dsn, got[0].env.DSN, "provider -> customer -> local server, RET, ENVID, NOTIFY and ORCPT kept")
 }

@@ -34,6 +34,7 @@ type report struct {
 	hostname string
 	sender   string // the original sender: the DSN's recipient
 	msgID    string // the original message's spool ID
+	envID    string // the original message's ENVID, decoded; "" if none
 	arrival  time.Time
 	date     time.Time
 	rcpts    []reportRecipient
@@ -45,6 +46,8 @@ type reportRecipient struct {
 	status      odmr.EnhancedCode
 	diag        *odmr.Error // the SMTP reply that refused it, if any
 	lastAttempt time.Time
+	orcptType   string // ORCPT, decoded; "" if none
+	orcpt       string
 	expired     bool
 	age         time.Duration // for expired: how long it was queued
 }
@@ -72,7 +75,7 @@ func (r *report) global() bool {
 		return true
 	}
 	for _, rc := range r.rcpts {
-		if !isASCII(rc.addr) {
+		if !isASCII(rc.addr) || !isASCII(rc.orcpt) {
 			return true
 		}
 	}
@@ -128,10 +131,17 @@ func (r *report) writeTo(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(pw, "Reporting-MTA: dns; %s\r\n", host)
+	if r.envID != "" {
+		fmt.Fprintf(pw, "Original-Envelope-Id: %s\r\n", clean(r.envID))
+	}
 	fmt.Fprintf(pw, "X-ODMR-Queue-ID: %s\r\n", r.msgID)
 	fmt.Fprintf(pw, "Arrival-Date: %s\r\n", r.arrival.Format(time.RFC1123Z))
 	for _, rc := range r.rcpts {
-		fmt.Fprintf(pw, "\r\nFinal-Recipient: %s; %s\r\n", addrType, clean(rc.addr))
+		pw.Write([]byte("\r\n"))
+		if rc.orcpt != "" && rc.orcptType != "" {
+			fmt.Fprintf(pw, "Original-Recipient: %s;%s\r\n", strings.ToLower(clean(rc.orcptType)), clean(rc.orcpt))
+		}
+		fmt.Fprintf(pw, "Final-Recipient: %s; %s\r\n", addrType, clean(rc.addr))
 		fmt.Fprintf(pw, "Action: failed\r\n")
 		fmt.Fprintf(pw, "Status: %s\r\n", rc.status)
 		if rc.diag != nil {

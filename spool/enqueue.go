@@ -129,8 +129,17 @@ func (s *Spool) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 		Version: envelopeVersion, ID: id, From: env.From, Received: env.Received,
 		Size: env.Size, Body: env.Body, UTF8: env.UTF8,
 	}
+	if env.DSN != nil {
+		ef.Ret, ef.EnvID = env.DSN.Return, env.DSN.EnvID
+	}
 	for _, r := range rcpts {
-		ef.Recipients = append(ef.Recipients, recipientFile{Addr: r, State: Queued})
+		rf := recipientFile{Addr: r, State: Queued}
+		if env.DSN != nil {
+			if d, ok := env.DSN.Recipients[r]; ok {
+				rf.Notify, rf.ORcptType, rf.ORcpt = slices.Clone(d.Notify), d.ORcptType, d.ORcpt
+			}
+		}
+		ef.Recipients = append(ef.Recipients, rf)
 	}
 	data, err := json.MarshalIndent(ef, "", "\t")
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,11 @@ type envelopeFile struct {
 	UTF8       bool            `json:"utf8,omitempty"`
 	Recipients []recipientFile `json:"recipients"`
 
+	// Ret and EnvID are the DSN parameters of MAIL FROM (RFC 3461): RET
+	// and ENVID, decoded.
+	Ret   odmr.DSNReturn `json:"ret,omitempty"`
+	EnvID string         `json:"envid,omitempty"`
+
 	// ReportFor is set on a DSN in the outbox: the ID of the message whose
 	// failure it reports.
 	ReportFor string `json:"report_for,omitempty"`
@@ -79,6 +85,12 @@ type recipientFile struct {
 	LastError   *errorFile `json:"last_error,omitempty"`
 	// Done is when the recipient left the queue (delivered or failed).
 	Done time.Time `json:"done,omitzero"`
+
+	// Notify, ORcptType and ORcpt are the DSN parameters of the
+	// recipient's RCPT TO (RFC 3461): NOTIFY, and ORCPT decoded.
+	Notify    []odmr.DSNNotify `json:"notify,omitempty"`
+	ORcptType string           `json:"orcpt_type,omitempty"`
+	ORcpt     string           `json:"orcpt,omitempty"`
 }
 
 // errorFile records an error: the SMTP reply when there was one, and the
@@ -212,7 +224,7 @@ func (e *envelopeFile) queuedDirs() map[string]string {
 // envelope returns the odmr.Envelope of the message, with To holding the
 // given recipients.
 func (e *envelopeFile) envelope(to []string) odmr.Envelope {
-	return odmr.Envelope{
+	env := odmr.Envelope{
 		ID:       e.ID,
 		From:     e.From,
 		To:       to,
@@ -221,6 +233,31 @@ func (e *envelopeFile) envelope(to []string) odmr.Envelope {
 		UTF8:     e.UTF8,
 		Received: e.Received,
 	}
+	if e.Ret != "" || e.EnvID != "" {
+		env.DSN = &odmr.DSN{Return: e.Ret, EnvID: e.EnvID}
+	}
+	for _, r := range e.Recipients {
+		if (r.Notify == nil && r.ORcpt == "") || !slices.Contains(to, r.Addr) {
+			continue
+		}
+		if env.DSN == nil {
+			env.DSN = &odmr.DSN{}
+		}
+		if env.DSN.Recipients == nil {
+			env.DSN.Recipients = make(map[string]odmr.RecipientDSN)
+		}
+		env.DSN.Recipients[r.Addr] = odmr.RecipientDSN{Notify: slices.Clone(r.Notify), ORcptType: r.ORcptType, ORcpt: r.ORcpt}
+	}
+	return env
+}
+
+// dsn returns the DSN requests of the message as odmr.DSN, for reports.
+func (e *envelopeFile) dsn() *odmr.DSN {
+	all := make([]string, len(e.Recipients))
+	for i, r := range e.Recipients {
+		all[i] = r.Addr
+	}
+	return e.envelope(all).DSN
 }
 
 // recordError turns err into its stored form.

@@ -40,7 +40,7 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 	}
 	id := newID(now)
 	rep := &report{
-		id: id, hostname: s.opts.Hostname, sender: env.From, msgID: env.ID,
+		id: id, hostname: s.opts.Hostname, sender: env.From, msgID: env.ID, envID: env.EnvID,
 		arrival: env.Received, date: now, rcpts: failed, headers: headers,
 	}
 

@@ -95,6 +95,28 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 	}
 
 	if len(failed) > 0 {
+		// RFC 3461 section 4.1: report only what NOTIFY asked for; say
+		// what ORCPT and ENVID said.
+		dsn := env.dsn()
+		wanted, quiet := failed[:0:0], []string(nil)
+		for _, f := range failed {
+			if !dsn.Notifies(f.addr, odmr.NotifyFailure) {
+				quiet = append(quiet, f.addr)
+				continue
+			}
+			if dsn != nil {
+				if d, ok := dsn.Recipients[f.addr]; ok {
+					f.orcptType, f.orcpt = d.ORcptType, d.ORcpt
+				}
+			}
+			wanted = append(wanted, f)
+		}
+		if len(quiet) > 0 {
+			s.log.Info("spool: recipients failed; their NOTIFY asks for no DSN", "id", id, "recipients", quiet)
+		}
+		failed = wanted
+	}
+	if len(failed) > 0 {
 		if env.From == "" {
 			addrs := make([]string, len(failed))
 			for i, f := range failed {

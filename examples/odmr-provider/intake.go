@@ -45,8 +45,29 @@ func (s *intakeSession) Mail(from string, opts *smtp.MailOptions) error {
 		s.env.Size = opts.Size
 		s.env.Body = odmr.BodyType(opts.Body)
 		s.env.UTF8 = opts.UTF8
+		if opts.Return != "" || opts.EnvelopeID != "" {
+			s.env.DSN = &odmr.DSN{Return: odmr.DSNReturn(opts.Return), EnvID: opts.EnvelopeID}
+		}
 	}
 	return nil
+}
+
+// addDSN keeps the DSN requests of one RCPT (RFC 3461) in the envelope.
+func (s *intakeSession) addDSN(to string, opts *smtp.RcptOptions) {
+	if opts == nil || (opts.Notify == nil && opts.OriginalRecipient == "") {
+		return
+	}
+	if s.env.DSN == nil {
+		s.env.DSN = &odmr.DSN{}
+	}
+	if s.env.DSN.Recipients == nil {
+		s.env.DSN.Recipients = make(map[string]odmr.RecipientDSN)
+	}
+	r := odmr.RecipientDSN{ORcptType: string(opts.OriginalRecipientType), ORcpt: opts.OriginalRecipient}
+	for _, n := range opts.Notify {
+		r.Notify = append(r.Notify, odmr.DSNNotify(n))
+	}
+	s.env.DSN.Recipients[to] = r
 }
 
 func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
@@ -59,6 +80,7 @@ func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		}
 	}
 	s.env.To = append(s.env.To, to)
+	s.addDSN(to, opts)
 	return nil
 }
 

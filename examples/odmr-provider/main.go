@@ -217,6 +217,7 @@ func run(args []string) error {
 		intakeSrv.ReadTimeout = 5 * time.Minute
 		intakeSrv.WriteTimeout = time.Minute
 		intakeSrv.EnableSMTPUTF8 = true
+		intakeSrv.EnableDSN = true
 		intakeSrv.TLSConfig = tlsConfig
 		go func() { errc <- intakeSrv.Serve(smtpLn) }()
 		log.Info("odmr-provider: SMTP intake listening", "addr", smtpLn.Addr().String())

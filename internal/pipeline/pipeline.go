@@ -85,6 +85,9 @@ type Mail struct {
 	Params string
 	// To are the recipients, without angle brackets.
 	To []string
+	// RcptParams, if not nil, holds the RCPT parameters of each recipient
+	// in To, each with a leading space, such as " NOTIFY=FAILURE".
+	RcptParams []string
 	// Open returns the body, RFC 5322 text with CRLF line endings. The
 	// Sender closes it. A bare LF is sent as CRLF, and a line break is
 	// added at the end if missing, as net/textproto's DotWriter does.
@@ -382,7 +385,7 @@ func (s *Sender) Send(m *Mail) error {
 		t.settleAll(&smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"})
 	}
 	for i, r := range m.To {
-		if strings.ContainsAny(r, "\r\n") {
+		if strings.ContainsAny(r, "\r\n") || (i < len(m.RcptParams) && strings.ContainsAny(m.RcptParams[i], "\r\n")) {
 			t.settle(i, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"})
 		}
 	}
@@ -410,7 +413,11 @@ func (s *Sender) Send(m *Mail) error {
 	s.send(cmd{kind: kMAIL, tx: t}, "MAIL FROM:<", m.From, ">", m.Params)
 	for i, r := range m.To {
 		if t.state[i] == rcptWaiting {
-			s.send(cmd{kind: kRCPT, tx: t, rcpt: i}, "RCPT TO:<", r, ">")
+			params := ""
+			if i < len(m.RcptParams) {
+				params = m.RcptParams[i]
+			}
+			s.send(cmd{kind: kRCPT, tx: t, rcpt: i}, "RCPT TO:<", r, ">", params)
 		}
 	}
 	if t.openErr != nil {

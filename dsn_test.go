@@ -1,0 +1,103 @@
+package odmr
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// testDSN asks for headers only, carries an ENVID that needs xtext, and
+// has NOTIFY and ORCPT for one recipient of two.
+func testDSN() *DSN {
+	return &DSN{
+		Return: ReturnHeaders,
+		EnvID:  "QQ314159 a+b=c",
+		Recipients: map[string]RecipientDSN{
+			"u1@example.org": {Notify: []DSNNotify{NotifySuccess, NotifyFailure}, ORcptType: "RFC822", ORcpt: "Old+Name@example.org"},
+		},
+	}
+}
+
+func TestXtext(t *testing.T) {
+	assert.Equal(t, "QQ314159+20a+2Bb+3Dc", xtext("QQ314159 a+b=c"))
+	assert.Equal(t, "+09+7F+C3+A9", xtext("\t\x7fé"))
+	assert.Equal(t, `jos\x{E9}@example.org`, utf8AddrText("josé@example.org", false))
+	assert.Equal(t, `josé\x{2B}\x{3D}@example.org`, utf8AddrText("josé+=@example.org", true))
+}
+
+func TestDSNNotifies(t *testing.T) {
+	var none *DSN
+	assert.True(t, none.Notifies("a@x", NotifyFailure), "failures are reported by default")
+	assert.True(t, none.Notifies("a@x", NotifyDelay))
+	assert.False(t, none.Notifies("a@x", NotifySuccess))
+	d := &DSN{Recipients: map[string]RecipientDSN{
+		"never@x":   {Notify: []DSNNotify{NotifyNever}},
+		"success@x": {Notify: []DSNNotify{NotifySuccess}},
+	}}
+	assert.False(t, d.Notifies("never@x", NotifyFailure))
+	assert.False(t, d.Notifies("success@x", NotifyFailure))
+	assert.True(t, d.Notifies("success@x", NotifySuccess))
+	assert.True(t, d.Notifies("other@x", NotifyFailure))
+	c := d.Clone()
+	c.Recipients["never@x"].Notify[0] = NotifyDelay
+	assert.Equal(t, NotifyNever, d.Recipients["never@x"].Notify[0], "Clone copies deeply")
+}
+
+func TestProviderPassesDSNParameters(t *testing.T) {
+	for _, ehlo := range [][]string{
+		{"DSN"},               // one command at a time, go-smtp's client
+		{"DSN", "PIPELINING"}, // pipelined DATA
+	} {
+		t.Run(strings.Join(ehlo, "+"), func(t *testing.T) {
+			f := newFixture(t)
+			_, err := f.q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org", "u2@example.org"}, DSN: testDSN()},
+				strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+			require.NoError(t, err)
+			got, cmds := f.pull(t, "ATRN example.org", scriptedCustomer{ehlo: ehlo})
+			require.Len(t, got, 1)
+			all := strings.Join(cmds, "\n")
+			assert.Contains(t, all, "MAIL FROM:<s@x.test> RET=HDRS ENVID=QQ314159+20a+2Bb+3Dc")
+			assert.Contains(t, all, "RCPT TO:<u1@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=RFC822;Old+2BName@example.org\n")
+			assert.Contains(t, all, "RCPT TO:<u2@example.org>\n")
+		})
+	}
+	t.Run("customer without DSN", func(t *testing.T) {
+		f := newFixture(t)
+		_, err := f.q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org"}, DSN: testDSN()},
+			strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+		require.NoError(t, err)
+		got, cmds := f.pull(t, "ATRN example.org", scriptedCustomer{ehlo: []string{"PIPELINING"}})
+		require.Len(t, got, 1)
+		all := strings.Join(cmds, "\n")
+		assert.NotContains(t, all, "RET=")
+		assert.NotContains(t, all, "NOTIFY=")
+	})
+}
+
+func TestDSNParametersReachTheCustomersSink(t *testing.T) {
+	for _, chunking := range []bool{false, true} {
+		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
+			q := &MemoryQueue{}
+			dsn := testDSN()
+			dsn.Recipients["u2@example.org"] = RecipientDSN{Notify: []DSNNotify{NotifyNever}, ORcptType: "UTF-8", ORcpt: "josé@example.org"}
+			_, err := q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org", "u2@example.org"}, DSN: dsn},
+				strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+			require.NoError(t, err)
+			e := ctlsProvider(t, false, func(p *Provider) { p.Queue, p.DisableChunking = q, !chunking })
+			var got Envelope
+			sink := MessageSinkFunc(func(ctx context.Context, env Envelope, body io.Reader) error {
+				got = env
+				_, err := io.Copy(io.Discard, body)
+				return err
+			})
+			res, err := ctlsCustomer(e, sink, nil).Fetch(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, 1, res.Messages)
+			assert.Equal(t, dsn, got.DSN)
+		})
+	}
+}

@@ -1,0 +1,85 @@
+package spool
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr"
+)
+
+// enqueueDSN queues a message for three recipients of example.org with
+// the DSN requests the tests need.
+func (f *fixture) enqueueDSN() {
+	f.t.Helper()
+	env := odmr.Envelope{
+		From: "s@origin.test",
+		To:   []string{"never@example.org", "success@example.org", "plain@example.org", "orcpt@example.org"},
+		DSN: &odmr.DSN{
+			Return: odmr.ReturnHeaders,
+			EnvID:  "QQ314159",
+			Recipients: map[string]odmr.RecipientDSN{
+				"never@example.org":   {Notify: []odmr.DSNNotify{odmr.NotifyNever}},
+				"success@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess}},
+				"orcpt@example.org":   {Notify: []odmr.DSNNotify{odmr.NotifyFailure}, ORcptType: "RFC822", ORcpt: "old@example.org"},
+			},
+		},
+	}
+	_, err := f.s.Enqueue(context.Background(), env, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
+	require.NoError(f.t, err)
+}
+
+func TestDSNParametersSurviveTheSpool(t *testing.T) {
+	f := newFixture(t)
+	f.enqueueDSN()
+	require.NoError(t, f.s.Close())
+	f.s = f.open() // from the files alone
+	b, err := f.s.Claim(context.Background(), []string{"example.org"})
+	require.NoError(t, err)
+	defer b.Close()
+	d, err := next(t, b)
+	require.NoError(t, err)
+	require.NotNil(t, d.env.DSN)
+	assert.Equal(t, odmr.ReturnHeaders, d.env.DSN.Return)
+	assert.Equal(t, "QQ314159", d.env.DSN.EnvID)
+	assert.Equal(t, odmr.RecipientDSN{Notify: []odmr.DSNNotify{odmr.NotifyFailure}, ORcptType: "RFC822", ORcpt: "old@example.org"},
+		d.env.DSN.Recipients["orcpt@example.org"])
+	assert.Len(t, d.env.DSN.Recipients, 3)
+	d.complete(t, nil)
+}
+
+func TestFailureReportHonoursNOTIFY(t *testing.T) {
+	f := newFixture(t)
+	f.enqueueDSN()
+	failOne(t, f.s, "example.org")
+	sent, err := f.s.FlushBounces(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, 1, sent)
+	_, dsns := f.bounces.all()
+	require.Len(t, dsns, 1)
+	dsn := dsns[0]
+	// NOTIFY=NEVER and NOTIFY=SUCCESS ask for no failure report; no
+	// NOTIFY means failures are reported.
+	assert.NotContains(t, dsn, "never@example.org")
+	assert.NotContains(t, dsn, "success@example.org")
+	assert.Contains(t, dsn, "Final-Recipient: rfc822; plain@example.org")
+	assert.Contains(t, dsn, "Original-Recipient: rfc822;old@example.org\r\nFinal-Recipient: rfc822; orcpt@example.org")
+	assert.Contains(t, dsn, "Original-Envelope-Id: QQ314159\r\n")
+	assert.Contains(t, f.logs.String(), "their NOTIFY asks for no DSN")
+}
+
+func TestNoReportWhenNoRecipientWantsOne(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.s.Enqueue(context.Background(), odmr.Envelope{
+		From: "s@origin.test", To: []string{"never@example.org"},
+		DSN: &odmr.DSN{Recipients: map[string]odmr.RecipientDSN{"never@example.org": {Notify: []odmr.DSNNotify{odmr.NotifyNever}}}},
+	}, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
+	require.NoError(t, err)
+	failOne(t, f.s, "example.org")
+	n, err := f.s.PendingBounces()
+	require.NoError(t, err)
+	assert.Zero(t, n)
+}
