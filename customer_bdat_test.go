@@ -21,15 +21,7 @@ import (
 // with BDAT and closes the connection after part of it: cut is what it
 // writes after RCPT.
 func bdatCut(t *testing.T, cut string) string {
-	return fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
-		if !fakeLogin(c) {
-			return
-		}
-		c.ReadLine() // ATRN
-		c.PrintfLine("250 OK now reversing the connection")
-		if _, _, err := c.ReadResponse(220); err != nil {
-			return
-		}
+	return swapped(t, func(c *textproto.Conn, raw net.Conn) {
 		c.PrintfLine("EHLO fake.example.net")
 		if _, _, err := c.ReadResponse(250); err != nil {
 			return
