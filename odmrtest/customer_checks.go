@@ -654,6 +654,12 @@ func checkCustCut(p *cprobe) error {
 		return err
 	}
 	p.logLine("# ", "the suite closes the connection in the middle of the text")
+	return p.cutOff(c, m, "text")
+}
+
+// cutOff closes the connection in the middle of m's what and checks that
+// the customer delivered nothing.
+func (p *cprobe) cutOff(c *pconn, m *message, what string) error {
 	c.nc.Close()
 	out, err := p.outcome()
 	if err != nil {
@@ -661,7 +667,7 @@ func checkCustCut(p *cprobe) error {
 	}
 	p.decideText(fmt.Sprintf("outcome %s, %d messages", out.Kind, len(out.Messages)))
 	if received(out, m) != nil {
-		return p.failf("the customer's sink got the message whose text was cut off: a partial message was delivered")
+		return p.failf("the customer's sink got the message whose %s was cut off: a partial message was delivered", what)
 	}
 	if len(out.Messages) > 0 {
 		return p.failf("the customer's sink reports %d messages though none was completed", len(out.Messages))
@@ -854,18 +860,5 @@ func checkCustCutBDAT(p *cprobe) error {
 	if err := c.write(line + "\r\n" + m.body[:half]); err != nil {
 		return err
 	}
-	c.nc.Close()
-	out, err := p.outcome()
-	if err != nil {
-		return err
-	}
-	p.decideText(fmt.Sprintf("outcome %s, %d messages", out.Kind, len(out.Messages)))
-	if received(out, m) != nil {
-		return p.failf("the customer's sink got the message whose last chunk was cut off: a partial message was delivered")
-	}
-	if len(out.Messages) > 0 {
-		return p.failf("the customer's sink reports %d messages though none was completed", len(out.Messages))
-	}
-	p.note("the customer reports %s", outcomeText(out))
-	return nil
+	return p.cutOff(c, m, "last chunk")
 }
