@@ -89,6 +89,13 @@ func fuzzCustomerOnce(t *testing.T, input []byte) {
 		t.Fatalf("result says %d messages, the sink got %d", res.Messages, len(delivered))
 	}
 	for _, m := range delivered {
+		// The customer puts one Received: field in front, whatever names
+		// the provider gave: folded lines, none of them broken.
+		trace, rest := stripReceived([]byte(m))
+		if trace == "" || strings.ContainsAny(strings.ReplaceAll(trace, "\r\n", ""), "\r\n") || strings.Count(trace, "\r\n") != strings.Count(trace, "\r\n\t")+1 {
+			t.Fatalf("delivered %q, without a well-formed Received: field in front", m)
+		}
+		m = rest
 		// What reaches the sink is the data with its leading dots taken
 		// off (dot-unstuffing); without any dots it must be what the
 		// provider sent.
