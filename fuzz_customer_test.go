@@ -27,6 +27,14 @@ func customerReplySeeds() []string {
 		ehlo + chal + "235 ok\r\n250 reversing\r\nQUIT\r\n",
 		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
 		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nDATA\r\ncut mid-data",
+		// BDAT: whole, in two chunks, cut inside the last, abandoned with
+		// RSET and followed by another message; DSN parameters.
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nBDAT 17 LAST\r\nSubject: x\r\n\r\n.\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nBDAT 10\r\nSubject: xBDAT 7 LAST\r\n\r\n\r\n.\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nBDAT 100 LAST\r\nSubject: cut",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nBDAT 4\r\nhalfRSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nBDAT 17 LAST\r\nSubject: y\r\n\r\n.\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nEHLO p\r\nMAIL FROM:<a@b> RET=HDRS ENVID=x+2By\r\nRCPT TO:<u@example.org> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;o+2Bld@example.org\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+		ehlo + chal + "235 ok\r\n250 reversing\r\nHELO p(a)<b>;\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
 		"220 p\r\n250 p\r\n",
 		"220 p\r\n250-p\r\n250-AUTH PLAIN\r\n250 ATRN\r\n",
 		"220-p\r\n220 p\r\n250-p\r\n250-AUTH SCRAM-SHA-256 CRAM-MD5\r\n250 ATRN\r\n334 cj1ub25jZSxzPXNhbHQsaT0x\r\n",
