@@ -275,8 +275,82 @@ func TestCustomerPrependsReceived(t *testing.T) {
 		assert.Contains(t, got.received, " with SMTP id ")
 		assert.NotContains(t, got.received, "for <", "no recipient is named when there are several")
 	})
+	t.Run("SMTPUTF8, a second EHLO", func(t *testing.T) {
+		got := fetch(t, func(c *textproto.Conn, raw net.Conn) {
+			c.PrintfLine("EHLO first.example.net")
+			c.ReadResponse(250)
+			c.PrintfLine("EHLO relay.example.net")
+			c.ReadResponse(250)
+			c.PrintfLine("MAIL FROM:<a@sender.test> SMTPUTF8")
+			c.ReadResponse(250)
+			c.PrintfLine("RCPT TO:<jos\u00e9@example.org>")
+			c.ReadResponse(250)
+			c.PrintfLine("DATA")
+			c.ReadResponse(354)
+			io.WriteString(raw, body+".\r\n")
+			c.ReadResponse(250)
+			c.PrintfLine("QUIT")
+			c.ReadResponse(221)
+		}, false)
+		assert.Contains(t, got.received, "from relay.example.net ", "the name of the latest EHLO")
+		assert.Contains(t, got.received, " with UTF8SMTP id ", "RFC 6531 section 3.7.3")
+		assert.NotContains(t, got.received, "for <", "an address the field cannot carry as it is is left out")
+	})
 	t.Run("NoReceivedHeader", func(t *testing.T) {
 		got := fetch(t, send("EHLO", "u1@example.org"), true)
 		assert.Empty(t, got.received)
 	})
+}
+
+func TestCustomerBDATZeroThenRSETThenMore(t *testing.T) {
+	custNoLeaks(t)
+	// A zero-length chunk starts go-smtp's transfer goroutine without the
+	// sink reading anything; the provider abandons the transfer at once,
+	// abandons a second one after five octets, and sends a third whole.
+	next := "Subject: third\r\n\r\nwhole\r\n"
+	addr := bdatCut(t, "BDAT 0\r\nRSET\r\n"+
+		"MAIL FROM:<a@sender.test>\r\nRCPT TO:<u1@example.org>\r\nBDAT 5\r\nhalf-RSET\r\n"+
+		"MAIL FROM:<a@sender.test>\r\nRCPT TO:<u1@example.org>\r\n"+
+		"BDAT "+strconv.Itoa(len(next))+" LAST\r\n"+next+"QUIT\r\n")
+	sink := &memSink{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := custCustomer(addr, sink, "example.org").Fetch(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	require.Len(t, sink.received(), 1)
+	assert.Equal(t, next, sink.received()[0].body)
+}
+
+func TestCustomerCountsASinksSizeRefusalOnce(t *testing.T) {
+	custNoLeaks(t)
+	// A sink over quota may use go-smtp's own words for a message too
+	// large; the refusal is counted once, with DATA and with BDAT.
+	for _, chunking := range []bool{false, true} {
+		q := &odmr.MemoryQueue{}
+		custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+		addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
+		sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+			io.Copy(io.Discard, body)
+			return &odmr.Error{Code: 552, EnhancedCode: odmr.EnhancedCode{5, 3, 4}, Message: "Max message size exceeded"}
+		})
+		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Refused, "chunking %v", chunking)
+	}
+}
+
+func TestCustomerRefusesAnOverlongEHLOName(t *testing.T) {
+	custNoLeaks(t)
+	codes := make(chan int, 1)
+	addr := swapped(t, func(c *textproto.Conn, raw net.Conn) {
+		c.PrintfLine("EHLO %s", strings.Repeat("a", 300)+".example.net")
+		code, _, _ := c.ReadResponse(250)
+		c.PrintfLine("QUIT")
+		c.ReadResponse(221)
+		codes <- code
+	})
+	_, err := custCustomer(addr, &memSink{}, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 501, <-codes, "RFC 5321 section 4.5.3.1.2: a domain has at most 255 octets")
 }

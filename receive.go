@@ -40,6 +40,10 @@ var errBareLineEnding = &smtp.SMTPError{
 	Message:      "Message contains a bare CR or LF; lines must end with CRLF",
 }
 
+// maxDomainLength is the longest EHLO or HELO name the customer takes
+// (RFC 5321 section 4.5.3.1.2).
+const maxDomainLength = 255
+
 // maxLineLength bounds a line of the reversed session, commands and
 // message lines alike. RFC 5321 allows 1000 bytes, but mail with longer
 // lines exists, and refusing it would bounce it: only a line too long to
@@ -91,6 +95,11 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	// and waits for the session's goroutine, and Serve then returns.
 	srv.Shutdown(context.Background())
 	<-served
+	rcv.mu.Lock()
+	for _, stop := range rcv.stops {
+		stop()
+	}
+	rcv.mu.Unlock()
 	// A BDAT transfer runs the sink in a goroutine of its own that the
 	// server does not wait for.
 	rcv.inflight.Wait()
@@ -152,7 +161,8 @@ func (peerEOF) Is(target error) bool { return target == net.ErrClosed }
 //   - "SIZE n" advertises the customer's MaxMessageSize, not the one byte
 //     more that go-smtp is given (see receive);
 //   - go-smtp refuses a BDAT chunk over the size limit itself, without
-//     the session seeing it: the refusal is counted here.
+//     the session seeing it: the refusal is counted here, unless the
+//     session made it (a sink may use the same words) and counted it.
 type serverConn struct {
 	net.Conn
 	rcv  *receiver
@@ -173,6 +183,12 @@ func (c *serverConn) Write(p []byte) (int, error) {
 		return c.Conn.Write(p)
 	}
 	code, text := string(line[:4]), string(line[4:])
+	counted := false
+	if code[0] == '4' || code[0] == '5' {
+		c.rcv.mu.Lock()
+		counted, c.rcv.replied = c.rcv.replied, false
+		c.rcv.mu.Unlock()
+	}
 	var mended string
 	switch {
 	case code == "250-" && strings.HasPrefix(text, "Hello "):
@@ -187,8 +203,10 @@ func (c *serverConn) Write(p []byte) (int, error) {
 		c.rcv.mu.Unlock()
 	case (code == "250-" || code == "250 ") && strings.HasPrefix(text, "SIZE ") && c.rcv.maxSize > 0:
 		mended = code + "SIZE " + strconv.FormatInt(c.rcv.maxSize, 10)
-	case code == "552 " && text == "5.3.4 Max message size exceeded":
+	case code == "552 " && text == "5.3.4 Max message size exceeded" && !counted:
 		c.rcv.chunkRefused()
+	case code == "250 " && text == "2.0.0 Continue":
+		c.rcv.chunkContinued()
 	}
 	if mended == "" {
 		return c.Conn.Write(p)
@@ -213,11 +231,13 @@ type receiver struct {
 	inflight sync.WaitGroup // Data calls under way
 
 	mu           sync.Mutex
-	session      *recvSession // the session, once EHLO has made it
-	helo         bool         // the provider said HELO, not EHLO
-	mails        int          // MAIL commands accepted
-	openTx       bool         // a transaction was open when the session ended
-	cut          error        // the connection failed in the middle of a message
+	session      *recvSession  // the session, once EHLO has made it
+	replied      bool          // the session counted the refusal go-smtp writes next
+	stops        []func() bool // of the sessions' context.AfterFunc
+	helo         bool          // the provider said HELO, not EHLO
+	mails        int           // MAIL commands accepted
+	openTx       bool          // a transaction was open when the session ended
+	cut          error         // the connection failed in the middle of a message
 	messages     int
 	recipients   int
 	bytes        int64
@@ -227,7 +247,20 @@ type receiver struct {
 
 // NewSession is called by go-smtp at the provider's EHLO.
 func (r *receiver) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s := &recvSession{r: r, peer: c.Hostname(), addr: c.Conn().RemoteAddr()}
+	if len(c.Hostname()) > maxDomainLength {
+		return nil, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Domain name too long"}
+	}
+	s := &recvSession{r: r, conn: c, peer: c.Hostname(), addr: c.Conn().RemoteAddr()}
+	s.entered = sync.NewCond(&s.mu)
+	stop := context.AfterFunc(r.ctx, func() {
+		s.mu.Lock()
+		s.entered.Broadcast()
+		s.mu.Unlock()
+	})
+	r.mu.Lock()
+	r.session = s
+	r.stops = append(r.stops, stop)
+	r.mu.Unlock()
 	r.mu.Lock()
 	r.session = s
 	r.mu.Unlock()
@@ -252,6 +285,23 @@ func (r *receiver) chunkRefused() {
 		s.refused()
 		r.log.Info("odmr: message refused", "reply", 552, "err", "over MaxMessageSize")
 	}
+}
+
+// chunkContinued notes that go-smtp accepted a BDAT chunk that is not the
+// last. When the transfer's Data has not started (the chunks so far were
+// empty), the next MAIL must wait for it: see waitBDAT.
+func (r *receiver) chunkContinued() {
+	r.mu.Lock()
+	s := r.session
+	r.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	if s.pipe == nil {
+		s.awaitData = true
+	}
+	s.mu.Unlock()
 }
 
 // reply turns a sink's error into the reply for the provider. An error
@@ -282,6 +332,7 @@ func oneLine(s string) string {
 // recvSession is the go-smtp session: one SMTP transaction at a time.
 type recvSession struct {
 	r    *receiver
+	conn *smtp.Conn
 	peer string   // the provider's EHLO name
 	addr net.Addr // the provider's address
 	mu   sync.Mutex
@@ -292,6 +343,11 @@ type recvSession struct {
 
 	// pipe is the last BDAT transfer's reader; see waitBDAT.
 	pipe *io.PipeReader
+	// awaitData is set when go-smtp has accepted a BDAT chunk of a
+	// transfer whose Data has not started yet (a zero-length first
+	// chunk); entered is signalled when a Data call starts.
+	awaitData bool
+	entered   *sync.Cond
 }
 
 // waitBDAT waits until go-smtp's goroutine for the last BDAT transfer has
@@ -305,6 +361,13 @@ type recvSession struct {
 // MAIL, so the read does not wait for data.
 func (s *recvSession) waitBDAT() {
 	s.mu.Lock()
+	// A transfer whose chunks were all empty has a goroutine that has not
+	// called Data yet: wait until it has, so that its pipe is known. It
+	// finds no transaction open and returns at once.
+	for s.awaitData && s.r.ctx.Err() == nil {
+		s.entered.Wait()
+	}
+	s.awaitData = false
 	pr := s.pipe
 	s.pipe = nil
 	s.mu.Unlock()
@@ -370,6 +433,11 @@ func (s *recvSession) Logout() error {
 // Mail starts a transaction.
 func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.waitBDAT()
+	// A second MAIL without RSET ends the transaction before it.
+	s.endTx()
+	s.mu.Lock()
+	s.peer = s.conn.Hostname() // the name of the latest EHLO or HELO
+	s.mu.Unlock()
 	env := Envelope{From: from, DSN: dsnFromMail(opts)}
 	if opts != nil {
 		env.Size, env.Body, env.UTF8 = opts.Size, BodyType(opts.Body), opts.UTF8
@@ -401,6 +469,7 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if err := rc.CheckRecipient(s.r.ctx, env, to); err != nil {
 			s.r.mu.Lock()
 			s.r.refusedRcpts++
+			s.r.replied = true
 			s.r.mu.Unlock()
 			s.r.log.Info("odmr: recipient refused", "from", env.From, "to", to, "err", err)
 			return s.r.reply(err, "CheckRecipient", "to", to)
@@ -426,8 +495,15 @@ func (s *recvSession) Data(r io.Reader) error {
 	tx := s.tx
 	if pr, ok := r.(*io.PipeReader); ok {
 		s.pipe = pr
+		s.awaitData = false
+		s.entered.Broadcast()
 	}
 	s.mu.Unlock()
+	if tx == nil {
+		// go-smtp's goroutine for a BDAT transfer that was abandoned
+		// before it started: nothing to deliver.
+		return smtp.ErrDataReset
+	}
 	env.Received = time.Now()
 
 	body := &bodyReader{r: r, max: s.r.maxSize}
@@ -499,7 +575,10 @@ func (s *recvSession) Data(r io.Reader) error {
 func (s *recvSession) received(env Envelope) string {
 	var b strings.Builder
 	b.WriteString("Received: from ")
-	b.WriteString(traceWord(s.peer, "unknown"))
+	s.mu.Lock()
+	peer := s.peer
+	s.mu.Unlock()
+	b.WriteString(traceWord(peer, "unknown"))
 	if lit := addressLiteral(s.addr); lit != "" {
 		b.WriteString(" (" + lit + ")")
 	}
@@ -507,27 +586,36 @@ func (s *recvSession) received(env Envelope) string {
 	s.r.mu.Lock()
 	helo := s.r.helo
 	s.r.mu.Unlock()
+	// RFC 3848 and RFC 6531 section 3.7.3.
 	proto := "ESMTP"
-	if helo {
+	switch {
+	case env.UTF8:
+		proto = "UTF8SMTP"
+	case helo:
 		proto = "SMTP"
 	}
 	if _, ok := s.r.conn.ConnectionState(); ok {
 		proto += "S"
 	}
 	b.WriteString(proto + " id " + env.ID)
-	if len(env.To) == 1 {
-		b.WriteString("\r\n\tfor <" + traceWord(env.To[0], "") + ">")
+	// The recipient only when there is one, and only when it can be
+	// written as it is.
+	if len(env.To) == 1 && len(env.To[0]) <= maxDomainLength && traceWord(env.To[0], "") == env.To[0] {
+		b.WriteString("\r\n\tfor <" + env.To[0] + ">")
 	}
 	b.WriteString("; " + env.Received.Format(time.RFC1123Z) + "\r\n")
 	return b.String()
 }
 
 // traceWord keeps a name from the peer from breaking the header field:
-// anything but printable ASCII other than space, parentheses and angle
-// brackets becomes "_".
+// anything but printable ASCII other than space, parentheses, angle
+// brackets and ";" becomes "_", and it is cut at 255 bytes.
 func traceWord(s, empty string) string {
 	if s == "" {
 		return empty
+	}
+	if len(s) > maxDomainLength {
+		s = s[:maxDomainLength]
 	}
 	return strings.Map(func(r rune) rune {
 		if r <= ' ' || r >= 0x7f || r == '(' || r == ')' || r == '<' || r == '>' || r == ';' {
@@ -556,6 +644,7 @@ func addressLiteral(addr net.Addr) string {
 func (s *recvSession) refused() {
 	s.r.mu.Lock()
 	s.r.refused++
+	s.r.replied = true
 	s.r.mu.Unlock()
 }
 
