@@ -269,6 +269,9 @@ func TestCustomerPrependsReceived(t *testing.T) {
 		require.NoError(t, err)
 		assert.False(t, when.Before(before), "the time of receipt")
 		assert.Regexp(t, `^[A-Za-z0-9-]+$`, got.env.ID, "the ID is an atom (RFC 5321 section 4.4)")
+		assert.Equal(t, "relay.example.net", got.session.Provider)
+		assert.Equal(t, "127.0.0.1", got.session.RemoteAddr.(*net.TCPAddr).IP.String())
+		assert.Nil(t, got.session.TLS)
 	})
 	t.Run("HELO, two recipients", func(t *testing.T) {
 		got := fetch(t, send("HELO", "u1@example.org", "u2@example.org"), false)

@@ -136,6 +136,7 @@ type gotMessage struct {
 	env      odmr.Envelope
 	body     string // as the provider sent it
 	received string // the Received: field the customer put in front
+	session  odmr.ReversedSession
 }
 
 func (s *memSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
@@ -149,7 +150,8 @@ func (s *memSink) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader
 		return err
 	}
 	s.mu.Lock()
-	s.msgs = append(s.msgs, gotMessage{env, string(b), trace})
+	info, _ := odmr.ReversedSessionFromContext(ctx)
+	s.msgs = append(s.msgs, gotMessage{env, string(b), trace, info})
 	s.mu.Unlock()
 	return nil
 }

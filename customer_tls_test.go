@@ -89,9 +89,10 @@ func ctlsProvider(t *testing.T, implicit bool, opts ...func(*Provider)) *ctlsEnv
 // ctlsSink keeps the bodies it receives, and the Received: fields the
 // customer put in front of them.
 type ctlsSink struct {
-	mu     sync.Mutex
-	bodies []string
-	traces []string
+	mu       sync.Mutex
+	bodies   []string
+	traces   []string
+	sessions []ReversedSession
 }
 
 // stripReceived splits the Received: field the customer puts in front of
@@ -114,7 +115,9 @@ func (s *ctlsSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 		return err
 	}
 	trace, rest := stripReceived(b)
+	info, _ := ReversedSessionFromContext(ctx)
 	s.mu.Lock()
+	s.sessions = append(s.sessions, info)
 	s.bodies = append(s.bodies, rest)
 	s.traces = append(s.traces, trace)
 	s.mu.Unlock()
@@ -224,6 +227,8 @@ func TestCustomerImplicitTLS(t *testing.T) {
 	assert.Equal(t, 1, res.Messages)
 	assert.Equal(t, []string{ctlsBody}, sink.received())
 	assert.Contains(t, sink.traces[0], " with ESMTPS id ", "the Received: field tells TLS")
+	require.NotNil(t, sink.sessions[0].TLS, "the sink sees the TLS state")
+	assert.Equal(t, "provider.test", sink.sessions[0].Provider)
 	assert.Zero(t, e.q.Len())
 	assert.Equal(t, SCRAMSHA256, res.Mechanism)
 	require.NotNil(t, res.TLS)
@@ -286,6 +291,8 @@ func TestCustomerSTARTTLSThenPLAINDeliversInsideTLS(t *testing.T) {
 	assert.Equal(t, 1, res.Messages)
 	assert.Equal(t, []string{ctlsBody}, sink.received())
 	assert.Contains(t, sink.traces[0], " with ESMTPS id ", "the Received: field tells TLS")
+	require.NotNil(t, sink.sessions[0].TLS, "the sink sees the TLS state")
+	assert.Equal(t, "provider.test", sink.sessions[0].Provider)
 	require.NotNil(t, res.TLS)
 
 	// In clear on the wire: the greeting, the first EHLO and STARTTLS.

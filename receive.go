@@ -3,6 +3,7 @@ package odmr
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,27 @@ type RecipientChecker interface {
 	// the provider is sent (550 for an unknown user, 452 for a full
 	// mailbox); any other error is answered 451 and logged.
 	CheckRecipient(ctx context.Context, env Envelope, rcpt string) error
+}
+
+// ReversedSession describes the session a message arrived in after the
+// role swap. A [MessageSink] or [RecipientChecker] of a [Customer] finds
+// it in its context with [ReversedSessionFromContext].
+type ReversedSession struct {
+	// Provider is the name the provider gave in its EHLO or HELO.
+	Provider string
+	// RemoteAddr is the provider's address.
+	RemoteAddr net.Addr
+	// TLS is the state of the connection's TLS, nil in clear text.
+	TLS *tls.ConnectionState
+}
+
+type reversedSessionKey struct{}
+
+// ReversedSessionFromContext returns the ReversedSession in ctx, and
+// whether there is one: there is in the context a Customer gives its sink.
+func ReversedSessionFromContext(ctx context.Context) (ReversedSession, bool) {
+	info, ok := ctx.Value(reversedSessionKey{}).(ReversedSession)
+	return info, ok
 }
 
 // errBareLineEnding refuses a message with a CR or LF that is not part of
@@ -466,7 +488,7 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		env.To = append([]string(nil), s.env.To...)
 		s.mu.Unlock()
 		env.DSN = dsn.Clone()
-		if err := rc.CheckRecipient(s.r.ctx, env, to); err != nil {
+		if err := rc.CheckRecipient(s.sinkContext(), env, to); err != nil {
 			s.r.mu.Lock()
 			s.r.refusedRcpts++
 			s.r.replied = true
@@ -511,7 +533,7 @@ func (s *recvSession) Data(r io.Reader) error {
 	if s.r.trace {
 		msg = io.MultiReader(strings.NewReader(s.received(env)), body)
 	}
-	err := s.r.sink.Deliver(s.r.ctx, env, msg)
+	err := s.r.sink.Deliver(s.sinkContext(), env, msg)
 	if err == nil && body.err == nil && !body.eof {
 		// The sink must read the message to its end. A sink that returns
 		// early may have stored a truncated message: refuse it.
@@ -639,6 +661,18 @@ func addressLiteral(addr net.Addr) string {
 		return "[" + ip4.String() + "]"
 	}
 	return "[IPv6:" + ip.String() + "]"
+}
+
+// sinkContext is the context a sink is called with: the fetch's, with
+// the session's ReversedSession.
+func (s *recvSession) sinkContext() context.Context {
+	s.mu.Lock()
+	info := ReversedSession{Provider: s.peer, RemoteAddr: s.addr}
+	s.mu.Unlock()
+	if cs, ok := s.r.conn.ConnectionState(); ok {
+		info.TLS = &cs
+	}
+	return context.WithValue(s.r.ctx, reversedSessionKey{}, info)
 }
 
 func (s *recvSession) refused() {

@@ -103,7 +103,7 @@ func (s *localSession) LMTPData(r io.Reader, status smtp.StatusCollector) error 
 	br := bufio.NewReader(bytes.NewReader(b))
 	trace, _ := cutReceived(br)
 	rest, _ := io.ReadAll(br)
-	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok, DSN: s.dsn}, string(rest), trace})
+	s.b.msgs = append(s.b.msgs, gotMessage{odmr.Envelope{From: s.from, To: ok, DSN: s.dsn}, string(rest), trace, odmr.ReversedSession{}})
 	s.b.mu.Unlock()
 	return nil
 }
