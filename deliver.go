@@ -39,6 +39,9 @@ func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) er
 		}
 		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
 	}
+	if ok, _ := c.Extension("DSN"); !ok {
+		s.noDSN = true
+	}
 	batch, err := s.p.Queue.Claim(ctx, domains)
 	if err != nil {
 		s.log.Warn("odmr: queue claim failed", "err", err)
@@ -80,7 +83,7 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	rcpts, results := s.prepare(c, env, domains)
 	set := func(list []string, err error) {
 		for _, r := range list {
-			results = append(results, RecipientResult{r, err})
+			results = append(results, RecipientResult{Recipient: r, Err: err})
 		}
 	}
 	defer func() { s.complete(ctx, msg, env, results) }()
@@ -106,7 +109,7 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	for i, r := range rcpts {
 		err := c.Rcpt(r, dsnRcptOptions(env, r))
 		if e := AsError(err); e != nil {
-			results = append(results, RecipientResult{r, e})
+			results = append(results, RecipientResult{Recipient: r, Err: e})
 			continue
 		} else if err != nil {
 			return lost(append(accepted, rcpts[i:]...), err)
@@ -159,11 +162,11 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 	for _, r := range env.To {
 		switch {
 		case !inDomains(r, domains):
-			results = append(results, RecipientResult{r, errLocalError.withMessage("Recipient not in the session's domains")})
+			results = append(results, RecipientResult{Recipient: r, Err: errLocalError.withMessage("Recipient not in the session's domains")})
 		case strings.ContainsAny(r, "\r\n"):
 			// A queue that lets this through must not make it a command
 			// injection, nor a message that blocks the rest of the queue.
-			results = append(results, RecipientResult{r, &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"}})
+			results = append(results, RecipientResult{Recipient: r, Err: &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"}})
 		default:
 			rcpts = append(rcpts, r)
 		}
@@ -176,7 +179,7 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 	}
 	if perm != nil {
 		for _, r := range rcpts {
-			results = append(results, RecipientResult{r, perm})
+			results = append(results, RecipientResult{Recipient: r, Err: perm})
 		}
 		rcpts = nil
 	}
@@ -185,9 +188,10 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 
 // complete counts a message's results and hands them to the queue.
 func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult) {
-	for _, r := range results {
+	for i, r := range results {
 		switch {
 		case r.Err == nil:
+			results[i].NoDSN = s.noDSN
 			s.delivered++
 		case Permanent(r.Err):
 			s.failed++

@@ -3,7 +3,9 @@ package odmr
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -98,6 +100,64 @@ func TestDSNParametersReachTheCustomersSink(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, 1, res.Messages)
 			assert.Equal(t, dsn, got.DSN)
+		})
+	}
+}
+
+// resultQueue is a MemoryQueue that keeps the results its messages are
+// completed with.
+type resultQueue struct {
+	*MemoryQueue
+	mu      sync.Mutex
+	results []RecipientResult
+}
+
+func (q *resultQueue) Claim(ctx context.Context, domains []string) (Batch, error) {
+	b, err := q.MemoryQueue.Claim(ctx, domains)
+	return resultBatch{b, q}, err
+}
+
+type resultBatch struct {
+	Batch
+	q *resultQueue
+}
+
+func (b resultBatch) Next(ctx context.Context) (Message, error) {
+	m, err := b.Batch.Next(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return resultMessage{m, b.q}, nil
+}
+
+type resultMessage struct {
+	Message
+	q *resultQueue
+}
+
+func (m resultMessage) Complete(ctx context.Context, results []RecipientResult) error {
+	m.q.mu.Lock()
+	m.q.results = append(m.q.results, results...)
+	m.q.mu.Unlock()
+	return m.Message.Complete(ctx, results)
+}
+
+func TestProviderTellsTheQueueWhenTheCustomerLacksDSN(t *testing.T) {
+	for _, ehlo := range [][]string{{"PIPELINING"}, {"PIPELINING", "DSN"}, nil} {
+		t.Run(strings.Join(ehlo, "+"), func(t *testing.T) {
+			var q *resultQueue
+			f := newFixture(t, func(p *Provider) {
+				q = &resultQueue{MemoryQueue: p.Queue.(*MemoryQueue)}
+				p.Queue = q
+			})
+			f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "u@example.org")
+			got, _ := f.pull(t, "ATRN example.org", scriptedCustomer{ehlo: ehlo})
+			require.Len(t, got, 1)
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			require.Len(t, q.results, 1)
+			assert.NoError(t, q.results[0].Err)
+			assert.Equal(t, !slices.Contains(ehlo, "DSN"), q.results[0].NoDSN)
 		})
 	}
 }

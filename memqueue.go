@@ -339,7 +339,7 @@ func (l *memLease) Complete(ctx context.Context, results []RecipientResult) erro
 			q.done(r.domain)
 		case Permanent(err):
 			q.done(r.domain)
-			failed = append(failed, RecipientResult{r.addr, err})
+			failed = append(failed, RecipientResult{Recipient: r.addr, Err: err})
 		default:
 			r.attempts++
 			r.lastErr = err

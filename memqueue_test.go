@@ -52,8 +52,8 @@ func TestMemoryQueueBatchesShareWithoutDoubles(t *testing.T) {
 	// The first message's example.org recipient is leased by b1.
 	assert.Equal(t, []string{"b@example.com"}, m2.Envelope().To)
 	assert.Equal(t, m1.Envelope().ID, m2.Envelope().ID)
-	require.NoError(t, m1.Complete(ctx, []RecipientResult{{"a@example.org", errors.New("cut")}}))
-	require.NoError(t, m2.Complete(ctx, []RecipientResult{{"b@example.com", nil}}))
+	require.NoError(t, m1.Complete(ctx, []RecipientResult{{Recipient: "a@example.org", Err: errors.New("cut")}}))
+	require.NoError(t, m2.Complete(ctx, []RecipientResult{{Recipient: "b@example.com", Err: nil}}))
 
 	// A batch never returns a message twice, even after a temporary failure.
 	n := 1
@@ -63,7 +63,7 @@ func TestMemoryQueueBatchesShareWithoutDoubles(t *testing.T) {
 			break
 		}
 		require.NoError(t, err)
-		require.NoError(t, m.Complete(ctx, []RecipientResult{{"a@example.org", nil}}))
+		require.NoError(t, m.Complete(ctx, []RecipientResult{{Recipient: "a@example.org", Err: nil}}))
 		n++
 	}
 	assert.Equal(t, 10, n)

@@ -220,6 +220,11 @@ type RecipientResult struct {
 	// refused, or another error when the delivery did not get that far
 	// (a cut connection, a failing queue).
 	Err error
+	// NoDSN is set on an accepted recipient when the receiver did not
+	// offer DSN (RFC 3461): the sender's requests for notifications end
+	// here, and a queue should send the "relayed" notification a NOTIFY
+	// with SUCCESS asks for (RFC 3461 section 4.1).
+	NoDSN bool
 }
 
 // MessageSink receives the messages a customer is sent after the role swap.

@@ -91,7 +91,7 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 		},
 		Done: func(errs []error) {
 			for i, err := range errs {
-				results = append(results, RecipientResult{rcpts[i], s.pipelineResult(env, err)})
+				results = append(results, RecipientResult{Recipient: rcpts[i], Err: s.pipelineResult(env, err)})
 			}
 			s.complete(ctx, msg, env, results)
 		},

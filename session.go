@@ -42,6 +42,7 @@ type session struct {
 
 	// Counts for the closing log record.
 	messages, delivered, failed, deferred int
+	noDSN                                 bool // the customer did not offer DSN
 }
 
 func newSession(p *Provider, conn net.Conn) *session {

@@ -155,7 +155,7 @@ func (s *SMTPSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 	for _, rcpt := range env.To {
 		err := c.Rcpt(rcpt, dsnRcptOptions(env, rcpt))
 		if e := AsError(err); e != nil {
-			failed = append(failed, RecipientResult{rcpt, e})
+			failed = append(failed, RecipientResult{Recipient: rcpt, Err: e})
 			continue
 		} else if err != nil {
 			return s.fail("RCPT", err)
@@ -193,9 +193,9 @@ func (s *SMTPSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 			case resp[rcpt] != nil:
 				ok++
 			case lerr[rcpt] != nil:
-				failed = append(failed, RecipientResult{rcpt, AsError(lerr[rcpt])})
+				failed = append(failed, RecipientResult{Recipient: rcpt, Err: AsError(lerr[rcpt])})
 			default:
-				failed = append(failed, RecipientResult{rcpt, s.fail("end of data", err)})
+				failed = append(failed, RecipientResult{Recipient: rcpt, Err: s.fail("end of data", err)})
 			}
 		}
 		if ok == 0 {

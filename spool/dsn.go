@@ -43,6 +43,7 @@ type report struct {
 
 type reportRecipient struct {
 	addr        string
+	action      string // "relayed"; "" for failed
 	status      odmr.EnhancedCode
 	diag        *odmr.Error // the SMTP reply that refused it, if any
 	lastAttempt time.Time
@@ -92,7 +93,12 @@ func (r *report) writeTo(w io.Writer) error {
 	h := func(name, value string) { fmt.Fprintf(bw, "%s: %s\r\n", name, value) }
 	h("From", "Mail Delivery System <MAILER-DAEMON@"+host+">")
 	h("To", "<"+clean(r.sender)+">")
-	h("Subject", "Undelivered Mail Returned to Sender")
+	success := len(r.rcpts) > 0 && r.rcpts[0].action == "relayed"
+	if success {
+		h("Subject", "Successful Mail Delivery Report")
+	} else {
+		h("Subject", "Undelivered Mail Returned to Sender")
+	}
 	h("Date", r.date.Format(time.RFC1123Z))
 	h("Message-ID", "<"+r.id+"@"+host+">")
 	h("Auto-Submitted", "auto-replied")
@@ -114,7 +120,13 @@ func (r *report) writeTo(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(pw, "This is the mail system at host %s.\r\n\r\n", host)
-	pw.Write([]byte("Your message could not be delivered to one or more recipients.\r\n"))
+	if success {
+		pw.Write([]byte("Your message was relayed to the recipients below through a server that\r\n" +
+			"does not send delivery status notifications: you will get no further\r\n" +
+			"notification of its delivery from there.\r\n"))
+	} else {
+		pw.Write([]byte("Your message could not be delivered to one or more recipients.\r\n"))
+	}
 	if len(r.headers) > 0 {
 		pw.Write([]byte("Its headers are attached below.\r\n"))
 	}
@@ -142,7 +154,11 @@ func (r *report) writeTo(w io.Writer) error {
 			fmt.Fprintf(pw, "Original-Recipient: %s;%s\r\n", strings.ToLower(clean(rc.orcptType)), clean(rc.orcpt))
 		}
 		fmt.Fprintf(pw, "Final-Recipient: %s; %s\r\n", addrType, clean(rc.addr))
-		fmt.Fprintf(pw, "Action: failed\r\n")
+		action := rc.action
+		if action == "" {
+			action = "failed"
+		}
+		fmt.Fprintf(pw, "Action: %s\r\n", action)
 		fmt.Fprintf(pw, "Status: %s\r\n", rc.status)
 		if rc.diag != nil {
 			fmt.Fprintf(pw, "Diagnostic-Code: smtp; %s\r\n", replyText(rc.diag))
@@ -172,6 +188,9 @@ func (r *report) writeTo(w io.Writer) error {
 
 // reason explains a failure in words.
 func (rc reportRecipient) reason() string {
+	if rc.action == "relayed" {
+		return "relayed to a server without delivery status notifications"
+	}
 	if rc.expired {
 		s := fmt.Sprintf("delivery time expired: the message was queued for %v without being delivered", rc.age.Round(time.Minute))
 		if rc.diag != nil {

@@ -83,3 +83,45 @@ func TestNoReportWhenNoRecipientWantsOne(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n)
 }
+
+func TestRelayedReportForNOTIFYSuccess(t *testing.T) {
+	f := newFixture(t)
+	f.enqueueDSN()
+	b, err := f.s.Claim(context.Background(), []string{"example.org"})
+	require.NoError(t, err)
+	d, err := next(t, b)
+	require.NoError(t, err)
+	// The customer took every recipient without offering DSN.
+	var results []odmr.RecipientResult
+	for _, r := range d.env.To {
+		results = append(results, odmr.RecipientResult{Recipient: r, NoDSN: true})
+	}
+	require.NoError(t, d.msg.Complete(context.Background(), results))
+	require.NoError(t, b.Close())
+	sent, err := f.s.FlushBounces(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, 1, sent)
+	_, dsns := f.bounces.all()
+	require.Len(t, dsns, 1)
+	dsn := dsns[0]
+	assert.Contains(t, dsn, "Subject: Successful Mail Delivery Report\r\n")
+	assert.Contains(t, dsn, "Final-Recipient: rfc822; success@example.org\r\nAction: relayed\r\nStatus: 2.0.0\r\n")
+	assert.Contains(t, dsn, "Original-Envelope-Id: QQ314159\r\n")
+	for _, quiet := range []string{"never@", "plain@", "orcpt@"} {
+		assert.NotContains(t, dsn, quiet, "only NOTIFY=SUCCESS asks for a relayed report")
+	}
+}
+
+func TestNoRelayedReportWhenTheCustomerOffersDSN(t *testing.T) {
+	f := newFixture(t)
+	f.enqueueDSN()
+	b, err := f.s.Claim(context.Background(), []string{"example.org"})
+	require.NoError(t, err)
+	d, err := next(t, b)
+	require.NoError(t, err)
+	d.complete(t, nil)
+	require.NoError(t, b.Close())
+	n, err := f.s.PendingBounces()
+	require.NoError(t, err)
+	assert.Zero(t, n, "the customer reports success itself")
+}

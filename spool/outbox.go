@@ -25,7 +25,8 @@ import (
 // that could not be sent within MaxAge, is moved to dead/ and logged: it is
 // never dropped silently.
 
-// queueDSN writes the DSN reporting failed recipients of env to the outbox.
+// queueDSN writes the DSN reporting failed (or relayed) recipients of env
+// to the outbox.
 // The caller holds the message's envelope lock.
 func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.Time) error {
 	var headers []byte

@@ -45,13 +45,16 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 	}
 	outcome := make(map[string]error, len(results))
 	reported := make(map[string]bool, len(results))
+	noDSN := make(map[string]bool)
 	for _, r := range results {
 		outcome[r.Recipient] = r.Err
 		reported[r.Recipient] = true
+		noDSN[r.Recipient] = r.NoDSN
 	}
+	dsn := env.dsn()
 	tooOld := now.Sub(env.Received) >= s.opts.MaxAge
 
-	var failed []reportRecipient
+	var failed, relayed []reportRecipient
 	changed := false
 	for i := range env.Recipients {
 		r := &env.Recipients[i]
@@ -74,6 +77,11 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 		switch {
 		case err == nil:
 			r.State, r.Done = Delivered, now
+			if noDSN[r.Addr] && dsn.Notifies(r.Addr, odmr.NotifySuccess) {
+				// RFC 3461 section 4.1: the receiver will not report, so
+				// say that the message was relayed.
+				relayed = append(relayed, reportRecipient{addr: r.Addr, action: "relayed", status: odmr.EnhancedCode{2, 0, 0}, lastAttempt: now})
+			}
 		case odmr.Permanent(err):
 			reply := odmr.AsError(err)
 			r.State, r.Done, r.LastAttempt, r.LastError = Failed, now, now, recordError(err)
@@ -97,19 +105,13 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 	if len(failed) > 0 {
 		// RFC 3461 section 4.1: report only what NOTIFY asked for; say
 		// what ORCPT and ENVID said.
-		dsn := env.dsn()
 		wanted, quiet := failed[:0:0], []string(nil)
 		for _, f := range failed {
 			if !dsn.Notifies(f.addr, odmr.NotifyFailure) {
 				quiet = append(quiet, f.addr)
 				continue
 			}
-			if dsn != nil {
-				if d, ok := dsn.Recipients[f.addr]; ok {
-					f.orcptType, f.orcpt = d.ORcptType, d.ORcpt
-				}
-			}
-			wanted = append(wanted, f)
+			wanted = append(wanted, withORcpt(f, dsn))
 		}
 		if len(quiet) > 0 {
 			s.log.Info("spool: recipients failed; their NOTIFY asks for no DSN", "id", id, "recipients", quiet)
@@ -124,6 +126,14 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 			}
 			s.log.Info("spool: recipients failed; the sender is null, so no DSN is sent", "id", id, "recipients", addrs)
 		} else if err := s.queueDSN(env, failed, now); err != nil {
+			return err
+		}
+	}
+	if len(relayed) > 0 && env.From != "" {
+		for i := range relayed {
+			relayed[i] = withORcpt(relayed[i], dsn)
+		}
+		if err := s.queueDSN(env, relayed, now); err != nil {
 			return err
 		}
 	}
@@ -203,4 +213,14 @@ func (s *Spool) Expire(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// withORcpt adds the recipient's ORCPT, if it gave one, to its report.
+func withORcpt(rc reportRecipient, dsn *odmr.DSN) reportRecipient {
+	if dsn != nil {
+		if d, ok := dsn.Recipients[rc.addr]; ok {
+			rc.orcptType, rc.orcpt = d.ORcptType, d.ORcpt
+		}
+	}
+	return rc
 }
