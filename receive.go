@@ -117,11 +117,6 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	// and waits for the session's goroutine, and Serve then returns.
 	srv.Shutdown(context.Background())
 	<-served
-	rcv.mu.Lock()
-	for _, stop := range rcv.stops {
-		stop()
-	}
-	rcv.mu.Unlock()
 	// A BDAT transfer runs the sink in a goroutine of its own that the
 	// server does not wait for.
 	rcv.inflight.Wait()
@@ -253,13 +248,12 @@ type receiver struct {
 	inflight sync.WaitGroup // Data calls under way
 
 	mu           sync.Mutex
-	session      *recvSession  // the session, once EHLO has made it
-	replied      bool          // the session counted the refusal go-smtp writes next
-	stops        []func() bool // of the sessions' context.AfterFunc
-	helo         bool          // the provider said HELO, not EHLO
-	mails        int           // MAIL commands accepted
-	openTx       bool          // a transaction was open when the session ended
-	cut          error         // the connection failed in the middle of a message
+	session      *recvSession // the session, once EHLO has made it
+	replied      bool         // the session counted the refusal go-smtp writes next
+	helo         bool         // the provider said HELO, not EHLO
+	mails        int          // MAIL commands accepted
+	openTx       bool         // a transaction was open when the session ended
+	cut          error        // the connection failed in the middle of a message
 	messages     int
 	recipients   int
 	bytes        int64
@@ -274,14 +268,8 @@ func (r *receiver) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	s := &recvSession{r: r, conn: c, peer: c.Hostname(), addr: c.Conn().RemoteAddr()}
 	s.entered = sync.NewCond(&s.mu)
-	stop := context.AfterFunc(r.ctx, func() {
-		s.mu.Lock()
-		s.entered.Broadcast()
-		s.mu.Unlock()
-	})
 	r.mu.Lock()
 	r.session = s
-	r.stops = append(r.stops, stop)
 	r.mu.Unlock()
 	r.mu.Lock()
 	r.session = s
@@ -382,25 +370,36 @@ type recvSession struct {
 // is done. A transfer always ends (its writer closed) before the next
 // MAIL, so the read does not wait for data.
 func (s *recvSession) waitBDAT() {
+	// Both waits below end within the idle timeout whatever happens: a
+	// goroutine of go-smtp that never came would otherwise stall the
+	// session with no read pending to time out.
+	ctx, cancel := context.WithTimeout(s.r.ctx, s.r.conn.idle)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.entered.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
 	s.mu.Lock()
 	// A transfer whose chunks were all empty has a goroutine that has not
 	// called Data yet: wait until it has, so that its pipe is known. It
 	// finds no transaction open and returns at once.
-	for s.awaitData && s.r.ctx.Err() == nil {
+	for s.awaitData && ctx.Err() == nil {
 		s.entered.Wait()
 	}
 	s.awaitData = false
 	pr := s.pipe
 	s.pipe = nil
 	s.mu.Unlock()
-	if pr == nil {
-		return
-	}
-	for pause := time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
-		if _, err := pr.Read(nil); err == io.ErrClosedPipe || s.r.ctx.Err() != nil {
-			return
+	for pause := time.Microsecond; pr != nil; pause = min(2*pause, time.Millisecond) {
+		if _, err := pr.Read(nil); err == io.ErrClosedPipe || ctx.Err() != nil {
+			break
 		}
 		time.Sleep(pause)
+	}
+	if ctx.Err() != nil && s.r.ctx.Err() == nil {
+		s.r.log.Warn("odmr: go-smtp's goroutine for an abandoned BDAT transfer did not finish", "waited", s.r.conn.idle)
 	}
 }
 
