@@ -168,7 +168,10 @@ func run(out io.Writer, maildirPath string, logger *slog.Logger) error {
 		}
 		fmt.Fprintf(out, "  %s  (%d bytes)\n", shorten(e.Name(), 40), len(b))
 		for _, line := range strings.SplitAfter(string(b), "\n") {
-			if strings.HasPrefix(line, "Return-Path:") || strings.HasPrefix(line, "Delivered-To:") || strings.HasPrefix(line, "Subject:") {
+			// The trace the delivery added, and the subject; of the
+			// customer's Received: field, its first line.
+			if strings.HasPrefix(line, "Return-Path:") || strings.HasPrefix(line, "Delivered-To:") ||
+				strings.HasPrefix(line, "Received:") || strings.HasPrefix(line, "Subject:") {
 				fmt.Fprintf(out, "      %s", line)
 			}
 		}

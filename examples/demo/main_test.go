@@ -25,6 +25,7 @@ func TestCustomerDemo(t *testing.T) {
 		"P: BDAT 183 LAST",
 		"P:   .A line that starts with a dot arrives as it was sent.",
 		"P: QUIT",
+		"      Received: from provider.example.net ([127.0.0.1])",
 		"C: 221 ",
 		"Result: 3 messages for 4 recipients",
 		"Still queued at the provider: 1 message (for bob@example.net",
