@@ -2,6 +2,7 @@ package odmr
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -91,11 +92,11 @@ func TestDSNParametersReachTheCustomersSink(t *testing.T) {
 			require.NoError(t, err)
 			e := ctlsProvider(t, false, func(p *Provider) { p.Queue, p.DisableChunking = q, !chunking })
 			var got Envelope
-			sink := MessageSinkFunc(func(ctx context.Context, env Envelope, body io.Reader) error {
+			sink := dsnSink{func(ctx context.Context, env Envelope, body io.Reader) error {
 				got = env
 				_, err := io.Copy(io.Discard, body)
 				return err
-			})
+			}}
 			res, err := ctlsCustomer(e, sink, nil).Fetch(context.Background())
 			require.NoError(t, err)
 			require.Equal(t, 1, res.Messages)
@@ -158,6 +159,43 @@ func TestProviderTellsTheQueueWhenTheCustomerLacksDSN(t *testing.T) {
 			require.Len(t, q.results, 1)
 			assert.NoError(t, q.results[0].Err)
 			assert.Equal(t, !slices.Contains(ehlo, "DSN"), q.results[0].NoDSN)
+		})
+	}
+}
+
+// dsnSink is a sink that takes on DSN requests.
+type dsnSink struct{ MessageSinkFunc }
+
+func (dsnSink) PassesDSN() bool { return true }
+
+func TestCustomerOffersDSNOnlyForASinkThatPassesItOn(t *testing.T) {
+	for _, passes := range []bool{false, true} {
+		t.Run(fmt.Sprint("passes=", passes), func(t *testing.T) {
+			q := &resultQueue{MemoryQueue: &MemoryQueue{}}
+			_, err := q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org"}, DSN: testDSN()},
+				strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+			require.NoError(t, err)
+			e := ctlsProvider(t, false, func(p *Provider) { p.Queue = q })
+			var got Envelope
+			var sink MessageSink = MessageSinkFunc(func(ctx context.Context, env Envelope, body io.Reader) error {
+				got = env
+				_, err := io.Copy(io.Discard, body)
+				return err
+			})
+			if passes {
+				sink = dsnSink{sink.(MessageSinkFunc)}
+			}
+			_, err = ctlsCustomer(e, sink, nil).Fetch(context.Background())
+			require.NoError(t, err)
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			require.Len(t, q.results, 1)
+			assert.NoError(t, q.results[0].Err)
+			// A Maildir-like sink ends the line and sends nothing: the
+			// customer does not offer DSN, and the provider's queue is told
+			// to answer NOTIFY=SUCCESS itself.
+			assert.Equal(t, !passes, q.results[0].NoDSN)
+			assert.Equal(t, passes, got.DSN != nil)
 		})
 	}
 }

@@ -19,6 +19,18 @@ import (
 	"github.com/go-odmr/odmr/internal/oneconn"
 )
 
+// DSNSink is an optional interface of a [MessageSink] that takes on the
+// delivery status notification requests of [Envelope.DSN] (RFC 3461): it
+// passes them to a server that honours them, as [SMTPSink] does, or
+// sends the notifications itself. A [Customer] offers DSN to the provider
+// only when its Sink implements DSNSink and PassesDSN returns true. With
+// other sinks (a Maildir is the end of the line, and sends nothing) the
+// customer does not offer DSN, and the provider answers for the requests:
+// its queue sends the "relayed" notification NOTIFY=SUCCESS asks for.
+type DSNSink interface {
+	PassesDSN() bool
+}
+
 // RecipientChecker is an optional interface of a [MessageSink]. A sink
 // that implements it is asked about each recipient at RCPT time, so the
 // provider learns which recipients failed and why, one by one: a message
@@ -105,7 +117,9 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 		srv.MaxMessageBytes = c.MaxMessageSize + 1
 	}
 	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
+	if ds, ok := c.Sink.(DSNSink); ok && ds.PassesDSN() {
+		srv.EnableDSN = true
+	}
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 

@@ -52,6 +52,12 @@ type SMTPSink struct {
 	// refused ones; the message is then acknowledged to the provider. nil
 	// means the message is refused with 451 (see [SMTPSink]).
 	OnPartialDelivery func(env Envelope, failed []RecipientResult)
+	// NoDSN stops the sink from passing delivery status notification
+	// requests on (RFC 3461), and so the customer from offering DSN to
+	// the provider. Set it when the local server does not offer DSN: its
+	// client would drop the requests, and a NOTIFY=SUCCESS would go
+	// unanswered; without DSN, the provider answers it.
+	NoDSN bool
 }
 
 // NewSMTPSink returns a sink that delivers to the SMTP server at addr.
@@ -64,7 +70,12 @@ func NewLMTPSink(addr string) *SMTPSink { return &SMTPSink{Addr: addr, LMTP: tru
 var (
 	_ MessageSink      = (*SMTPSink)(nil)
 	_ RecipientChecker = (*SMTPSink)(nil)
+	_ DSNSink          = (*SMTPSink)(nil)
 )
+
+// PassesDSN reports whether the sink passes DSN requests on: unless NoDSN
+// is set.
+func (s *SMTPSink) PassesDSN() bool { return !s.NoDSN }
 
 // errPartialDelivery is the reply for a message the local server took for
 // only some of its recipients.
@@ -117,7 +128,10 @@ func (s *SMTPSink) fail(what string, err error) error {
 	return fmt.Errorf("odmr: local delivery: %s: %w", what, err)
 }
 
-func mailOptions(env Envelope) *smtp.MailOptions {
+func (s *SMTPSink) mailOptions(env Envelope) *smtp.MailOptions {
+	if s.NoDSN {
+		env.DSN = nil
+	}
 	return dsnMailOptions(&smtp.MailOptions{Size: env.Size, UTF8: env.UTF8, Body: smtp.BodyType(env.Body)}, env)
 }
 
@@ -129,10 +143,10 @@ func (s *SMTPSink) CheckRecipient(ctx context.Context, env Envelope, rcpt string
 		return err
 	}
 	defer c.Close()
-	if err := c.Mail(env.From, mailOptions(env)); err != nil {
+	if err := c.Mail(env.From, s.mailOptions(env)); err != nil {
 		return s.fail("MAIL", err)
 	}
-	if err := c.Rcpt(rcpt, dsnRcptOptions(env, rcpt)); err != nil {
+	if err := c.Rcpt(rcpt, s.rcptOptions(env, rcpt)); err != nil {
 		return s.fail("RCPT", err)
 	}
 	c.Quit()
@@ -147,13 +161,13 @@ func (s *SMTPSink) Deliver(ctx context.Context, env Envelope, body io.Reader) er
 		return err
 	}
 	defer c.Close()
-	if err := c.Mail(env.From, mailOptions(env)); err != nil {
+	if err := c.Mail(env.From, s.mailOptions(env)); err != nil {
 		return s.fail("MAIL", err)
 	}
 	var accepted []string
 	var failed []RecipientResult
 	for _, rcpt := range env.To {
-		err := c.Rcpt(rcpt, dsnRcptOptions(env, rcpt))
+		err := c.Rcpt(rcpt, s.rcptOptions(env, rcpt))
 		if e := AsError(err); e != nil {
 			failed = append(failed, RecipientResult{Recipient: rcpt, Err: e})
 			continue
@@ -267,4 +281,11 @@ func (c *ctxConn) Write(p []byte) (int, error) {
 func (c *ctxConn) Close() error {
 	c.stop()
 	return c.Conn.Close()
+}
+
+func (s *SMTPSink) rcptOptions(env Envelope, rcpt string) *smtp.RcptOptions {
+	if s.NoDSN {
+		return nil
+	}
+	return dsnRcptOptions(env, rcpt)
 }

@@ -399,4 +399,16 @@ func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
 	got := mta.received()
 	require.Len(t, got, 1)
 	assert.Equal(t, dsn, got[0].env.DSN, "provider -> customer -> local server, RET, ENVID, NOTIFY and ORCPT kept")
+
+	// With NoDSN (a local server without DSN) the requests stop at the
+	// provider, which the customer then does not offer DSN.
+	_, err = q.Enqueue(odmr.Envelope{From: "a@sender.test", To: []string{"u1@example.org"}, DSN: dsn},
+		strings.NewReader("Subject: dsn\r\n\r\nHi.\r\n"))
+	require.NoError(t, err)
+	sink.NoDSN = true
+	_, err = custCustomer(custProvider(t, q), sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	got = mta.received()
+	require.Len(t, got, 2)
+	assert.Nil(t, got[1].env.DSN)
 }
