@@ -96,7 +96,7 @@ type config struct {
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
 	startTLS, allowInsecureAuth, verbose          bool
-	implicitTLS, debug                            bool
+	implicitTLS, debug, noDSN                     bool
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
 }
@@ -113,6 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
 	fs.StringVar(&c.smtp, "smtp", "", "deliver to the SMTP server at `ADDR`")
 	fs.StringVar(&c.relay, "relay", "", "relay the session to the SMTP server at `HOST:PORT`")
+	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: the local server does not offer DSN, so do not offer it to the provider")
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
 	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
 	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate")
@@ -295,9 +296,13 @@ func run(args []string, stderr io.Writer) int {
 		sink.ReturnPath, sink.DeliveredTo = true, true
 		c.Sink = sink
 	case cfg.lmtp != "":
-		c.Sink = odmr.NewLMTPSink(cfg.lmtp)
+		sink := odmr.NewLMTPSink(cfg.lmtp)
+		sink.NoDSN = cfg.noDSN
+		c.Sink = sink
 	case cfg.smtp != "":
-		c.Sink = odmr.NewSMTPSink(cfg.smtp)
+		sink := odmr.NewSMTPSink(cfg.smtp)
+		sink.NoDSN = cfg.noDSN
+		c.Sink = sink
 	case cfg.relay != "":
 		c.Handler = odmr.Relay(cfg.relay)
 	}
