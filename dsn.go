@@ -1,8 +1,8 @@
 package odmr
 
 import (
+	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -67,7 +67,7 @@ func addRcptDSN(d **DSN, rcpt string, opts *smtp.RcptOptions) {
 // sends them only to a server that offers DSN.
 func dsnMailOptions(opts *smtp.MailOptions, env Envelope) *smtp.MailOptions {
 	if env.DSN != nil {
-		opts.Return = smtp.DSNReturn(env.DSN.Return)
+		opts.Return = smtp.DSNReturn(validReturn(env.DSN.Return))
 		if printableASCII(env.DSN.EnvID) {
 			opts.EnvelopeID = env.DSN.EnvID
 		}
@@ -105,7 +105,7 @@ func dsnMailParams(env Envelope) string {
 		return ""
 	}
 	var b strings.Builder
-	if r := env.DSN.Return; r == ReturnFull || r == ReturnHeaders {
+	if r := validReturn(env.DSN.Return); r != "" {
 		b.WriteString(" RET=" + string(r))
 	}
 	if id := env.DSN.EnvID; id != "" && printableASCII(id) {
@@ -144,6 +144,15 @@ func dsnRcptParams(env Envelope, rcpt string, utf8 bool) string {
 	return b.String()
 }
 
+// validReturn is r as RET takes it, FULL or HDRS; "" for anything else.
+func validReturn(r DSNReturn) DSNReturn {
+	switch r := DSNReturn(strings.ToUpper(string(r))); r {
+	case ReturnFull, ReturnHeaders:
+		return r
+	}
+	return ""
+}
+
 // validNotify reports whether n is a NOTIFY value RFC 3461 section 4.1
 // allows: NEVER alone, or SUCCESS, FAILURE and DELAY each at most once.
 func validNotify(n []DSNNotify) bool {
@@ -178,7 +187,12 @@ func orcptType(r RecipientDSN) string {
 			return "RFC822"
 		}
 	case "UTF-8":
-		return "UTF-8"
+		// go-smtp's client cannot send a backslash, nor either encoder
+		// a control character: leave the ORCPT out rather than have the
+		// recipient refused for it.
+		if !strings.ContainsFunc(r.ORcpt, func(c rune) bool { return c < ' ' || c == 0x7f || c == '\\' }) {
+			return "UTF-8"
+		}
 	}
 	return ""
 }
@@ -220,12 +234,10 @@ func utf8AddrText(s string, unitext bool) string {
 		switch {
 		case r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\':
 			b.WriteRune(r)
-		case r > '~' && unitext:
+		case r > 0x7f && unitext:
 			b.WriteRune(r)
 		default:
-			b.WriteString(`\x{`)
-			b.WriteString(strings.ToUpper(strconv.FormatInt(int64(r), 16)))
-			b.WriteByte('}')
+			fmt.Fprintf(&b, `\x{%02X}`, r)
 		}
 	}
 	return b.String()

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -30,6 +31,25 @@ func TestXtext(t *testing.T) {
 	assert.Equal(t, "+09+7F+C3+A9", xtext("\t\x7fé"))
 	assert.Equal(t, `jos\x{E9}@example.org`, utf8AddrText("josé@example.org", false))
 	assert.Equal(t, `josé\x{2B}\x{3D}@example.org`, utf8AddrText("josé+=@example.org", true))
+	assert.Equal(t, `a\x{09}b\x{7F}@x`, utf8AddrText("a\tb\x7f@x", true), "two hex digits at least; DEL escaped")
+}
+
+func TestDSNValuesThatCannotBeSentAreLeftOut(t *testing.T) {
+	env := Envelope{DSN: &DSN{Return: "full", Recipients: map[string]RecipientDSN{
+		"tab@x":   {ORcptType: "UTF-8", ORcpt: "a\tb@x"},
+		"slash@x": {ORcptType: "utf-8", ORcpt: `a\b@x`},
+		"ok@x":    {ORcptType: "utf-8", ORcpt: "josé@x"},
+	}}}
+	assert.Equal(t, " RET=FULL", dsnMailParams(env), "RET is sent in the spelling it must have")
+	assert.Equal(t, smtp.DSNReturnFull, dsnMailOptions(&smtp.MailOptions{}, env).Return)
+	env.DSN.Return = "sometimes"
+	assert.Empty(t, dsnMailParams(env))
+	assert.Empty(t, dsnMailOptions(&smtp.MailOptions{}, env).Return, "go-smtp's client fails on an unknown RET")
+	assert.Empty(t, dsnRcptParams(env, "tab@x", true), "an ORCPT that cannot be encoded is left out, not the recipient")
+	assert.Empty(t, dsnRcptParams(env, "slash@x", false))
+	assert.Nil(t, dsnRcptOptions(env, "slash@x").Notify)
+	assert.Empty(t, dsnRcptOptions(env, "slash@x").OriginalRecipient)
+	assert.Equal(t, " ORCPT=UTF-8;jos\\x{E9}@x", dsnRcptParams(env, "ok@x", false))
 }
 
 func TestDSNNotifies(t *testing.T) {

@@ -223,7 +223,8 @@ type RecipientResult struct {
 	// NoDSN is set on an accepted recipient when the receiver did not
 	// offer DSN (RFC 3461): the sender's requests for notifications end
 	// here, and a queue should send the "relayed" notification a NOTIFY
-	// with SUCCESS asks for (RFC 3461 section 4.1).
+	// with SUCCESS asks for (RFC 3461 section 4.1). The spool package
+	// does; MemoryQueue, which sends no notifications at all, ignores it.
 	NoDSN bool
 }
 

@@ -72,9 +72,10 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 	}
 	var rcptParams []string
 	if ok, _ := c.Extension("DSN"); ok && env.DSN != nil {
+		// Raw UTF-8 in ORCPT only inside an SMTPUTF8 transaction.
 		utf8, _ := c.Extension("SMTPUTF8")
 		for _, r := range rcpts {
-			rcptParams = append(rcptParams, dsnRcptParams(env, r, utf8))
+			rcptParams = append(rcptParams, dsnRcptParams(env, r, utf8 && env.UTF8))
 		}
 	}
 	return snd.Send(&pipeline.Mail{

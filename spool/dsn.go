@@ -142,16 +142,22 @@ func (r *report) writeTo(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(pw, "Reporting-MTA: dns; %s\r\n", host)
+	// RFC 3464 section 2.2: Original-Envelope-Id, Reporting-MTA,
+	// Arrival-Date, then extension fields.
 	if r.envID != "" {
 		fmt.Fprintf(pw, "Original-Envelope-Id: %s\r\n", clean(r.envID))
 	}
-	fmt.Fprintf(pw, "X-ODMR-Queue-ID: %s\r\n", r.msgID)
+	fmt.Fprintf(pw, "Reporting-MTA: dns; %s\r\n", host)
 	fmt.Fprintf(pw, "Arrival-Date: %s\r\n", r.arrival.Format(time.RFC1123Z))
+	fmt.Fprintf(pw, "X-ODMR-Queue-ID: %s\r\n", r.msgID)
 	for _, rc := range r.rcpts {
 		pw.Write([]byte("\r\n"))
 		if rc.orcpt != "" && rc.orcptType != "" {
-			fmt.Fprintf(pw, "Original-Recipient: %s;%s\r\n", strings.ToLower(clean(rc.orcptType)), clean(rc.orcpt))
+			orcpt := clean(rc.orcpt)
+			if strings.EqualFold(rc.orcptType, "utf-8") {
+				orcpt = utf8AddrText(rc.orcpt, global)
+			}
+			fmt.Fprintf(pw, "Original-Recipient: %s;%s\r\n", strings.ToLower(clean(rc.orcptType)), orcpt)
 		}
 		fmt.Fprintf(pw, "Final-Recipient: %s; %s\r\n", addrType, clean(rc.addr))
 		action := rc.action
@@ -271,4 +277,23 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
+}
+
+// utf8AddrText writes a utf-8 address as RFC 6533 section 3 has it in a
+// report: utf-8-addr-unitext in the global types, which keeps non-ASCII
+// characters, utf-8-addr-xtext otherwise; "+", "=", "\\", space and
+// controls become \x{HEX}.
+func utf8AddrText(s string, unitext bool) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\':
+			b.WriteRune(r)
+		case r > 0x7f && unitext:
+			b.WriteRune(r)
+		default:
+			fmt.Fprintf(&b, `\x{%02X}`, r)
+		}
+	}
+	return b.String()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -67,7 +69,7 @@ func TestFailureReportHonoursNOTIFY(t *testing.T) {
 	assert.NotContains(t, dsn, "success@example.org")
 	assert.Contains(t, dsn, "Final-Recipient: rfc822; plain@example.org")
 	assert.Contains(t, dsn, "Original-Recipient: rfc822;old@example.org\r\nFinal-Recipient: rfc822; orcpt@example.org")
-	assert.Contains(t, dsn, "Original-Envelope-Id: QQ314159\r\n")
+	assert.Contains(t, dsn, "Original-Envelope-Id: QQ314159\r\nReporting-MTA: ", "in the order of RFC 3464 section 2.2")
 	assert.Contains(t, f.logs.String(), "their NOTIFY asks for no DSN")
 }
 
@@ -124,4 +126,24 @@ func TestNoRelayedReportWhenTheCustomerOffersDSN(t *testing.T) {
 	n, err := f.s.PendingBounces()
 	require.NoError(t, err)
 	assert.Zero(t, n, "the customer reports success itself")
+}
+
+func TestRelayedReportIsSentAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, func(o *Options) { o.MaintenanceInterval = time.Hour })
+		f.enqueueDSN()
+		b, err := f.s.Claim(context.Background(), []string{"example.org"})
+		require.NoError(t, err)
+		d, err := next(t, b)
+		require.NoError(t, err)
+		var results []odmr.RecipientResult
+		for _, r := range d.env.To {
+			results = append(results, odmr.RecipientResult{Recipient: r, NoDSN: true})
+		}
+		require.NoError(t, d.msg.Complete(context.Background(), results))
+		require.NoError(t, b.Close())
+		synctest.Wait()
+		_, dsns := f.bounces.all()
+		assert.Len(t, dsns, 1, "sent as soon as written, not at the next maintenance")
+	})
 }

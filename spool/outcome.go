@@ -166,7 +166,7 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 		}
 	}
 	s.idx.remove(id, emptied...)
-	if len(failed) > 0 && env.From != "" {
+	if (len(failed) > 0 || len(relayed) > 0) && env.From != "" {
 		s.kickBouncer()
 	}
 	return nil
