@@ -17,7 +17,7 @@
 //	   | ---- ATRN example.org --------> |
 //	   | <--- 250 ---------------------- |  reversed state (5.3)
 //	   | ---- 220 greeting ------------> |
-//	   | <--- EHLO, MAIL, RCPT, DATA --- |  the provider is now the client
+//	   | <--- EHLO, MAIL, RCPT, BDAT --- |  the provider is now the client
 //	   | <--- QUIT --------------------- |
 //
 // [Provider] serves the provider role over any [net.Conn]: it needs an
@@ -29,6 +29,13 @@
 // hands each message to a [MessageSink] (package maildir has one; see
 // also [NewSMTPSink] and [NewLMTPSink]), or hands the reversed connection
 // to a [Handler] such as [Relay].
+//
+// The provider pipelines its commands (RFC 2920) to a customer that
+// offers PIPELINING, and sends bodies with BDAT (RFC 3030) to one that also
+// offers CHUNKING. Delivery status notification requests ([Envelope.DSN],
+// RFC 3461) travel with each message. The customer stamps each message it
+// receives with a Received: field, and tells its sink about the session
+// ([ReversedSessionFromContext]).
 //
 // Replies travel as [*Error], which carries the reply code; the codes of
 // RFC 2645 section 7 are sentinels such as [ErrNoMail] and [ErrATRNRefused]
