@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 )
@@ -190,7 +191,7 @@ func orcptType(r RecipientDSN) string {
 		// go-smtp's client cannot send a backslash, nor either encoder
 		// a control character: leave the ORCPT out rather than have the
 		// recipient refused for it.
-		if !strings.ContainsFunc(r.ORcpt, func(c rune) bool { return c < ' ' || c == 0x7f || c == '\\' }) {
+		if utf8.ValidString(r.ORcpt) && !strings.ContainsFunc(r.ORcpt, func(c rune) bool { return c < ' ' || c == 0x7f || c == '\\' }) {
 			return "UTF-8"
 		}
 	}
