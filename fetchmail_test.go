@@ -44,6 +44,10 @@ type sinkMessage struct {
 
 // smtpSink is a go-smtp server standing in for fetchmail's local MTA.
 type smtpSink struct {
+	// slow delays the reply to each message's data, as a real MTA's
+	// queue write does.
+	slow time.Duration
+
 	mu   sync.Mutex
 	msgs []sinkMessage
 }
@@ -77,6 +81,7 @@ func (ss *sinkSession) Data(r io.Reader) error {
 		return err
 	}
 	ss.cur.Data = string(b)
+	time.Sleep(ss.sink.slow)
 	ss.sink.mu.Lock()
 	ss.sink.msgs = append(ss.sink.msgs, ss.cur)
 	ss.sink.mu.Unlock()
@@ -120,7 +125,7 @@ poll %q with protocol ODMR service %s timeout 20
 	cmd := exec.CommandContext(ctx, bin, "-v", "-v", "--nodetach", "--nosyslog", "-f", rcPath, "--pidfile", filepath.Join(dir, "pid"))
 	cmd.Env = append(os.Environ(), "FETCHMAILHOME="+dir, "HOME="+dir)
 	out, err := cmd.CombinedOutput()
-	require.NoError(t, ctx.Err(), "fetchmail timed out:\n%s", out)
+	require.NoError(t, ctx.Err(), "fetchmail timed out; its log ends:\n%s", lastLines(string(out), 30))
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -148,6 +153,28 @@ func TestFetchmailInterop(t *testing.T) {
 		assert.Equal(t, []string{"w@example.com"}, msgs[1].To)
 		assert.Equal(t, 0, f.q.Len(), "delivered mail is acknowledged to the queue")
 		assert.NotContains(t, out, testSecret)
+	})
+
+	t.Run("a large message after a small one, with BDAT", func(t *testing.T) {
+		// fetchmail relays line by line and, while it waits for the end
+		// of a line from the provider, reads nothing from its MTA. A
+		// provider that stopped with part of a line sent (a chunk cut
+		// mid-line) to wait for the MTA's replies waited forever; seen
+		// against Postfix with a 2 MB message.
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		line := strings.Repeat("0123456789", 99) + "\r\n" // 1000 bytes: 64 KiB chunks end mid-line
+		big := "Subject: big\r\n\r\n" + strings.Repeat(line, 300)
+		f.enqueue(t, "s@x.test", big, "u@example.org")
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		sink, sinkAddr := startSink(t)
+		sink.slow = 300 * time.Millisecond // the provider gets ahead of the replies
+		code, out := runFetchmail(t, bin, f.addr, testUser, testSecret, "example.org", sinkAddr)
+		require.Equal(t, 0, code, lastLines(out, 20))
+		msgs := sink.messages()
+		require.Len(t, msgs, 3, lastLines(out, 20))
+		assert.Equal(t, big, msgs[1].Data)
+		assert.Equal(t, 0, f.q.Len())
 	})
 
 	t.Run("no mail is 453 and exit 0", func(t *testing.T) {
@@ -194,4 +221,10 @@ func TestFetchmailInterop(t *testing.T) {
 		require.Equal(t, 0, code, out)
 		require.Len(t, sink.messages(), 1)
 	})
+}
+
+// lastLines is the end of a long log.
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

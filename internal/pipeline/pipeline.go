@@ -22,6 +22,7 @@ package pipeline
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -511,13 +512,14 @@ func (s *Sender) sendChunks(t *txn, body io.Reader) error {
 		if n > 0 {
 			enc.encode(c, buf[:n])
 			for len(c.b) >= s.cfg.ChunkSize {
-				if stop := s.chunk(t, c.b[:s.cfg.ChunkSize], false); stop || s.err != nil {
+				n := chunkEnd(c.b[:s.cfg.ChunkSize])
+				if stop := s.chunk(t, c.b[:n], false); stop || s.err != nil {
 					t.final = true
 					s.maybeFinish(t)
 					s.flush()
 					return s.err
 				}
-				c.b = c.b[:copy(c.b, c.b[s.cfg.ChunkSize:])]
+				c.b = c.b[:copy(c.b, c.b[n:])]
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -532,6 +534,19 @@ func (s *Sender) sendChunks(t *txn, body io.Reader) error {
 	s.maybeFinish(t)
 	s.flush()
 	return s.err
+}
+
+// chunkEnd returns the length of the chunk to cut from b: up to its last
+// line feed, so that a chunk ends with a whole line, or all of b when it
+// holds none. A relay that passes the session on line by line, as
+// fetchmail does, holds a partial line until its end comes and meanwhile
+// reads nothing from the other side: a sender that stopped after part of
+// a line to wait for replies would wait forever.
+func chunkEnd(b []byte) int {
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		return i + 1
+	}
+	return len(b)
 }
 
 // chunk sends one BDAT chunk, first waiting, if needed, until no more

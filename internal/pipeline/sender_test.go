@@ -614,3 +614,47 @@ func TestCloseSettlesMessagesInFlight(t *testing.T) {
 	assert.Equal(t, []int{-1}, o.codes())
 	assert.ErrorIs(t, o.errs[0], ErrClosed)
 }
+
+func TestBDATChunksEndWithWholeLines(t *testing.T) {
+	// A relay that passes the session on line by line (fetchmail) holds a
+	// partial line; a chunk that ended mid-line, with the sender then
+	// waiting for replies, deadlocked it.
+	srv := &pipetest.Server{Ext: []string{"PIPELINING", "CHUNKING"}}
+	snd := start(t, srv, Config{Chunking: true, ChunkSize: 100})
+	long := strings.Repeat("L", 250) + "\r\n" // longer than a chunk: cut where it must
+	body := strings.Repeat("a line of 30 bytes, with CRLF\r\n", 10) + long + "end\r\n"
+	m, o := msg("s@x.test", body, "a@y.test")
+	require.NoError(t, snd.Send(m))
+	require.NoError(t, snd.Quit())
+	assert.Equal(t, []int{0}, o.codes())
+	require.Len(t, srv.Delivered(), 1)
+	assert.Equal(t, body, srv.Delivered()[0].Body)
+
+	in := srv.Input()
+	var sizes []int
+	for {
+		i := strings.Index(in, "BDAT ")
+		if i < 0 {
+			break
+		}
+		line, rest, _ := strings.Cut(in[i:], "\r\n")
+		var n int
+		fmt.Sscanf(line, "BDAT %d", &n)
+		chunk := rest[:n]
+		sizes = append(sizes, n)
+		if !strings.HasSuffix(line, "LAST") && !strings.HasSuffix(chunk, "\n") && !strings.Contains(chunk, "LLLLLLLLLL") {
+			t.Errorf("chunk of %d bytes ends mid-line: %q", n, chunk[max(0, n-20):])
+		}
+		in = rest[n:]
+	}
+	assert.Greater(t, len(sizes), 4, "the body went in several chunks: %v", sizes)
+	for _, n := range sizes {
+		assert.LessOrEqual(t, n, 100)
+	}
+}
+
+func TestChunkEnd(t *testing.T) {
+	assert.Equal(t, 7, chunkEnd([]byte("ab\r\ncd\nef")))
+	assert.Equal(t, 4, chunkEnd([]byte("abcd")), "no line feed: all of it")
+	assert.Equal(t, 3, chunkEnd([]byte("a\r\n")))
+}
