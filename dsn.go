@@ -69,7 +69,7 @@ func addRcptDSN(d **DSN, rcpt string, opts *smtp.RcptOptions) {
 func dsnMailOptions(opts *smtp.MailOptions, env Envelope) *smtp.MailOptions {
 	if env.DSN != nil {
 		opts.Return = smtp.DSNReturn(validReturn(env.DSN.Return))
-		if printableASCII(env.DSN.EnvID) {
+		if sendableEnvID(env.DSN.EnvID) {
 			opts.EnvelopeID = env.DSN.EnvID
 		}
 	}
@@ -93,7 +93,7 @@ func dsnRcptOptions(env Envelope, rcpt string) *smtp.RcptOptions {
 			opts.Notify = append(opts.Notify, smtp.DSNNotify(n))
 		}
 	}
-	if t := orcptType(r); t != "" {
+	if t := orcptType(r); t != "" && len(orcptValue(t, r.ORcpt, false)) <= maxORcpt {
 		opts.OriginalRecipientType, opts.OriginalRecipient = smtp.DSNAddressType(t), r.ORcpt
 	}
 	return opts
@@ -109,7 +109,7 @@ func dsnMailParams(env Envelope) string {
 	if r := validReturn(env.DSN.Return); r != "" {
 		b.WriteString(" RET=" + string(r))
 	}
-	if id := env.DSN.EnvID; id != "" && printableASCII(id) {
+	if id := env.DSN.EnvID; id != "" && sendableEnvID(id) {
 		b.WriteString(" ENVID=" + xtext(id))
 	}
 	return b.String()
@@ -136,11 +136,10 @@ func dsnRcptParams(env Envelope, rcpt string, utf8 bool) string {
 			b.WriteString(string(n))
 		}
 	}
-	switch orcptType(r) {
-	case "RFC822":
-		b.WriteString(" ORCPT=RFC822;" + xtext(r.ORcpt))
-	case "UTF-8":
-		b.WriteString(" ORCPT=UTF-8;" + utf8AddrText(r.ORcpt, utf8))
+	if t := orcptType(r); t != "" {
+		if v := orcptValue(t, r.ORcpt, utf8); len(v) <= maxORcpt {
+			b.WriteString(" ORCPT=" + v)
+		}
 	}
 	return b.String()
 }
@@ -152,6 +151,25 @@ func validReturn(r DSNReturn) DSNReturn {
 		return r
 	}
 	return ""
+}
+
+// RFC 3461 bounds the encoded values: ENVID to 100 characters (section
+// 4.4), ORCPT to 500 (section 4.2). A longer one is left out.
+const (
+	maxEnvID = 100
+	maxORcpt = 500
+)
+
+func sendableEnvID(id string) bool {
+	return printableASCII(id) && len(xtext(id)) <= maxEnvID
+}
+
+// orcptValue is the ORCPT parameter's value, type and encoded address.
+func orcptValue(typ, addr string, unitext bool) string {
+	if typ == "RFC822" {
+		return "RFC822;" + xtext(addr)
+	}
+	return "UTF-8;" + utf8AddrText(addr, unitext)
 }
 
 // validNotify reports whether n is a NOTIFY value RFC 3461 section 4.1

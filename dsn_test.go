@@ -50,6 +50,14 @@ func TestDSNValuesThatCannotBeSentAreLeftOut(t *testing.T) {
 	assert.Nil(t, dsnRcptOptions(env, "slash@x").Notify)
 	assert.Empty(t, dsnRcptOptions(env, "slash@x").OriginalRecipient)
 	assert.Equal(t, " ORCPT=UTF-8;jos\\x{E9}@x", dsnRcptParams(env, "ok@x", false))
+
+	// RFC 3461 sections 4.2 and 4.4: at most 500 and 100 characters.
+	env.DSN.EnvID = strings.Repeat("e", 101)
+	env.DSN.Recipients["long@x"] = RecipientDSN{ORcptType: "rfc822", ORcpt: strings.Repeat("o", 500) + "@x"}
+	assert.Empty(t, dsnMailParams(env))
+	assert.Empty(t, dsnMailOptions(&smtp.MailOptions{}, env).EnvelopeID)
+	assert.Empty(t, dsnRcptParams(env, "long@x", false))
+	assert.Empty(t, dsnRcptOptions(env, "long@x").OriginalRecipient)
 }
 
 func TestDSNNotifies(t *testing.T) {
