@@ -226,11 +226,15 @@ func TestCustomerCountsABDATChunkOverTheSizeLimitAsRefused(t *testing.T) {
 func TestCustomerPrependsReceived(t *testing.T) {
 	custNoLeaks(t)
 	body := "Subject: trace\r\n\r\nHi.\r\n"
-	send := func(greet string, rcpts ...string) func(c *textproto.Conn, raw net.Conn) {
+	// send plays a provider that greets with each of hellos, then sends
+	// one message with MAIL's params to rcpts.
+	send := func(hellos []string, params string, rcpts ...string) func(c *textproto.Conn, raw net.Conn) {
 		return func(c *textproto.Conn, raw net.Conn) {
-			c.PrintfLine("%s relay.example.net", greet)
-			c.ReadResponse(250)
-			c.PrintfLine("MAIL FROM:<a@sender.test>")
+			for _, h := range hellos {
+				c.PrintfLine("%s", h)
+				c.ReadResponse(250)
+			}
+			c.PrintfLine("MAIL FROM:<a@sender.test>%s", params)
 			c.ReadResponse(250)
 			for _, r := range rcpts {
 				c.PrintfLine("RCPT TO:<%s>", r)
@@ -257,7 +261,7 @@ func TestCustomerPrependsReceived(t *testing.T) {
 	}
 	t.Run("EHLO, one recipient", func(t *testing.T) {
 		before := time.Now().Truncate(time.Second)
-		got := fetch(t, send("EHLO", "u1@example.org"), false)
+		got := fetch(t, send([]string{"EHLO relay.example.net"}, "", "u1@example.org"), false)
 		lines := strings.Split(strings.TrimSuffix(got.received, "\r\n"), "\r\n")
 		require.Len(t, lines, 3, got.received)
 		assert.Equal(t, "Received: from relay.example.net ([127.0.0.1])", lines[0])
@@ -274,33 +278,18 @@ func TestCustomerPrependsReceived(t *testing.T) {
 		assert.Nil(t, got.session.TLS)
 	})
 	t.Run("HELO, two recipients", func(t *testing.T) {
-		got := fetch(t, send("HELO", "u1@example.org", "u2@example.org"), false)
+		got := fetch(t, send([]string{"HELO relay.example.net"}, "", "u1@example.org", "u2@example.org"), false)
 		assert.Contains(t, got.received, " with SMTP id ")
 		assert.NotContains(t, got.received, "for <", "no recipient is named when there are several")
 	})
 	t.Run("SMTPUTF8, a second EHLO", func(t *testing.T) {
-		got := fetch(t, func(c *textproto.Conn, raw net.Conn) {
-			c.PrintfLine("EHLO first.example.net")
-			c.ReadResponse(250)
-			c.PrintfLine("EHLO relay.example.net")
-			c.ReadResponse(250)
-			c.PrintfLine("MAIL FROM:<a@sender.test> SMTPUTF8")
-			c.ReadResponse(250)
-			c.PrintfLine("RCPT TO:<jos\u00e9@example.org>")
-			c.ReadResponse(250)
-			c.PrintfLine("DATA")
-			c.ReadResponse(354)
-			io.WriteString(raw, body+".\r\n")
-			c.ReadResponse(250)
-			c.PrintfLine("QUIT")
-			c.ReadResponse(221)
-		}, false)
+		got := fetch(t, send([]string{"EHLO first.example.net", "EHLO relay.example.net"}, " SMTPUTF8", "jos\u00e9@example.org"), false)
 		assert.Contains(t, got.received, "from relay.example.net ", "the name of the latest EHLO")
 		assert.Contains(t, got.received, " with UTF8SMTP id ", "RFC 6531 section 3.7.3")
 		assert.NotContains(t, got.received, "for <", "an address the field cannot carry as it is is left out")
 	})
 	t.Run("NoReceivedHeader", func(t *testing.T) {
-		got := fetch(t, send("EHLO", "u1@example.org"), true)
+		got := fetch(t, send([]string{"EHLO relay.example.net"}, "", "u1@example.org"), true)
 		assert.Empty(t, got.received)
 	})
 }

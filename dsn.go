@@ -1,18 +1,20 @@
 package odmr
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/go-odmr/odmr/internal/xtext"
 )
 
 // This file carries RFC 3461 delivery status notification parameters
 // between Envelope.DSN and go-smtp's options, in both roles: MAIL's RET
 // and ENVID, RCPT's NOTIFY and ORCPT. go-smtp decodes and encodes xtext
-// itself; the pipelined path writes its own commands, with xtext below.
+// itself; the pipelined path writes its own commands, with package
+// internal/xtext.
 
 // only returns a copy of d with the requests of the recipients in to
 // alone; nil when nothing is left.
@@ -110,7 +112,7 @@ func dsnMailParams(env Envelope) string {
 		b.WriteString(" RET=" + string(r))
 	}
 	if id := env.DSN.EnvID; id != "" && sendableEnvID(id) {
-		b.WriteString(" ENVID=" + xtext(id))
+		b.WriteString(" ENVID=" + xtext.Encode(id))
 	}
 	return b.String()
 }
@@ -161,15 +163,15 @@ const (
 )
 
 func sendableEnvID(id string) bool {
-	return printableASCII(id) && len(xtext(id)) <= maxEnvID
+	return printableASCII(id) && len(xtext.Encode(id)) <= maxEnvID
 }
 
 // orcptValue is the ORCPT parameter's value, type and encoded address.
 func orcptValue(typ, addr string, unitext bool) string {
 	if typ == "RFC822" {
-		return "RFC822;" + xtext(addr)
+		return "RFC822;" + xtext.Encode(addr)
 	}
-	return "UTF-8;" + utf8AddrText(addr, unitext)
+	return "UTF-8;" + xtext.UTF8Addr(addr, unitext)
 }
 
 // validNotify reports whether n is a NOTIFY value RFC 3461 section 4.1
@@ -223,41 +225,4 @@ func printableASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-// xtext encodes s as RFC 3461 section 4 xtext: "+", "=" and every byte
-// outside "!" to "~" as "+" and two upper-case hex digits.
-func xtext(s string) string {
-	const hex = "0123456789ABCDEF"
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= '!' && c <= '~' && c != '+' && c != '=' {
-			b.WriteByte(c)
-			continue
-		}
-		b.WriteByte('+')
-		b.WriteByte(hex[c>>4])
-		b.WriteByte(hex[c&15])
-	}
-	return b.String()
-}
-
-// utf8AddrText encodes a utf-8 ORCPT address (RFC 6533 section 3):
-// utf-8-addr-unitext when the receiver offers SMTPUTF8, which keeps
-// non-ASCII characters, utf-8-addr-xtext otherwise; "+", "=", controls
-// and space become \x{HEX}.
-func utf8AddrText(s string, unitext bool) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\':
-			b.WriteRune(r)
-		case r > 0x7f && unitext:
-			b.WriteRune(r)
-		default:
-			fmt.Fprintf(&b, `\x{%02X}`, r)
-		}
-	}
-	return b.String()
 }

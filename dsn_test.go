@@ -26,14 +26,6 @@ func testDSN() *DSN {
 	}
 }
 
-func TestXtext(t *testing.T) {
-	assert.Equal(t, "QQ314159+20a+2Bb+3Dc", xtext("QQ314159 a+b=c"))
-	assert.Equal(t, "+09+7F+C3+A9", xtext("\t\x7fé"))
-	assert.Equal(t, `jos\x{E9}@example.org`, utf8AddrText("josé@example.org", false))
-	assert.Equal(t, `josé\x{2B}\x{3D}@example.org`, utf8AddrText("josé+=@example.org", true))
-	assert.Equal(t, `a\x{09}b\x{7F}@x`, utf8AddrText("a\tb\x7f@x", true), "two hex digits at least; DEL escaped")
-}
-
 func TestDSNValuesThatCannotBeSentAreLeftOut(t *testing.T) {
 	env := Envelope{DSN: &DSN{Return: "full", Recipients: map[string]RecipientDSN{
 		"tab@x":   {ORcptType: "UTF-8", ORcpt: "a\tb@x"},

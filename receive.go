@@ -291,14 +291,19 @@ func (r *receiver) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	return s, nil
 }
 
+// current is the session, once EHLO has made it; nil before.
+func (r *receiver) current() *recvSession {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.session
+}
+
 // chunkRefused counts a message go-smtp refused for its size in the
 // middle of a BDAT transfer. The same reply to MAIL FROM with a SIZE over
 // the limit comes before the session sees the MAIL: it is not a message
 // refused, and no transaction is open then.
 func (r *receiver) chunkRefused() {
-	r.mu.Lock()
-	s := r.session
-	r.mu.Unlock()
+	s := r.current()
 	if s == nil {
 		return
 	}
@@ -315,9 +320,7 @@ func (r *receiver) chunkRefused() {
 // last. When the transfer's Data has not started (the chunks so far were
 // empty), the next MAIL must wait for it: see waitBDAT.
 func (r *receiver) chunkContinued() {
-	r.mu.Lock()
-	s := r.session
-	r.mu.Unlock()
+	s := r.current()
 	if s == nil {
 		return
 	}

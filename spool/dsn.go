@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/xtext"
 )
 
 // Delivery status notifications.
@@ -155,7 +156,7 @@ func (r *report) writeTo(w io.Writer) error {
 		if rc.orcpt != "" && rc.orcptType != "" {
 			orcpt := clean(rc.orcpt)
 			if strings.EqualFold(rc.orcptType, "utf-8") {
-				orcpt = utf8AddrText(rc.orcpt, global)
+				orcpt = xtext.UTF8Addr(rc.orcpt, global)
 			}
 			fmt.Fprintf(pw, "Original-Recipient: %s;%s\r\n", strings.ToLower(clean(rc.orcptType)), orcpt)
 		}
@@ -277,23 +278,4 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
-}
-
-// utf8AddrText writes a utf-8 address as RFC 6533 section 3 has it in a
-// report: utf-8-addr-unitext in the global types, which keeps non-ASCII
-// characters, utf-8-addr-xtext otherwise; "+", "=", "\\", space and
-// controls become \x{HEX}.
-func utf8AddrText(s string, unitext bool) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\':
-			b.WriteRune(r)
-		case r > 0x7f && unitext:
-			b.WriteRune(r)
-		default:
-			fmt.Fprintf(&b, `\x{%02X}`, r)
-		}
-	}
-	return b.String()
 }

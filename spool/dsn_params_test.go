@@ -34,6 +34,33 @@ func (f *fixture) enqueueDSN() {
 	require.NoError(f.t, err)
 }
 
+// onlyReport sends the outbox and returns the one report that was in it.
+func (f *fixture) onlyReport() string {
+	f.t.Helper()
+	sent, err := f.s.FlushBounces(context.Background())
+	require.NoError(f.t, err)
+	require.Equal(f.t, 1, sent)
+	_, dsns := f.bounces.all()
+	require.Len(f.t, dsns, 1)
+	return dsns[0]
+}
+
+// deliverWithoutDSN claims example.org's mail and completes it as a
+// customer that took every recipient without offering DSN.
+func (f *fixture) deliverWithoutDSN() {
+	f.t.Helper()
+	b, err := f.s.Claim(context.Background(), []string{"example.org"})
+	require.NoError(f.t, err)
+	d, err := next(f.t, b)
+	require.NoError(f.t, err)
+	var results []odmr.RecipientResult
+	for _, r := range d.env.To {
+		results = append(results, odmr.RecipientResult{Recipient: r, NoDSN: true})
+	}
+	require.NoError(f.t, d.msg.Complete(context.Background(), results))
+	require.NoError(f.t, b.Close())
+}
+
 func TestDSNParametersSurviveTheSpool(t *testing.T) {
 	f := newFixture(t)
 	f.enqueueDSN()
@@ -57,12 +84,7 @@ func TestFailureReportHonoursNOTIFY(t *testing.T) {
 	f := newFixture(t)
 	f.enqueueDSN()
 	failOne(t, f.s, "example.org")
-	sent, err := f.s.FlushBounces(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, 1, sent)
-	_, dsns := f.bounces.all()
-	require.Len(t, dsns, 1)
-	dsn := dsns[0]
+	dsn := f.onlyReport()
 	// NOTIFY=NEVER and NOTIFY=SUCCESS ask for no failure report; no
 	// NOTIFY means failures are reported.
 	assert.NotContains(t, dsn, "never@example.org")
@@ -89,23 +111,8 @@ func TestNoReportWhenNoRecipientWantsOne(t *testing.T) {
 func TestRelayedReportForNOTIFYSuccess(t *testing.T) {
 	f := newFixture(t)
 	f.enqueueDSN()
-	b, err := f.s.Claim(context.Background(), []string{"example.org"})
-	require.NoError(t, err)
-	d, err := next(t, b)
-	require.NoError(t, err)
-	// The customer took every recipient without offering DSN.
-	var results []odmr.RecipientResult
-	for _, r := range d.env.To {
-		results = append(results, odmr.RecipientResult{Recipient: r, NoDSN: true})
-	}
-	require.NoError(t, d.msg.Complete(context.Background(), results))
-	require.NoError(t, b.Close())
-	sent, err := f.s.FlushBounces(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, 1, sent)
-	_, dsns := f.bounces.all()
-	require.Len(t, dsns, 1)
-	dsn := dsns[0]
+	f.deliverWithoutDSN()
+	dsn := f.onlyReport()
 	assert.Contains(t, dsn, "Subject: Successful Mail Delivery Report\r\n")
 	assert.Contains(t, dsn, "Final-Recipient: rfc822; success@example.org\r\nAction: relayed\r\nStatus: 2.0.0\r\n")
 	assert.Contains(t, dsn, "Original-Envelope-Id: QQ314159\r\n")
@@ -132,16 +139,7 @@ func TestRelayedReportIsSentAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFixture(t, func(o *Options) { o.MaintenanceInterval = time.Hour })
 		f.enqueueDSN()
-		b, err := f.s.Claim(context.Background(), []string{"example.org"})
-		require.NoError(t, err)
-		d, err := next(t, b)
-		require.NoError(t, err)
-		var results []odmr.RecipientResult
-		for _, r := range d.env.To {
-			results = append(results, odmr.RecipientResult{Recipient: r, NoDSN: true})
-		}
-		require.NoError(t, d.msg.Complete(context.Background(), results))
-		require.NoError(t, b.Close())
+		f.deliverWithoutDSN()
 		synctest.Wait()
 		_, dsns := f.bounces.all()
 		assert.Len(t, dsns, 1, "sent as soon as written, not at the next maintenance")
