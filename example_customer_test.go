@@ -137,3 +137,51 @@ func ExampleNewLMTPSink() {
 		log.Print(err)
 	}
 }
+
+// dsnPrinter is a sink that takes DSN requests on (a real one would pass
+// them to a mail server that honours them) and prints what it is given.
+type dsnPrinter struct{}
+
+func (dsnPrinter) PassesDSN() bool { return true }
+
+func (dsnPrinter) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return err
+	}
+	session, _ := odmr.ReversedSessionFromContext(ctx)
+	fmt.Printf("from %s, TLS %v: RET=%s ENVID=%s NOTIFY=%v\n", session.Provider, session.TLS != nil,
+		env.DSN.Return, env.DSN.EnvID, env.DSN.Recipients["alice@example.org"].Notify)
+	return nil
+}
+
+// Delivery status notification requests travel with the message to a
+// sink that takes them on, and the sink learns which session the message
+// came in.
+func ExampleReversedSessionFromContext() {
+	accounts := odmr.Accounts{
+		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
+	}
+	queue := &odmr.MemoryQueue{}
+	queue.Enqueue(odmr.Envelope{
+		From: "bob@example.net", To: []string{"alice@example.org"},
+		DSN: &odmr.DSN{Return: odmr.ReturnHeaders, EnvID: "bob-42", Recipients: map[string]odmr.RecipientDSN{
+			"alice@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess, odmr.NotifyFailure}},
+		}},
+	}, strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
+	provider := &odmr.Provider{Hostname: "mx.example.net", Authenticator: accounts, Authorizer: accounts,
+		Queue: queue, Logger: slog.New(slog.DiscardHandler)}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go provider.ServeListener(l)
+	defer provider.Shutdown(context.Background())
+
+	customer := &odmr.Customer{Addr: l.Addr().String(), Username: "alice", Secret: "s3cret",
+		Hostname: "customer.example.org", Sink: dsnPrinter{}, Logger: slog.New(slog.DiscardHandler)}
+	if _, err := customer.Fetch(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// from mx.example.net, TLS false: RET=HDRS ENVID=bob-42 NOTIFY=[SUCCESS FAILURE]
+}
