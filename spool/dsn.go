@@ -29,6 +29,11 @@ import (
 // DSN; longer sections are cut at a line boundary.
 const maxReportedHeaders = 64 << 10
 
+// maxReturnedMessage bounds the message a failure report returns whole
+// when the sender asked for it with RET=FULL; a larger one is returned as
+// its header section.
+const maxReturnedMessage = 256 << 10
+
 // report is the content of one DSN.
 type report struct {
 	id       string // the DSN's own ID
@@ -39,7 +44,9 @@ type report struct {
 	arrival  time.Time
 	date     time.Time
 	rcpts    []reportRecipient
-	headers  []byte // the original header section
+	headers  []byte    // the original header section
+	full     io.Reader // the whole original message, to return instead of headers; nil if not
+	eightBit bool      // full holds 8-bit text
 }
 
 type reportRecipient struct {
@@ -53,6 +60,8 @@ type reportRecipient struct {
 	expired     bool
 	age         time.Duration // for expired: how long it was queued
 }
+
+func (rc reportRecipient) relayed() bool { return rc.action == "relayed" }
 
 // statusFor returns the status of a recipient refused with e: its
 // enhanced code when the class agrees with the reply, else the class of
@@ -94,7 +103,7 @@ func (r *report) writeTo(w io.Writer) error {
 	h := func(name, value string) { fmt.Fprintf(bw, "%s: %s\r\n", name, value) }
 	h("From", "Mail Delivery System <MAILER-DAEMON@"+host+">")
 	h("To", "<"+clean(r.sender)+">")
-	success := len(r.rcpts) > 0 && r.rcpts[0].action == "relayed"
+	success := len(r.rcpts) > 0 && r.rcpts[0].relayed()
 	if success {
 		h("Subject", "Successful Mail Delivery Report")
 	} else {
@@ -128,7 +137,10 @@ func (r *report) writeTo(w io.Writer) error {
 	} else {
 		pw.Write([]byte("Your message could not be delivered to one or more recipients.\r\n"))
 	}
-	if len(r.headers) > 0 {
+	switch {
+	case r.full != nil:
+		pw.Write([]byte("It is attached below.\r\n"))
+	case len(r.headers) > 0:
 		pw.Write([]byte("Its headers are attached below.\r\n"))
 	}
 	for _, rc := range r.rcpts {
@@ -175,8 +187,27 @@ func (r *report) writeTo(w io.Writer) error {
 		}
 	}
 
-	// The original headers.
-	if len(r.headers) > 0 {
+	// The original message, or its headers.
+	if r.full != nil {
+		msgType, cte := "message/rfc822", "7bit"
+		if global {
+			msgType = "message/global"
+		}
+		if r.eightBit || global {
+			cte = "8bit"
+		}
+		pw, err = mw.CreatePart(textproto.MIMEHeader{
+			"Content-Type":              {msgType},
+			"Content-Description":       {"Undelivered message"},
+			"Content-Transfer-Encoding": {cte},
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(pw, r.full); err != nil {
+			return err
+		}
+	} else if len(r.headers) > 0 {
 		pw, err = mw.CreatePart(textproto.MIMEHeader{
 			"Content-Type":        {headersType},
 			"Content-Description": {"Undelivered message headers"},

@@ -145,3 +145,39 @@ func TestRelayedReportIsSentAtOnce(t *testing.T) {
 		assert.Len(t, dsns, 1, "sent as soon as written, not at the next maintenance")
 	})
 }
+
+func TestRETFullReturnsTheMessage(t *testing.T) {
+	body := "Subject: x\r\n\r\nthe text, 8-bit: \xc3\xa9\r\n"
+	for _, c := range []struct {
+		name string
+		ret  odmr.DSNReturn
+		body string
+		full bool
+	}{
+		{"FULL", odmr.ReturnFull, body, true},
+		{"HDRS", odmr.ReturnHeaders, body, false},
+		{"none", "", body, false},
+		{"FULL, too large", odmr.ReturnFull, body + strings.Repeat("x", maxReturnedMessage), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			_, err := f.s.Enqueue(context.Background(), odmr.Envelope{From: "s@origin.test", To: []string{"gone@example.org"},
+				DSN: &odmr.DSN{Return: c.ret}}, strings.NewReader(c.body))
+			require.NoError(t, err)
+			failOne(t, f.s, "example.org")
+			dsn := f.onlyReport()
+			envs, _ := f.bounces.all()
+			if c.full {
+				assert.Contains(t, dsn, "Content-Type: message/rfc822\r\n")
+				assert.Contains(t, dsn, "Content-Transfer-Encoding: 8bit\r\n")
+				assert.Contains(t, dsn, "\r\n\r\n"+body, "the whole message, as it was queued")
+				assert.Contains(t, dsn, "It is attached below.")
+				assert.Equal(t, odmr.Body8BitMIME, envs[0].Body, "the report is sent as 8-bit")
+			} else {
+				assert.NotContains(t, dsn, "message/rfc822")
+				assert.Contains(t, dsn, "Content-Type: text/rfc822-headers\r\n")
+				assert.NotContains(t, dsn, "the text, 8-bit")
+			}
+		})
+	}
+}

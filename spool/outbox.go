@@ -44,6 +44,17 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 		id: id, hostname: s.opts.Hostname, sender: env.From, msgID: env.ID, envID: env.EnvID,
 		arrival: env.Received, date: now, rcpts: failed, headers: headers,
 	}
+	// RET=FULL asks a failure report for the whole message (RFC 3461
+	// section 4.3); up to maxReturnedMessage it gets it, and headers
+	// only beyond, as other MTAs do.
+	if env.Ret == odmr.ReturnFull && !failed[0].relayed() && env.Body != odmr.BodyBinaryMIME && env.Size <= maxReturnedMessage {
+		if body, err := os.Open(s.bodyPath(env.ID)); err == nil {
+			defer body.Close()
+			rep.full, rep.eightBit = body, env.Body == odmr.Body8BitMIME
+		} else {
+			s.log.Warn("spool: cannot read a failed message to return it whole; returning its headers", "id", env.ID, "err", err)
+		}
+	}
 
 	f, err := createTemp(s.path(tmpDir), "eml")
 	if err != nil {
@@ -74,7 +85,7 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 		Recipients: []recipientFile{{Addr: env.From, State: Queued}},
 		ReportFor:  env.ID,
 	}
-	if rep.global() {
+	if rep.global() || (rep.full != nil && rep.eightBit) {
 		de.Body = odmr.Body8BitMIME
 	}
 	if err := de.write(s.path(tmpDir), s.path(dsnDir, id+".json")); err != nil {
