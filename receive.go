@@ -123,7 +123,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
 
-	l := oneconn.New(&serverConn{Conn: conn, rcv: rcv, host: c.hostname()})
+	l := oneconn.New(&serverConn{Conn: conn, rcv: rcv})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	<-l.Done()
@@ -196,8 +196,7 @@ func (peerEOF) Is(target error) bool { return target == net.ErrClosed }
 //     session made it (a sink may use the same words) and counted it.
 type serverConn struct {
 	net.Conn
-	rcv  *receiver
-	host string
+	rcv *receiver
 }
 
 func (c *serverConn) Read(p []byte) (int, error) {
@@ -223,12 +222,12 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	var mended string
 	switch {
 	case code == "250-" && strings.HasPrefix(text, "Hello "):
-		mended = code + c.host + " " + text
+		mended = code + c.rcv.host + " " + text
 		c.rcv.mu.Lock()
 		c.rcv.helo = false
 		c.rcv.mu.Unlock()
 	case code == "250 " && strings.HasPrefix(text, "2.0.0 Hello "):
-		mended = code + c.host + " " + strings.TrimPrefix(text, "2.0.0 ")
+		mended = code + c.rcv.host + " " + strings.TrimPrefix(text, "2.0.0 ")
 		c.rcv.mu.Lock()
 		c.rcv.helo = true
 		c.rcv.mu.Unlock()
