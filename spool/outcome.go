@@ -80,7 +80,7 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 			if noDSN[r.Addr] && dsn.Notifies(r.Addr, odmr.NotifySuccess) {
 				// RFC 3461 section 4.1: the receiver will not report, so
 				// say that the message was relayed.
-				relayed = append(relayed, reportRecipient{addr: r.Addr, action: "relayed", status: odmr.EnhancedCode{2, 0, 0}, lastAttempt: now})
+				relayed = append(relayed, withORcpt(reportRecipient{addr: r.Addr, action: "relayed", status: odmr.EnhancedCode{2, 0, 0}, lastAttempt: now}, dsn))
 			}
 		case odmr.Permanent(err):
 			reply := odmr.AsError(err)
@@ -130,9 +130,6 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 		}
 	}
 	if len(relayed) > 0 && env.From != "" {
-		for i := range relayed {
-			relayed[i] = withORcpt(relayed[i], dsn)
-		}
 		if err := s.queueDSN(env, relayed, now); err != nil {
 			return err
 		}
