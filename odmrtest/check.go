@@ -142,19 +142,7 @@ func TestProvider(t *testing.T, cfg ProviderConfig) {
 	run := newRunID()
 	for _, c := range ProviderChecks() {
 		t.Run(c.ID(), func(t *testing.T) {
-			res := c.run1(t.Context(), cfg, run)
-			switch res.Status {
-			case Fail:
-				t.Errorf("%s %s: %s\n\tseen: %q", c.Level, c.Requirement, res.Detail, res.Seen)
-			case Skip:
-				t.Skip(res.Detail)
-			default:
-				if res.Detail != "" {
-					t.Logf("seen %q; %s", res.Seen, res.Detail)
-				} else {
-					t.Logf("seen %q", res.Seen)
-				}
-			}
+			reportTo(t, c.run1(t.Context(), cfg, run), "")
 		})
 	}
 }
@@ -294,5 +282,27 @@ func (p *probe) closeAll() {
 	}
 	for _, c := range p.conns {
 		c.Close()
+	}
+}
+
+// reportTo reports res as the outcome of the subtest t: an error for a
+// failure, with transcript when there is one, a skip, or a log line.
+func reportTo(t *testing.T, res Result, transcript string) {
+	t.Helper()
+	switch res.Status {
+	case Fail:
+		msg := fmt.Sprintf("%s %s: %s\n\tseen: %q", res.Check.Level, res.Check.Requirement, res.Detail, res.Seen)
+		if transcript != "" {
+			msg += "\n" + indent(transcript)
+		}
+		t.Error(msg)
+	case Skip:
+		t.Skip(res.Detail)
+	default:
+		if res.Detail != "" {
+			t.Logf("seen %q; %s", res.Seen, res.Detail)
+		} else {
+			t.Logf("seen %q", res.Seen)
+		}
 	}
 }

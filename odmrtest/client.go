@@ -91,30 +91,39 @@ func (p *probe) dialNoGreeting() (*conn, error) {
 // readLine reads one CRLF-terminated line. A line that ends otherwise, or
 // holds a bare CR or LF, fails the check: RFC 5321 section 2.3.8.
 func (c *conn) readLine() (string, error) {
+	return c.p.readWireLine(c.br, "provider", c.readError)
+}
+
+// readWireLine reads one CRLF-terminated line from br, at most maxLine
+// bytes, for either suite: peer names the other side in failures, and
+// readError turns a read error, with the bytes read so far, into one. A
+// line that ends otherwise, or holds a bare CR or a NUL, fails the check
+// (RFC 5321 section 2.3.8).
+func (p *probe) readWireLine(br *bufio.Reader, peer string, readError func(err error, partial []byte) error) (string, error) {
 	var buf []byte
 	for {
-		frag, err := c.br.ReadSlice('\n')
+		frag, err := br.ReadSlice('\n')
 		buf = append(buf, frag...)
 		if len(buf) > maxLine {
-			c.p.saw(fmt.Sprintf("%.60q...", buf))
-			return "", c.p.failf("provider sent a line longer than %d bytes", maxLine)
+			p.saw(fmt.Sprintf("%.60q...", buf))
+			return "", p.failf("%s sent a line longer than %d bytes", peer, maxLine)
 		}
 		if err == bufio.ErrBufferFull {
 			continue
 		}
 		if err != nil {
-			return "", c.readError(err, buf)
+			return "", readError(err, buf)
 		}
 		break
 	}
 	if !bytes.HasSuffix(buf, []byte("\r\n")) {
-		c.p.saw(fmt.Sprintf("%q", buf))
-		return "", c.p.failf("provider ended a line with a bare LF, not CRLF (RFC 5321 section 2.3.8): %q", buf)
+		p.saw(fmt.Sprintf("%q", buf))
+		return "", p.failf("%s ended a line with a bare LF, not CRLF (RFC 5321 section 2.3.8): %q", peer, buf)
 	}
 	line := buf[:len(buf)-2]
 	if bytes.ContainsAny(line, "\r\n\x00") {
-		c.p.saw(fmt.Sprintf("%q", buf))
-		return "", c.p.failf("provider sent a bare CR or a NUL in a line (RFC 5321 section 2.3.8): %q", buf)
+		p.saw(fmt.Sprintf("%q", buf))
+		return "", p.failf("%s sent a bare CR or a NUL in a line (RFC 5321 section 2.3.8): %q", peer, buf)
 	}
 	return string(line), nil
 }

@@ -260,18 +260,7 @@ func TestCustomer(t *testing.T, cfg CustomerConfig) {
 	for _, cc := range customerChecks() {
 		t.Run(cc.ID(), func(t *testing.T) {
 			res, transcript := cc.run1(t.Context(), cfg, run)
-			switch res.Status {
-			case Fail:
-				t.Errorf("%s %s: %s\n\tseen: %q\n%s", cc.Level, cc.Requirement, res.Detail, res.Seen, indent(transcript))
-			case Skip:
-				t.Skip(res.Detail)
-			default:
-				if res.Detail != "" {
-					t.Logf("seen %q; %s", res.Seen, res.Detail)
-				} else {
-					t.Logf("seen %q", res.Seen)
-				}
-			}
+			reportTo(t, res, transcript)
 		})
 	}
 }

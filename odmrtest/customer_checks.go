@@ -79,6 +79,16 @@ var labelRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 // addressLiteralRE is an address literal of RFC 5321 section 4.1.3, loosely.
 var addressLiteralRE = regexp.MustCompile(`^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$`)
 
+// decideEnding makes the way the customer ended the session the decisive
+// line: its QUIT, or the connection closed.
+func (p *cprobe) decideEnding(quit bool) {
+	if quit {
+		p.decideText("QUIT")
+	} else {
+		p.decideText("(connection closed)")
+	}
+}
+
 // noMailEnd answers an ATRN, if the customer sent one, with 453, and
 // returns the customer's outcome: for checks that judge only what comes
 // before.
@@ -205,10 +215,8 @@ func checkCustNoATRN(p *cprobe) error {
 	}
 	if st.closed {
 		p.note("the customer closed the connection without QUIT (RFC 5321 section 4.1.1.10 wants QUIT)")
-		p.decideText("(connection closed)")
-	} else {
-		p.decideText("QUIT")
 	}
+	p.decideEnding(!st.closed)
 	out, err := p.outcome()
 	if err != nil {
 		return err
@@ -251,11 +259,7 @@ func checkCustNoPlain(p *cprobe) error {
 	for _, m := range st.mechs {
 		p.note("the customer tried AUTH %s, which was not offered, and got 504", m)
 	}
-	if st.closed {
-		p.decideText("(connection closed)")
-	} else {
-		p.decideText("QUIT")
-	}
+	p.decideEnding(!st.closed)
 	out, err := p.outcome()
 	if err != nil {
 		return err
@@ -412,11 +416,7 @@ func (p *cprobe) refusal(reply string) (CustomerOutcome, error) {
 		return CustomerOutcome{}, err
 	}
 	p.noteEnding(e)
-	if e.quit {
-		p.decideText("QUIT")
-	} else {
-		p.decideText("(connection closed)")
-	}
+	p.decideEnding(e.quit)
 	return p.outcome()
 }
 

@@ -263,30 +263,11 @@ func (c *pconn) readSASL() (string, error) {
 }
 
 func (c *pconn) readLineAs(when string, redact bool) (string, error) {
-	var buf []byte
-	for {
-		frag, err := c.br.ReadSlice('\n')
-		buf = append(buf, frag...)
-		if len(buf) > maxLine {
-			c.p.saw(fmt.Sprintf("%.60q...", buf))
-			return "", c.p.failf("the customer sent a line longer than %d bytes", maxLine)
-		}
-		if err == bufio.ErrBufferFull {
-			continue
-		}
-		if err != nil {
-			return "", c.readError(err, buf, when)
-		}
-		break
-	}
-	if !bytes.HasSuffix(buf, []byte("\r\n")) {
-		c.p.saw(fmt.Sprintf("%q", buf))
-		return "", c.p.failf("the customer ended a line with a bare LF, not CRLF (RFC 5321 section 2.3.8): %q", buf)
-	}
-	line := string(buf[:len(buf)-2])
-	if strings.ContainsAny(line, "\r\n\x00") {
-		c.p.saw(fmt.Sprintf("%q", buf))
-		return "", c.p.failf("the customer sent a bare CR or a NUL in a line (RFC 5321 section 2.3.8): %q", buf)
+	line, err := c.p.readWireLine(c.br, "the customer", func(err error, partial []byte) error {
+		return c.readError(err, partial, when)
+	})
+	if err != nil {
+		return "", err
 	}
 	if redact || c.p.leaksSecret(line) {
 		c.p.logLine("C: ", redactAuth(line))
