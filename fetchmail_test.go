@@ -2,12 +2,9 @@ package odmr
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,24 +13,14 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr/internal/fetchmailtest"
 )
 
 // These tests run the real fetchmail, the ODMR customer people actually
 // use, against Provider. fetchmail relays the reversed session to a go-smtp
 // server in the test. Outside CI they skip when fetchmail is missing; under
 // CI (CI set) a missing fetchmail fails them.
-
-func needFetchmail(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("fetchmail")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("fetchmail is not installed, and CI is set: .ci/run must install it (apt-get install fetchmail)")
-		}
-		t.Skip("fetchmail is not installed (apt-get install fetchmail); skipping the interop test outside CI")
-	}
-	return path
-}
 
 // sinkMessage is what the local MTA behind fetchmail received.
 type sinkMessage struct {
@@ -108,23 +95,10 @@ func startSink(t *testing.T) (*smtpSink, string) {
 // returns fetchmail's exit code and output.
 func runFetchmail(t *testing.T, bin, addr, user, secret, domains, sinkAddr string) (int, string) {
 	t.Helper()
-	dir := t.TempDir()
-	host, port, _ := net.SplitHostPort(addr)
-	sinkHost, sinkPort, _ := net.SplitHostPort(sinkAddr)
-	rc := fmt.Sprintf(`set no syslog
-set no bouncemail
-poll %q with protocol ODMR service %s timeout 20
-    user %q password %q
-    fetchdomains %s
-    smtphost "%s/%s"
-`, host, port, user, secret, strings.ReplaceAll(domains, ",", " "), sinkHost, sinkPort)
-	rcPath := filepath.Join(dir, "fetchmailrc")
-	require.NoError(t, os.WriteFile(rcPath, []byte(rc), 0o600))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-v", "-v", "--nodetach", "--nosyslog", "-f", rcPath, "--pidfile", filepath.Join(dir, "pid"))
-	cmd.Env = append(os.Environ(), "FETCHMAILHOME="+dir, "HOME="+dir)
-	out, err := cmd.CombinedOutput()
+	poll := fetchmailtest.Poll{Addr: addr, User: user, Secret: secret, Domains: strings.Split(domains, ","), Sink: sinkAddr}
+	out, err := poll.Run(ctx, bin)
 	require.NoError(t, ctx.Err(), "fetchmail timed out; its log ends:\n%s", lastLines(string(out), 30))
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -137,7 +111,7 @@ poll %q with protocol ODMR service %s timeout 20
 }
 
 func TestFetchmailInterop(t *testing.T) {
-	bin := needFetchmail(t)
+	bin := fetchmailtest.Binary(t)
 	body := "From: s@x.test\r\nTo: u@example.org\r\nSubject: interop\r\n\r\n.dot-stuffed line\r\n\xc3\xa9t\xc3\xa9\r\n"
 
 	t.Run("mail delivered", func(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/go-odmr/odmr/internal/fetchmailtest"
 	"github.com/go-odmr/odmr/odmrtest"
 )
 
@@ -24,18 +24,6 @@ import (
 // go-smtp server standing in for its local MTA, and its exit status is the
 // outcome. Outside CI they skip when fetchmail is missing; under CI (CI
 // set to anything) a missing fetchmail fails them.
-
-func lookFetchmail(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("fetchmail")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("fetchmail is not installed, and CI is set: install it (apt-get install fetchmail)")
-		}
-		t.Skip("fetchmail is not installed (apt-get install fetchmail); skipping the interop test outside CI")
-	}
-	return path
-}
 
 // fetchmailOutcome maps fetchmail's exit status (man fetchmail, EXIT
 // CODES, as ../shared/peers/fetchmail_odmr.sh observed them with ODMR) to
@@ -129,31 +117,9 @@ func fetchmailConfig(bin string) odmrtest.CustomerConfig {
 			go srv.Serve(strictEOFListener{l})
 			defer srv.Close()
 
-			dir, err := os.MkdirTemp("", "odmrtest-fetchmail-")
-			if err != nil {
-				return fail(err)
-			}
-			defer os.RemoveAll(dir)
-			host, port, _ := net.SplitHostPort(addr)
-			sinkHost, sinkPort, _ := net.SplitHostPort(l.Addr().String())
-			// The rc file's strings have no escapes; the fixture's
-			// values need none.
-			rc := fmt.Sprintf("set no syslog\nset no bouncemail\n"+
-				"poll \"%s\" with protocol ODMR service %s timeout 30\n"+
-				"    user \"%s\" password \"%s\"\n"+
-				"    fetchdomains %s\n"+
-				"    smtphost \"%s/%s\"\n",
-				host, port, odmrtest.FixtureUser, odmrtest.FixtureSecret,
-				strings.Join(odmrtest.FixtureDomains, " "), sinkHost, sinkPort)
-			rcPath := filepath.Join(dir, "fetchmailrc")
-			if err := os.WriteFile(rcPath, []byte(rc), 0o600); err != nil {
-				return fail(err)
-			}
-			cmd := exec.CommandContext(ctx, bin, "-v", "-v", "--nodetach", "--nosyslog",
-				"-f", rcPath, "--pidfile", filepath.Join(dir, "pid"))
-			cmd.Env = append(os.Environ(), "FETCHMAILHOME="+dir, "HOME="+dir)
-			cmd.WaitDelay = 2 * time.Second
-			log, err := cmd.CombinedOutput()
+			poll := fetchmailtest.Poll{Addr: addr, User: odmrtest.FixtureUser, Secret: odmrtest.FixtureSecret,
+				Domains: odmrtest.FixtureDomains, Sink: l.Addr().String(), Timeout: 30 * time.Second}
+			log, err := poll.Run(ctx, bin)
 			out := odmrtest.CustomerOutcome{Log: string(log)}
 			var ee *exec.ExitError
 			switch {
@@ -219,7 +185,7 @@ func (c strictEOFConn) Read(p []byte) (int, error) {
 }
 
 func TestFetchmailCustomer(t *testing.T) {
-	bin := lookFetchmail(t)
+	bin := fetchmailtest.Binary(t)
 	cfg := fetchmailConfig(bin)
 	var mu sync.Mutex
 	var transcripts strings.Builder
