@@ -194,22 +194,7 @@ func (c Check) run1(ctx context.Context, cfg ProviderConfig, run *runState) Resu
 		defer p.closeAll()
 		return c.run(p)
 	}()
-	res.Seen = p.seen
-	if p.decisive != "" && (err == nil || p.decisiveAt == p.reads) {
-		res.Seen = p.decisive
-	}
-	var ce *checkError
-	switch {
-	case err == nil:
-		res.Status = Pass
-		res.Detail = strings.Join(p.notes, "; ")
-	case errors.As(err, &ce) && ce.skip:
-		res.Status, res.Detail = Skip, ce.msg
-	case errors.As(err, &ce):
-		res.Status, res.Detail = Fail, ce.msg
-	default:
-		res.Status, res.Detail = Fail, err.Error()
-	}
+	p.settle(&res, err)
 	return res
 }
 
@@ -304,5 +289,26 @@ func reportTo(t *testing.T, res Result, transcript string) {
 		} else {
 			t.Logf("seen %q", res.Seen)
 		}
+	}
+}
+
+// settle fills in res from what the check saw and the error it returned:
+// the decisive line when there is one, and the status with its detail.
+func (p *probe) settle(res *Result, err error) {
+	res.Seen = p.seen
+	if p.decisive != "" && (err == nil || p.decisiveAt == p.reads) {
+		res.Seen = p.decisive
+	}
+	var ce *checkError
+	switch {
+	case err == nil:
+		res.Status = Pass
+		res.Detail = strings.Join(p.notes, "; ")
+	case errors.As(err, &ce) && ce.skip:
+		res.Status, res.Detail = Skip, ce.msg
+	case errors.As(err, &ce):
+		res.Status, res.Detail = Fail, ce.msg
+	default:
+		res.Status, res.Detail = Fail, err.Error()
 	}
 }

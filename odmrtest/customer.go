@@ -317,22 +317,7 @@ func (cc customerCheck) run1(ctx context.Context, cfg CustomerConfig, run *runSt
 		defer p.cleanup()
 		return cc.run(p)
 	}()
-	res.Seen = p.seen
-	if p.decisive != "" && (err == nil || p.decisiveAt == p.reads) {
-		res.Seen = p.decisive
-	}
-	var ce *checkError
-	switch {
-	case err == nil:
-		res.Status = Pass
-		res.Detail = strings.Join(p.notes, "; ")
-	case errors.As(err, &ce) && ce.skip:
-		res.Status, res.Detail = Skip, ce.msg
-	case errors.As(err, &ce):
-		res.Status, res.Detail = Fail, ce.msg
-	default:
-		res.Status, res.Detail = Fail, err.Error()
-	}
+	p.settle(&res, err)
 	transcript := p.transcriptText()
 	if cfg.Debug != nil {
 		fmt.Fprintf(cfg.Debug, "=== %s: %s\n%s", cc.ID(), res.Status, transcript)
