@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/accept"
 )
 
 // ErrProviderClosed is returned by [Provider.ServeListener] and
@@ -257,8 +259,11 @@ func (p *Provider) ListenAndServe(addr string) error {
 
 // ServeListener accepts connections on l and serves each in its own
 // goroutine. It returns ErrProviderClosed after Shutdown or Close, and
-// closes l.
+// closes l. Temporary accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+// ECONNABORTED, timeouts) do not stop it: it waits, from 5 ms doubling up
+// to 1 s, and tries again, logging them at most once a second.
 func (p *Provider) ServeListener(l net.Listener) error {
+	l = accept.Retrying(l, p.logger())
 	p.mu.Lock()
 	p.initLocked()
 	if p.shutdown.Load() {
@@ -275,23 +280,14 @@ func (p *Provider) ServeListener(l net.Listener) error {
 		l.Close()
 	}()
 
-	var backoff time.Duration
 	for {
 		conn, err := l.Accept()
 		if err != nil {
 			if p.shutdown.Load() {
 				return ErrProviderClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.logger().Warn("odmr: accept failed, retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		go p.Serve(conn)
 	}
 }
