@@ -162,6 +162,51 @@ func fetch(t *testing.T, addr string) []string {
 	return got
 }
 
+// TestProviderSurvivesDescriptorExhaustion runs the program with 64 file
+// descriptors and opens more connections than that to both its
+// listeners: it must keep running (it used to exit on "accept4: too many
+// open files", losing its in-memory queue), say so in its log, and serve
+// the customer its mail once the connections are gone.
+func TestProviderSurvivesDescriptorExhaustion(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("uses sh's ulimit -n on Linux")
+	}
+	bin, accts := buildProvider(t)
+	odmrAddr, smtpAddr, log := startProvider(t, bin, accts, "ulimit -n 64 && ", "-max-sessions-per-network", "-1")
+	require.NoError(t, sendPlain(smtpAddr, 1))
+
+	var flood []net.Conn
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	dial := func(addr string) {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		require.NoError(t, err) // the kernel's backlog takes them
+		flood = append(flood, c)
+	}
+	for range 100 {
+		dial(odmrAddr)
+	}
+	log.wait(t, "accept failed", "too many open files", odmrAddr)
+	for range 5 {
+		dial(smtpAddr)
+	}
+	log.wait(t, "accept failed", "too many open files", smtpAddr)
+
+	for _, c := range flood {
+		c.Close()
+	}
+	flood = nil
+	got := fetch(t, odmrAddr)
+	require.Len(t, got, 1)
+	n, err := checkMessage([]byte(got[0]))
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	require.NoError(t, sendPlain(smtpAddr, 2), "the intake still takes mail")
+}
+
 // TestIdleAnonymousSessionsDoNotStarveCustomer fills the program's
 // sessions with idle unauthenticated connections: the customer still gets
 // its mail (it used to get 421), the oldest idle connection is told it

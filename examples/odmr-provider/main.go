@@ -35,6 +35,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/accept"
 	"github.com/go-odmr/odmr/spool"
 )
 
@@ -309,7 +310,10 @@ func run(args []string) error {
 		intakeSrv.EnableSMTPUTF8 = true
 		intakeSrv.EnableDSN = true
 		intakeSrv.TLSConfig = tlsConfig
-		go func() { errc <- intakeSrv.Serve(smtpLn) }()
+		// go-smtp retries only errors that say they are temporary, and
+		// logs each retry: the wrapper retries ENOBUFS and ENOMEM too and
+		// logs at most once a second.
+		go func() { errc <- intakeSrv.Serve(accept.Retrying(smtpLn, log)) }()
 		log.Info("odmr-provider: SMTP intake listening", "addr", smtpLn.Addr().String())
 	} else {
 		log.Warn("odmr-provider: no SMTP intake (-smtp \"\"): nothing can be queued")
