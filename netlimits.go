@@ -138,7 +138,9 @@ func (p *Provider) promote(s *session) {
 func (s *session) evict() {
 	s.evicted.Store(true)
 	s.raw.SetReadDeadline(time.Unix(1, 0))
-	s.log.Info("odmr: unauthenticated session closed to make room", "age", time.Since(s.start).Round(time.Millisecond))
+	// s.log belongs to the session's goroutine: log through the provider.
+	s.p.logger().Info("odmr: unauthenticated session closed to make room",
+		"remote", s.raw.RemoteAddr().String(), "age", time.Since(s.start).Round(time.Millisecond))
 }
 
 // authDeadline is when an unauthenticated session must have authenticated,

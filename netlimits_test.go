@@ -1,16 +1,20 @@
 package odmr
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"net/textproto"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // addrConn is one end of a pipe that says it comes from a given address.
@@ -160,4 +164,41 @@ func TestSessionCapPerNetwork(t *testing.T) {
 		pipeDial(t, p, "[::ffff:192.0.2.9]:1000", 421) // the same /24
 		pipeDial(t, p, "192.0.3.1:1000", 220)
 	})
+}
+
+// TestEvictionUnderChurn: anonymous connections racing for a full
+// provider over TCP never push out the authenticated customer, and the
+// session table is empty once they are gone (run it with -race).
+func TestEvictionUnderChurn(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.MaxSessions = 4; p.MaxSessionsPerAddr = -1 })
+	customer := f.dial(t)
+	customer.login()
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Go(func() {
+			conn, err := net.Dial("tcp", f.addr)
+			if !assert.NoError(t, err) {
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang, not a measurement
+			tp := textproto.NewConn(conn)
+			if line, err := tp.ReadLine(); err == nil && strings.HasPrefix(line, "220 ") {
+				tp.PrintfLine("EHLO anon.test")
+				tp.ReadResponse(250)
+			}
+		})
+	}
+	wg.Wait()
+	customer.cmd(250, "NOOP")
+	customer.cmd(221, "QUIT")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, f.p.Shutdown(ctx))
+	f.p.mu.Lock()
+	defer f.p.mu.Unlock()
+	assert.Empty(t, f.p.table.all)
+	assert.Empty(t, f.p.table.perNet)
+	assert.Zero(t, f.p.table.unauth.Len())
 }
