@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/accept"
 )
 
 // ErrProviderClosed is returned by [Provider.ServeListener] and
@@ -106,11 +108,28 @@ type Provider struct {
 	ATRNInterval time.Duration
 	ATRNBurst    int
 
-	// MaxSessions caps the sessions served at once; MaxSessionsPerAddr
-	// those from one remote IP address. Further connections are answered
-	// 421 and closed. 0 means DefaultMaxSessions and
+	// MaxSessions caps the sessions served at once. When it is reached,
+	// the oldest session that has not authenticated is closed with 421 to
+	// make room for the newcomer; if every session has authenticated, the
+	// newcomer is answered 421 and closed. Authenticated sessions are
+	// never closed to make room. 0 means DefaultMaxSessions; negative
+	// means no cap.
+	MaxSessions int
+	// MaxSessionsPerAddr caps the sessions from one remote network, as
+	// IPv4Prefix and IPv6Prefix size it (by default one IPv4 address or one
+	// IPv6 /64). Further connections from it are answered 421 and closed;
+	// they make no other session give way. 0 means
 	// DefaultMaxSessionsPerAddr; negative means no cap.
-	MaxSessions, MaxSessionsPerAddr int
+	MaxSessionsPerAddr int
+	// IPv4Prefix and IPv6Prefix are the prefix lengths of the networks
+	// MaxSessionsPerAddr counts; IPv4-mapped IPv6 addresses count as IPv4.
+	// 0 means DefaultIPv4Prefix (32) and DefaultIPv6Prefix (64).
+	IPv4Prefix, IPv6Prefix int
+	// AuthTimeout bounds the time from connection to a successful AUTH;
+	// a session still unauthenticated then is closed with 421 4.7.0.
+	// 0 means DefaultAuthTimeout; negative means no limit (SessionTimeout
+	// still applies).
+	AuthTimeout time.Duration
 	// SessionTimeout bounds the time from connection to the role swap,
 	// whatever the customer does. 0 means DefaultSessionTimeout.
 	SessionTimeout time.Duration
@@ -139,8 +158,8 @@ type Provider struct {
 
 	mu         sync.Mutex
 	listeners  map[*net.Listener]struct{}
-	sessions   map[*session]struct{}
-	perAddr    map[string]int
+	sessions   map[*session]struct{} // to interrupt at Shutdown
+	table      sessionTable
 	authFails  *failureLimiter
 	atrnLimits *atrnLimiter
 	debugMu    sync.Mutex
@@ -167,7 +186,8 @@ func (p *Provider) initLocked() {
 		p.baseCtx, p.cancel = context.WithCancel(context.Background())
 		p.listeners = make(map[*net.Listener]struct{})
 		p.sessions = make(map[*session]struct{})
-		p.perAddr = make(map[string]int)
+		p.table.all = make(map[*session]struct{})
+		p.table.perNet = make(map[string]int)
 		free := orDefault(p.AuthFailuresAllowed, DefaultAuthFailuresAllowed)
 		if free < 0 {
 			free = int(^uint(0) >> 1)
@@ -190,27 +210,30 @@ func (p *Provider) Serve(conn net.Conn) error {
 		return ErrProviderClosed
 	}
 	ctx := p.baseCtx
-	host := remoteHost(conn.RemoteAddr())
-	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(p.sessions) >= limit {
+	key := p.networkKey(conn.RemoteAddr())
+	victim, refusal := p.admitLocked(key)
+	if refusal != "" {
 		p.mu.Unlock()
-		return p.refuse(conn, "too many sessions", "Too many connections, try again later")
-	}
-	if limit := orDefault(p.MaxSessionsPerAddr, DefaultMaxSessionsPerAddr); limit > 0 && p.perAddr[host] >= limit {
-		p.mu.Unlock()
-		return p.refuse(conn, "too many sessions from one address", "Too many connections from your address, try again later")
+		text := "Too many connections, try again later"
+		if refusal != "too many sessions" {
+			text = "Too many connections from your network, try again later"
+		}
+		return p.refuse(conn, refusal, text)
 	}
 	s := newSession(p, conn)
+	s.netKey = key
+	p.countLocked(s)
 	p.sessions[s] = struct{}{}
-	p.perAddr[host]++
 	p.sessionsWG.Add(1)
 	p.mu.Unlock()
+	if victim != nil {
+		victim.evict()
+	}
 
 	defer func() {
 		p.mu.Lock()
 		delete(p.sessions, s)
-		if p.perAddr[host]--; p.perAddr[host] <= 0 {
-			delete(p.perAddr, host)
-		}
+		p.uncountLocked(s)
 		p.mu.Unlock()
 		p.sessionsWG.Done()
 	}()
@@ -257,8 +280,11 @@ func (p *Provider) ListenAndServe(addr string) error {
 
 // ServeListener accepts connections on l and serves each in its own
 // goroutine. It returns ErrProviderClosed after Shutdown or Close, and
-// closes l.
+// closes l. Temporary accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+// ECONNABORTED, timeouts) do not stop it: it waits, from 5 ms doubling up
+// to 1 s, and tries again, logging them at most once a second.
 func (p *Provider) ServeListener(l net.Listener) error {
+	l = accept.Retrying(l, p.logger())
 	p.mu.Lock()
 	p.initLocked()
 	if p.shutdown.Load() {
@@ -275,23 +301,14 @@ func (p *Provider) ServeListener(l net.Listener) error {
 		l.Close()
 	}()
 
-	var backoff time.Duration
 	for {
 		conn, err := l.Accept()
 		if err != nil {
 			if p.shutdown.Load() {
 				return ErrProviderClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.logger().Warn("odmr: accept failed, retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		go p.Serve(conn)
 	}
 }

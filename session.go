@@ -2,6 +2,7 @@ package odmr
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -39,6 +40,11 @@ type session struct {
 	errs         int
 	authFailures int
 	isTLS        bool
+
+	netKey     string        // the network counted by MaxSessionsPerAddr
+	unauthElem *list.Element // in p.table.unauth until authenticated; guarded by p.mu
+	promoted   bool
+	evicted    atomic.Bool // closed to make room for a newcomer
 
 	// Counts for the closing log record.
 	messages, delivered, failed, deferred int
@@ -111,6 +117,10 @@ func (s *session) run(ctx context.Context) (err error) {
 		if err := s.dispatch(ctx, line); err != nil {
 			return err
 		}
+		if !s.promoted && s.identity != "" {
+			s.promoted = true
+			s.p.promote(s)
+		}
 	}
 }
 
@@ -127,6 +137,9 @@ func (s *session) readFailed(ctx context.Context, err error) error {
 		if s.p.shutdown.Load() || ctx.Err() != nil {
 			s.reply(errShuttingDown)
 			return errSessionOver
+		}
+		if err := s.limitTimeout(); err != nil {
+			return err
 		}
 		s.reply(errTimeout)
 		return fmt.Errorf("odmr: customer idle for %v", s.commandTimeout())
@@ -145,9 +158,15 @@ func (s *session) readLine(max int) (string, error) {
 	if end := s.start.Add(orDefault(s.p.SessionTimeout, DefaultSessionTimeout)); end.Before(deadline) {
 		deadline = end
 	}
+	if s.identity == "" {
+		if end := s.authDeadline(); !end.IsZero() && end.Before(deadline) {
+			deadline = end
+		}
+	}
 	s.conn.SetReadDeadline(deadline)
-	if s.p.shutdown.Load() && s.State() < StateReversed {
-		// Shutdown may have run between the check and the deadline.
+	if (s.p.shutdown.Load() && s.State() < StateReversed) || s.evicted.Load() {
+		// Shutdown or eviction may have run between the check and the
+		// deadline.
 		return "", os.ErrDeadlineExceeded
 	}
 	line, err := wire.ReadLine(s.br, max)

@@ -4,7 +4,11 @@
 //
 // Usage:
 //
-//	odmr-provider -accounts FILE [-listen :366] [-smtp :25] [-hostname NAME]
+//	odmr-provider -accounts FILE [-listen :366] [-smtp :25] [-hostname NAME] [flags]
+//
+// Flags set the session limits (-max-sessions, -max-sessions-per-network,
+// -auth-timeout, the other timeouts, -atrn-interval and -atrn-burst), all
+// defaulting to the library's defaults; -h lists them.
 //
 // The accounts file has one account a line, NAME SECRET DOMAIN[,DOMAIN...],
 // and # comments.
@@ -31,6 +35,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/accept"
 	"github.com/go-odmr/odmr/spool"
 )
 
@@ -55,6 +60,77 @@ type config struct {
 	quotaBytes                           int64
 	quotaMessages                        int
 	list                                 bool
+	limits                               limitFlags
+	debugFile                            string
+}
+
+// limitFlags are the provider's session limits, each defaulting to the
+// library's default so that -h shows it.
+type limitFlags struct {
+	maxSessions, maxSessionsPerNet int
+	ipv4Prefix, ipv6Prefix         int
+	authTimeout, sessionTimeout    time.Duration
+	commandTimeout, replyTimeout   time.Duration
+	dataTimeout, writeTimeout      time.Duration
+	maxErrors, atrnBurst           int
+	atrnInterval                   time.Duration
+}
+
+func (l *limitFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&l.maxSessions, "max-sessions", odmr.DefaultMaxSessions, "serve at most `N` ODMR sessions at once (negative: no cap); when full, the oldest unauthenticated session makes room")
+	fs.IntVar(&l.maxSessionsPerNet, "max-sessions-per-network", odmr.DefaultMaxSessionsPerAddr, "serve at most `N` ODMR sessions from one network, as -ipv4-prefix and -ipv6-prefix size it (negative: no cap)")
+	fs.IntVar(&l.ipv4Prefix, "ipv4-prefix", odmr.DefaultIPv4Prefix, "IPv4 networks counted by -max-sessions-per-network have `BITS` of prefix (1-32)")
+	fs.IntVar(&l.ipv6Prefix, "ipv6-prefix", odmr.DefaultIPv6Prefix, "IPv6 networks counted by -max-sessions-per-network have `BITS` of prefix (1-128)")
+	fs.DurationVar(&l.authTimeout, "auth-timeout", odmr.DefaultAuthTimeout, "close ODMR sessions not authenticated `DURATION` after connecting (negative: no limit)")
+	fs.DurationVar(&l.sessionTimeout, "session-timeout", odmr.DefaultSessionTimeout, "close ODMR sessions that have not reached ATRN `DURATION` after connecting")
+	fs.DurationVar(&l.commandTimeout, "command-timeout", odmr.DefaultCommandTimeout, "wait `DURATION` for each ODMR command")
+	fs.DurationVar(&l.replyTimeout, "reply-timeout", odmr.DefaultReplyTimeout, "after ATRN, wait `DURATION` for the customer's greeting and each reply")
+	fs.DurationVar(&l.dataTimeout, "data-timeout", odmr.DefaultDataTimeout, "after ATRN, wait `DURATION` for the reply to each message")
+	fs.DurationVar(&l.writeTimeout, "write-timeout", odmr.DefaultWriteTimeout, "give up a write to an ODMR connection after `DURATION`")
+	fs.IntVar(&l.maxErrors, "max-errors", odmr.DefaultMaxErrors, "close an ODMR session after `N` error replies")
+	fs.DurationVar(&l.atrnInterval, "atrn-interval", odmr.DefaultATRNInterval, "after -atrn-burst, allow each identity one ATRN per `DURATION` (negative: no limit)")
+	fs.IntVar(&l.atrnBurst, "atrn-burst", odmr.DefaultATRNBurst, "let an identity send `N` ATRN commands at once before -atrn-interval applies")
+}
+
+func (l *limitFlags) check() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"session-timeout", l.sessionTimeout}, {"command-timeout", l.commandTimeout},
+		{"reply-timeout", l.replyTimeout}, {"data-timeout", l.dataTimeout},
+		{"write-timeout", l.writeTimeout},
+	} {
+		if d.v <= 0 {
+			return fmt.Errorf("-%s: want a positive duration, not %v", d.name, d.v)
+		}
+	}
+	switch {
+	case l.authTimeout == 0:
+		return errors.New("-auth-timeout: want a positive duration, or a negative one for no limit")
+	case l.atrnInterval == 0:
+		return errors.New("-atrn-interval: want a positive duration, or a negative one for no limit")
+	case l.maxSessions == 0 || l.maxSessionsPerNet == 0:
+		return errors.New("-max-sessions and -max-sessions-per-network: want a positive number, or a negative one for no cap")
+	case l.ipv4Prefix < 1 || l.ipv4Prefix > 32:
+		return fmt.Errorf("-ipv4-prefix: want 1 to 32, not %d", l.ipv4Prefix)
+	case l.ipv6Prefix < 1 || l.ipv6Prefix > 128:
+		return fmt.Errorf("-ipv6-prefix: want 1 to 128, not %d", l.ipv6Prefix)
+	case l.maxErrors < 1 || l.atrnBurst < 1:
+		return errors.New("-max-errors and -atrn-burst: want at least 1")
+	}
+	return nil
+}
+
+// apply sets the limits on p.
+func (l *limitFlags) apply(p *odmr.Provider) {
+	p.MaxSessions, p.MaxSessionsPerAddr = l.maxSessions, l.maxSessionsPerNet
+	p.IPv4Prefix, p.IPv6Prefix = l.ipv4Prefix, l.ipv6Prefix
+	p.AuthTimeout, p.SessionTimeout = l.authTimeout, l.sessionTimeout
+	p.CommandTimeout, p.ReplyTimeout = l.commandTimeout, l.replyTimeout
+	p.DataTimeout, p.WriteTimeout = l.dataTimeout, l.writeTimeout
+	p.MaxErrors = l.maxErrors
+	p.ATRNInterval, p.ATRNBurst = l.atrnInterval, l.atrnBurst
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -81,6 +157,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.Int64Var(&c.quotaBytes, "quota-bytes", 0, "most `BYTES` queued per domain, refused with 452 at intake (0: no limit; with -spool)")
 	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool)")
 	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
+	fs.StringVar(&c.debugFile, "debug", "", "append a transcript of every ODMR session to `FILE` (\"-\" for standard error); AUTH is redacted, but addresses and mail are in it")
+	c.limits.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: odmr-provider -accounts FILE [flags]\n\n"+
 			"Holds mail for customer domains and hands it out over ODMR (RFC 2645, port 366).\n\nFlags:\n")
@@ -114,6 +192,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if (c.tlsListen != "" || c.requireTLS) && c.tlsCert == "" {
 		return nil, errors.New("-tls-listen and -require-tls need -tls-cert and -tls-key")
+	}
+	if err := c.limits.check(); err != nil {
+		return nil, err
 	}
 	if c.accounts == "" {
 		return nil, errors.New("-accounts FILE is required: one account a line, NAME SECRET DOMAIN[,DOMAIN...]")
@@ -178,6 +259,16 @@ func run(args []string) error {
 		DisableChunking:   cfg.noChunking,
 		Logger:            log,
 	}
+	cfg.limits.apply(p)
+	if cfg.debugFile != "" {
+		w, closeDebug, err := openDebug(cfg.debugFile)
+		if err != nil {
+			return err
+		}
+		defer closeDebug()
+		p.Debug = w
+		log.Warn("odmr-provider: writing session transcripts", "file", cfg.debugFile)
+	}
 	odmrLn, err := listen(cfg.listen, "listen")
 	if err != nil {
 		return err
@@ -219,7 +310,10 @@ func run(args []string) error {
 		intakeSrv.EnableSMTPUTF8 = true
 		intakeSrv.EnableDSN = true
 		intakeSrv.TLSConfig = tlsConfig
-		go func() { errc <- intakeSrv.Serve(smtpLn) }()
+		// go-smtp retries only errors that say they are temporary, and
+		// logs each retry: the wrapper retries ENOBUFS and ENOMEM too and
+		// logs at most once a second.
+		go func() { errc <- intakeSrv.Serve(accept.Retrying(smtpLn, log)) }()
 		log.Info("odmr-provider: SMTP intake listening", "addr", smtpLn.Addr().String())
 	} else {
 		log.Warn("odmr-provider: no SMTP intake (-smtp \"\"): nothing can be queued")
@@ -269,6 +363,18 @@ func hashSecret(user string, in io.Reader, out io.Writer) error {
 	}
 	_, err = fmt.Fprintln(out, strings.Join(creds, ","))
 	return err
+}
+
+// openDebug opens the -debug transcript file, or standard error for "-".
+func openDebug(name string) (io.Writer, func(), error) {
+	if name == "-" {
+		return os.Stderr, func() {}, nil
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("-debug: %w", err)
+	}
+	return f, func() { f.Close() }, nil
 }
 
 // listen opens a TCP listener with an error message that says what to do.

@@ -1,0 +1,170 @@
+package odmr
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Defaults of the session limits of a [Provider] that keep anonymous
+// sessions from crowding out customers.
+const (
+	// DefaultAuthTimeout is how long a session may stay unauthenticated.
+	DefaultAuthTimeout = time.Minute
+	// DefaultIPv4Prefix and DefaultIPv6Prefix size the network that
+	// MaxSessionsPerAddr counts: one IPv4 address, one IPv6 /64 (what a
+	// single host or site usually gets).
+	DefaultIPv4Prefix = 32
+	DefaultIPv6Prefix = 64
+)
+
+var (
+	errAuthTimeout = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Authentication took too long, closing connection"}
+	errGaveWay     = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many connections; unauthenticated session closed to make room"}
+)
+
+// networkKey names the network addr belongs to for the per-network session
+// cap: its IPv4 address masked to v4 bits or its IPv6 address to v6 bits,
+// as a prefix ("192.0.2.0/24", "2001:db8::/64"). IPv4-mapped IPv6
+// addresses count as IPv4. An address that is not IP is its own key.
+func networkKey(addr net.Addr, v4, v6 int) string {
+	if addr == nil {
+		return ""
+	}
+	var ip netip.Addr
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		ip = ta.AddrPort().Addr()
+	} else if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		ip = ap.Addr()
+	} else if a, err := netip.ParseAddr(addr.String()); err == nil {
+		ip = a
+	}
+	if !ip.IsValid() {
+		return addr.String()
+	}
+	ip = ip.Unmap().WithZone("")
+	bits := v6
+	if ip.Is4() {
+		bits = v4
+	}
+	pfx, err := ip.Prefix(min(max(bits, 0), ip.BitLen()))
+	if err != nil {
+		return ip.String()
+	}
+	return pfx.String()
+}
+
+func (p *Provider) networkKey(addr net.Addr) string {
+	return networkKey(addr, orDefault(p.IPv4Prefix, DefaultIPv4Prefix), orDefault(p.IPv6Prefix, DefaultIPv6Prefix))
+}
+
+// sessionTable is the provider's count of sessions: all of them, those per
+// network, and the unauthenticated ones oldest first, which give way to a
+// newcomer when the provider is full. Its methods need p.mu.
+type sessionTable struct {
+	all    map[*session]struct{}
+	perNet map[string]int
+	unauth list.List // of *session, by age
+}
+
+// admitLocked makes room for a new session from the network key, or says
+// why it is refused. When
+// MaxSessions is reached the oldest unauthenticated session gives way:
+// it is returned as victim, already uncounted, for the caller to evict
+// once p.mu is released. Authenticated sessions never give way, and a full
+// per-network cap refuses rather than evicts, so one network cannot push
+// out another's sessions by reconnecting.
+func (p *Provider) admitLocked(key string) (victim *session, refusal string) {
+	t := &p.table
+	if limit := orDefault(p.MaxSessionsPerAddr, DefaultMaxSessionsPerAddr); limit > 0 && t.perNet[key] >= limit {
+		return nil, "too many sessions from one network"
+	}
+	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(t.all) >= limit {
+		for e := t.unauth.Front(); e != nil; e = e.Next() {
+			if v := e.Value.(*session); v.State() < StateAuthenticated {
+				// A session that has just authenticated is about to be
+				// promoted: pass over it.
+				victim = v
+				break
+			}
+		}
+		if victim == nil {
+			return nil, "too many sessions"
+		}
+		p.uncountLocked(victim)
+	}
+	return victim, ""
+}
+
+// countLocked counts a new, unauthenticated session.
+func (p *Provider) countLocked(s *session) {
+	t := &p.table
+	t.all[s] = struct{}{}
+	t.perNet[s.netKey]++
+	s.unauthElem = t.unauth.PushBack(s)
+}
+
+// uncountLocked forgets s; it does nothing for a session already forgotten.
+func (p *Provider) uncountLocked(s *session) {
+	t := &p.table
+	if _, ok := t.all[s]; !ok {
+		return
+	}
+	delete(t.all, s)
+	if t.perNet[s.netKey]--; t.perNet[s.netKey] <= 0 {
+		delete(t.perNet, s.netKey)
+	}
+	if s.unauthElem != nil {
+		t.unauth.Remove(s.unauthElem)
+		s.unauthElem = nil
+	}
+}
+
+// promote marks s authenticated: it no longer gives way to newcomers.
+func (p *Provider) promote(s *session) {
+	p.mu.Lock()
+	if s.unauthElem != nil {
+		p.table.unauth.Remove(s.unauthElem)
+		s.unauthElem = nil
+	}
+	p.mu.Unlock()
+}
+
+// evict ends an unauthenticated session to make room: its next read (or
+// the one it is blocked in) fails, and it answers 421.
+func (s *session) evict() {
+	s.evicted.Store(true)
+	s.raw.SetReadDeadline(time.Unix(1, 0))
+	// s.log belongs to the session's goroutine: log through the provider.
+	s.p.logger().Info("odmr: unauthenticated session closed to make room",
+		"remote", s.raw.RemoteAddr().String(), "age", time.Since(s.start).Round(time.Millisecond))
+}
+
+// authDeadline is when an unauthenticated session must have authenticated,
+// or the zero time for no limit.
+func (s *session) authDeadline() time.Time {
+	d := orDefault(s.p.AuthTimeout, DefaultAuthTimeout)
+	if d < 0 {
+		return time.Time{}
+	}
+	return s.start.Add(d)
+}
+
+// limitTimeout answers a read timeout caused by eviction or by the
+// authentication deadline; it returns nil for any other timeout.
+func (s *session) limitTimeout() error {
+	if s.evicted.Load() {
+		s.reply(errGaveWay)
+		return errors.New("odmr: unauthenticated session closed to make room for others")
+	}
+	if s.identity == "" {
+		if end := s.authDeadline(); !end.IsZero() && !time.Now().Before(end) {
+			s.reply(errAuthTimeout)
+			return fmt.Errorf("odmr: not authenticated within %v", orDefault(s.p.AuthTimeout, DefaultAuthTimeout))
+		}
+	}
+	return nil
+}

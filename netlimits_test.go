@@ -1,0 +1,204 @@
+package odmr
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// addrConn is one end of a pipe that says it comes from a given address.
+type addrConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
+
+// pipeDial serves one pipe connection from remote ("" for the pipe's own
+// address) and returns the client end once it has read the first reply.
+func pipeDial(t *testing.T, p *Provider, remote string, wantCode int) (*client, string) {
+	t.Helper()
+	server, conn := net.Pipe()
+	var sc net.Conn = server
+	if remote != "" {
+		sc = addrConn{server, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(remote))}
+	}
+	go p.Serve(sc)
+	c := &client{t: t, conn: conn, tp: textproto.NewConn(conn)}
+	t.Cleanup(func() { conn.Close() })
+	return c, c.expect(wantCode)
+}
+
+func TestNetworkKey(t *testing.T) {
+	for _, c := range []struct {
+		addr   string
+		v4, v6 int
+		want   string
+	}{
+		{"192.0.2.7:366", 32, 64, "192.0.2.7/32"},
+		{"192.0.2.7:366", 24, 64, "192.0.2.0/24"},
+		// An IPv4-mapped address is the IPv4 address.
+		{"[::ffff:192.0.2.7]:366", 24, 64, "192.0.2.0/24"},
+		// The whole /64 of one site is one network.
+		{"[2001:db8:1:2:aaaa::1]:366", 32, 64, "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:aaaa::1]:366", 32, 48, "2001:db8:1::/48"},
+		{"[fe80::1%eth0]:366", 32, 64, "fe80::/64"},
+		// Out-of-range prefixes are clamped, not a panic.
+		{"192.0.2.7:366", 99, 64, "192.0.2.7/32"},
+		{"192.0.2.7:366", -1, 64, "0.0.0.0/0"},
+	} {
+		ap := netip.MustParseAddrPort(c.addr)
+		assert.Equal(t, c.want, networkKey(net.TCPAddrFromAddrPort(ap), c.v4, c.v6), c.addr)
+	}
+	// Addresses that are not IP are their own key.
+	server, conn := net.Pipe()
+	defer server.Close()
+	defer conn.Close()
+	assert.Equal(t, "pipe", networkKey(server.RemoteAddr(), 32, 64))
+	assert.Equal(t, "", networkKey(nil, 32, 64))
+}
+
+// TestAuthTimeoutEndsAnonymousSessions: a session that keeps itself alive
+// with NOOPs but never authenticates is closed after AuthTimeout (it
+// used to live up to SessionTimeout, 15 minutes); one that authenticated
+// is not.
+func TestAuthTimeoutEndsAnonymousSessions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard)
+		defer p.Close()
+		start := time.Now()
+		anon, _ := pipeDial(t, p, "192.0.2.1:1000", 220)
+		customer, _ := pipeDial(t, p, "192.0.2.2:1000", 220)
+		customer.login()
+		for time.Since(start) < DefaultAuthTimeout-10*time.Second {
+			time.Sleep(10 * time.Second)
+			anon.cmd(250, "NOOP")
+			customer.cmd(250, "NOOP")
+		}
+		// net.Pipe does not buffer: read the 421 rather than write into it.
+		msg := anon.expect(421)
+		assert.Contains(t, msg, "4.7.0 Authentication took too long")
+		assert.Equal(t, DefaultAuthTimeout, time.Since(start), "fake time is exact")
+		anon.expectClosed()
+		customer.cmd(250, "NOOP")
+	})
+}
+
+// TestAuthTimeoutCutsAnSASLExchange: the limit applies inside AUTH too.
+func TestAuthTimeoutCutsAnSASLExchange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, func(p *Provider) { p.AuthTimeout = 30 * time.Second })
+		defer p.Close()
+		c, _ := pipeDial(t, p, "", 220)
+		c.cmd(250, "EHLO customer.test")
+		c.cmd(334, "AUTH CRAM-MD5")
+		time.Sleep(31 * time.Second)
+		assert.Contains(t, c.expect(421), "Authentication took too long")
+	})
+}
+
+// TestFullProviderLetsAnonymousSessionGiveWay: with every slot taken by
+// sessions that have not authenticated, a newcomer is served and the
+// oldest anonymous session is closed (the newcomer used to get 421);
+// authenticated sessions never give way.
+func TestFullProviderLetsAnonymousSessionGiveWay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, func(p *Provider) { p.MaxSessions = 3 })
+		defer p.Close()
+		var anon []*client
+		for i := range 3 {
+			c, _ := pipeDial(t, p, fmt.Sprintf("192.0.2.%d:1000", i+1), 220)
+			anon = append(anon, c)
+		}
+		customer, _ := pipeDial(t, p, "198.51.100.1:1000", 220)
+		assert.Contains(t, anon[0].expect(421), "unauthenticated session closed to make room")
+		anon[0].expectClosed()
+		customer.login()
+
+		// The customer, now authenticated, stays while anonymous
+		// newcomers keep coming: each pushes out the oldest anonymous one.
+		for i := range 4 {
+			pipeDial(t, p, fmt.Sprintf("203.0.113.%d:1000", i+1), 220)
+		}
+		anon[1].expect(421)
+		anon[2].expect(421)
+		customer.cmd(250, "NOOP")
+
+		// Full of authenticated sessions: the newcomer is refused.
+		p2 := pipeProvider(io.Discard, func(p *Provider) { p.MaxSessions = 2 })
+		defer p2.Close()
+		for i := range 2 {
+			c, _ := pipeDial(t, p2, fmt.Sprintf("192.0.2.%d:1000", i+1), 220)
+			c.login()
+		}
+		_, msg := pipeDial(t, p2, "192.0.2.3:1000", 421)
+		assert.Contains(t, msg, "Too many connections, try again later")
+	})
+}
+
+// TestSessionCapPerNetwork: the per-address cap counts a whole IPv6 /64
+// (it used to count each address, so 50 addresses of one /64 filled the
+// provider), and an IPv4 network as configured.
+func TestSessionCapPerNetwork(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, func(p *Provider) { p.MaxSessionsPerAddr = 2; p.IPv4Prefix = 24 })
+		defer p.Close()
+		pipeDial(t, p, "[2001:db8:1:2::1]:1000", 220)
+		pipeDial(t, p, "[2001:db8:1:2::2]:1000", 220)
+		_, msg := pipeDial(t, p, "[2001:db8:1:2:ffff::3]:1000", 421)
+		assert.Contains(t, msg, "from your network")
+		pipeDial(t, p, "[2001:db8:1:3::1]:1000", 220) // another /64
+		pipeDial(t, p, "192.0.2.1:1000", 220)
+		pipeDial(t, p, "192.0.2.200:1000", 220)
+		pipeDial(t, p, "[::ffff:192.0.2.9]:1000", 421) // the same /24
+		pipeDial(t, p, "192.0.3.1:1000", 220)
+	})
+}
+
+// TestEvictionUnderChurn: anonymous connections racing for a full
+// provider over TCP never push out the authenticated customer, and the
+// session table is empty once they are gone (run it with -race).
+func TestEvictionUnderChurn(t *testing.T) {
+	f := newFixture(t, func(p *Provider) { p.MaxSessions = 4; p.MaxSessionsPerAddr = -1 })
+	customer := f.dial(t)
+	customer.login()
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Go(func() {
+			conn, err := net.Dial("tcp", f.addr)
+			if !assert.NoError(t, err) {
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang, not a measurement
+			tp := textproto.NewConn(conn)
+			if line, err := tp.ReadLine(); err == nil && strings.HasPrefix(line, "220 ") {
+				tp.PrintfLine("EHLO anon.test")
+				tp.ReadResponse(250)
+			}
+		})
+	}
+	wg.Wait()
+	customer.cmd(250, "NOOP")
+	customer.cmd(221, "QUIT")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, f.p.Shutdown(ctx))
+	f.p.mu.Lock()
+	defer f.p.mu.Unlock()
+	assert.Empty(t, f.p.table.all)
+	assert.Empty(t, f.p.table.perNet)
+	assert.Zero(t, f.p.table.unauth.Len())
+}
