@@ -69,6 +69,9 @@ func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, 
 		if err := s.deliverOne(ctx, c, msg, domains); err != nil {
 			return err
 		}
+		if s.stopOnRecordErr() {
+			break
+		}
 	}
 	if err := c.Quit(); err != nil {
 		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
@@ -203,8 +206,23 @@ func (s *session) complete(ctx context.Context, msg Message, env Envelope, resul
 	// acknowledged message must not be delivered again.
 	if err := msg.Complete(context.WithoutCancel(ctx), results); err != nil {
 		s.log.Error("odmr: queue could not record delivery results", "id", env.ID, "err", err)
+		if s.recordErr == nil {
+			s.recordErr = err
+		}
 	}
 	s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
+}
+
+// stopOnRecordErr reports whether the session must stop delivering
+// because the queue could not record a message's results. Every message
+// delivered after that would stay queued too, and be delivered again by
+// the next session: a full disk would turn a whole batch into duplicates.
+func (s *session) stopOnRecordErr() bool {
+	if s.recordErr == nil {
+		return false
+	}
+	s.log.Error("odmr: stopping delivery: the queue cannot record results; the rest stays queued", "err", s.recordErr)
+	return true
 }
 
 // unsendable returns a permanent failure when the customer cannot take env.

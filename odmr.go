@@ -208,7 +208,9 @@ type Message interface {
 	// lease. A result with a nil Err was acknowledged by the receiver's
 	// final 250 and is done; a permanent error (see [Permanent]) will not
 	// succeed by retrying and calls for a bounce; anything else is transient
-	// and the recipient stays queued.
+	// and the recipient stays queued. An error says the results could not
+	// be recorded (a full disk): the provider then delivers nothing more in
+	// the session, since whatever it delivered would be delivered again.
 	Complete(ctx context.Context, results []RecipientResult) error
 }
 

@@ -51,7 +51,14 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 			break
 		}
 		if err := s.sendPipelined(ctx, snd, c, msg, domains); err != nil {
+			s.stopOnRecordErr() // says why, if that is why
 			return fmt.Errorf("odmr: pipelined delivery: %w", err)
+		}
+		// A message's results are recorded once its reply is read, which
+		// may be after the next message went out: at most the messages in
+		// flight are delivered past a failed record.
+		if s.stopOnRecordErr() {
+			break
 		}
 	}
 	if err := snd.Quit(); err != nil {
@@ -87,8 +94,9 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 			body, err := msg.Open()
 			if err != nil {
 				s.log.Error("odmr: cannot open queued message", "id", env.ID, "err", err)
+				return nil, err
 			}
-			return body, err
+			return recordCheckBody{body, s}, nil
 		},
 		Done: func(errs []error) {
 			for i, err := range errs {
@@ -140,4 +148,20 @@ func mailParams(c *smtp.Client, env Envelope) string {
 		b.WriteString(dsnMailParams(env))
 	}
 	return b.String()
+}
+
+// recordCheckBody stops a body from being sent once the queue has failed to
+// record an earlier message's results, which may happen while this one waits
+// for its 354: the connection is cut before the final dot, so the customer
+// discards it instead of receiving it once more after the next session.
+type recordCheckBody struct {
+	io.ReadCloser
+	s *session
+}
+
+func (b recordCheckBody) Read(p []byte) (int, error) {
+	if b.s.recordErr != nil {
+		return 0, fmt.Errorf("odmr: not sending: %w", b.s.recordErr)
+	}
+	return b.ReadCloser.Read(p)
 }

@@ -49,6 +49,11 @@ type session struct {
 	// Counts for the closing log record.
 	messages, delivered, failed, deferred int
 	noDSN                                 bool // the customer did not offer DSN
+
+	// recordErr is the first error of a Message's Complete: the queue
+	// cannot record what was delivered (a full disk), so the session sends
+	// nothing more, and what it would send could only be sent again later.
+	recordErr error
 }
 
 func newSession(p *Provider, conn net.Conn) *session {

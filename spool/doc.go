@@ -17,6 +17,7 @@
 //	domains/<domain>/<id>       empty marker: recipients queued in domain
 //	dsn/<id>.eml, <id>.json     DSNs waiting for the Bouncer
 //	dead/                       DSNs that could not be delivered
+//	quarantine/<id>.*           damaged messages and a .reason, held aside
 //	tmp/                        files being written
 //
 // # Crash safety
@@ -28,6 +29,22 @@
 // is committed. Every change of state replaces the envelope the same way.
 // Open removes the debris of interrupted writes and restores markers a
 // power failure may have lost.
+//
+// # Damage
+//
+// What the spool did not write is never read as if it had: a FIFO, device
+// or symbolic link named like a spool file is not opened (it could hang
+// the process) but skipped and logged, and a domain directory that cannot
+// be read is skipped and logged, costing that domain its mail (HasMail
+// fails, so ATRN gets 451) and no other domain anything. A message whose
+// body is missing, not a regular file, or not the size its envelope
+// recorded is quarantined: moved whole into quarantine/ with a .reason
+// file, logged at error level, listed by [Spool.Quarantined], no longer
+// counted by HasMail, and never delivered or bounced until the operator
+// repairs it and moves it back into queue/ (Open restores its markers).
+// When recording a delivery fails (a full disk), Complete returns the
+// error and the recipients stay queued; the provider then stops the
+// session (see [odmr.Message]).
 //
 // # Sharing
 //

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,7 +108,7 @@ var errUnknownVersion = errors.New("unknown envelope version")
 // readEnvelope reads and checks the envelope at path, written for id. A
 // missing file gives an error matching fs.ErrNotExist.
 func readEnvelope(path, id string) (*envelopeFile, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -60,7 +61,7 @@ func idTime(id string) time.Time {
 // syncDir fsyncs a directory, making the creations, renames and removals
 // done in it durable.
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
+	d, err := openDir(dir)
 	if err != nil {
 		return err
 	}
@@ -101,6 +102,11 @@ func writeAtomic(tmpDir, path string, data []byte) error {
 // createTemp creates a new file in dir whose name starts with a fresh ID,
 // so the age of debris left by a crash can be read off its name.
 func createTemp(dir, suffix string) (*os.File, error) {
+	if writeFault != nil {
+		if err := writeFault(dir); err != nil {
+			return nil, err
+		}
+	}
 	for {
 		name := filepath.Join(dir, newID(time.Now())+"."+suffix)
 		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
@@ -120,9 +126,63 @@ func removeIfExists(path string) error {
 	return err
 }
 
+// writeFault, when a test sets it, is called before every file the spool
+// creates (each goes through createTemp), and an error it returns is the
+// creation's: it stands for a full disk.
+var writeFault func(dir string) error
+
+// errNotRegular is the error of opening something other than a regular
+// file where the spool keeps files: a FIFO, a device, a directory or a
+// symbolic link put there by someone else.
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens path for reading if it is a regular file. It never
+// waits: a FIFO named like a spool file is refused, not read.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|oNonblock|oNofollow, 0)
+	if err != nil {
+		if isSymlink(path) {
+			return nil, &os.PathError{Op: "open", Path: path, Err: errNotRegular}
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, &os.PathError{Op: "open", Path: path, Err: errNotRegular}
+	}
+	return f, nil
+}
+
+// isSymlink reports whether path is a symbolic link.
+func isSymlink(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode()&fs.ModeSymlink != 0
+}
+
+// readFileRegular reads at most max bytes of the regular file at path.
+func readFileRegular(path string, max int64) ([]byte, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, max))
+}
+
+// openDir opens a directory; anything else at dir is refused without
+// waiting.
+func openDir(dir string) (*os.File, error) {
+	return os.OpenFile(dir, os.O_RDONLY|oNonblock|oDirectory, 0)
+}
+
 // readNames returns the names in dir, or none when dir does not exist.
 func readNames(dir string) ([]string, error) {
-	d, err := os.Open(dir)
+	d, err := openDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	} else if err != nil {
@@ -130,6 +190,32 @@ func readNames(dir string) ([]string, error) {
 	}
 	defer d.Close()
 	return d.Readdirnames(-1)
+}
+
+// readIDs returns the names in dir that have the form of an ID and are
+// regular files (as the directory entry says, without a stat on most file
+// systems), and the others that have the form of an ID: something put there
+// that the spool must neither open nor count.
+func readIDs(dir string) (ids, odd []string, err error) {
+	d, err := openDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	} else if err != nil {
+		return nil, nil, err
+	}
+	defer d.Close()
+	entries, err := d.ReadDir(-1)
+	for _, e := range entries {
+		if !isID(e.Name()) {
+			continue
+		}
+		if e.Type().IsRegular() {
+			ids = append(ids, e.Name())
+		} else {
+			odd = append(odd, e.Name())
+		}
+	}
+	return ids, odd, err
 }
 
 // dirName turns a domain into the name of its directory under domains/.

@@ -191,14 +191,11 @@ func (s *Spool) walkMarkers(known map[string]*msgInfo) (map[string]*indexEntry, 
 	var stale []groupKey
 	msgs := make(map[string]*indexEntry, len(known))
 	for _, d := range dirs {
-		ids, err := readNames(filepath.Join(s.path(domainsDir), d))
+		ids, err := s.readMarkers(d)
 		if err != nil {
-			return nil, nil, err
+			continue // logged; the other domains are served
 		}
 		for _, id := range ids {
-			if !isID(id) {
-				continue
-			}
 			e := msgs[id]
 			if e == nil {
 				info := known[id]
@@ -216,6 +213,21 @@ func (s *Spool) walkMarkers(known map[string]*msgInfo) (map[string]*indexEntry, 
 		}
 	}
 	return msgs, stale, nil
+}
+
+// readMarkers lists the markers in domain directory dir. It logs, once,
+// a directory that cannot be read and entries that are not regular files,
+// and leaves both alone: one damaged domain must not stop the others.
+func (s *Spool) readMarkers(dir string) ([]string, error) {
+	ids, odd, err := readIDs(filepath.Join(s.path(domainsDir), dir))
+	if err != nil {
+		s.logOnce("dir:"+dir, "spool: cannot read a domain directory; its mail is not served until it is repaired", "dir", dir, "err", err)
+		return nil, err
+	}
+	for _, id := range odd {
+		s.logOnce("marker:"+dir+"/"+id, "spool: skipping a marker that is not a regular file; it is left in place", "dir", dir, "id", id)
+	}
+	return ids, nil
 }
 
 // loadInfo reads what the index needs of a message from its envelope. It

@@ -88,12 +88,12 @@ func (b *batch) Next(ctx context.Context) (odmr.Message, error) {
 func (b *batch) refill() error {
 	var ids []string
 	for _, dir := range b.dirs {
-		names, err := readNames(b.s.path(domainsDir, dir))
+		names, err := b.s.readMarkers(dir)
 		if err != nil {
-			return fmt.Errorf("spool: %w", err)
+			continue // logged; the batch's other domains are served
 		}
 		for _, id := range names {
-			if isID(id) && !b.considered[id] {
+			if !b.considered[id] {
 				b.considered[id] = true
 				ids = append(ids, id)
 			}
@@ -142,6 +142,13 @@ func (s *Spool) lease(ctx context.Context, b *batch, id string) (*message, error
 	env, groups, err := s.checkGroups(id, groups)
 	if err != nil || len(groups) == 0 {
 		return nil, err
+	}
+	if err := s.checkBody(env); err != nil {
+		if s.stillQueued(id) {
+			s.quarantine(env, err)
+		}
+		unlockGroups(groups)
+		return nil, nil
 	}
 	if time.Since(env.Received) >= s.opts.MaxAge {
 		err := s.settle(ctx, id, groups, nil, nil, true)
@@ -194,8 +201,11 @@ func (s *Spool) lockGroups(id string, dirs []string) ([]heldGroup, error) {
 		}
 		f, _, err := lockPath(s.markerPath(dir, id))
 		if err != nil {
-			unlockGroups(groups)
-			return nil, fmt.Errorf("spool: %w", err)
+			// A marker that is not a regular file, a domain directory
+			// that cannot be read: the recipients there stay queued and
+			// the others are served.
+			s.logOnce("marker:"+dir+"/"+id, "spool: skipping a marker that cannot be locked; it is left in place", "dir", dir, "id", id, "err", err)
+			continue
 		}
 		if f != nil {
 			groups = append(groups, heldGroup{dir, f})
@@ -256,6 +266,9 @@ type message struct {
 	env odmr.Envelope // To: the leased recipients
 
 	last atomic.Int64 // UnixNano of the last activity
+	// quarantined is set when Open found the body damaged and moved the
+	// message aside: Complete has nothing left to record.
+	quarantined atomic.Bool
 
 	mu     sync.Mutex
 	state  int
@@ -274,25 +287,36 @@ func (m *message) Envelope() odmr.Envelope {
 }
 
 // Open returns the body, streamed from its file. Reading it keeps the
-// lease alive. A body whose size differs from the one recorded at Enqueue
-// is refused with an error.
+// lease alive. A body that is missing, not a regular file, or whose size
+// differs from the one recorded at Enqueue is refused with an error, and
+// the message is quarantined; Complete then records nothing.
 func (m *message) Open() (io.ReadCloser, error) {
 	m.touch()
-	f, err := os.Open(m.s.bodyPath(m.id))
-	if err != nil {
+	var damage error
+	f, err := openRegular(m.s.bodyPath(m.id))
+	if isNotExist(err) || errors.Is(err, errNotRegular) {
+		damage = err
+	} else if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
-	}
-	// A body whose size is not the one recorded when it was committed has
-	// been damaged since; better not to deliver it at all.
-	if fi, err := f.Stat(); err != nil || fi.Size() != m.env.Size {
+	} else if fi, err := f.Stat(); err != nil {
 		f.Close()
-		if err == nil {
-			err = fmt.Errorf("spool: body of message %s has %d bytes, its envelope says %d", m.id, fi.Size(), m.env.Size)
-			m.s.log.Error("spool: damaged message body", "id", m.id, "err", err)
-		}
-		return nil, err
+		return nil, fmt.Errorf("spool: %w", err)
+	} else if fi.Size() != m.env.Size {
+		// A body whose size is not the one recorded when it was
+		// committed has been damaged since; better not to deliver it.
+		f.Close()
+		damage = fmt.Errorf("body has %d bytes, its envelope says %d", fi.Size(), m.env.Size)
 	}
-	return &bodyReader{f: f, m: m}, nil
+	if damage == nil {
+		return &bodyReader{f: f, m: m}, nil
+	}
+	err = fmt.Errorf("spool: damaged body of message %s: %w", m.id, damage)
+	m.s.log.Error("spool: damaged message body", "id", m.id, "err", err)
+	if env, rerr := readEnvelope(m.s.envPath(m.id), m.id); rerr == nil {
+		m.s.quarantine(env, damage)
+		m.quarantined.Store(true)
+	}
+	return nil, err
 }
 
 type bodyReader struct {
@@ -322,6 +346,10 @@ func (m *message) Complete(ctx context.Context, results []odmr.RecipientResult) 
 	case stateReleased:
 		return fmt.Errorf("spool: message %s was released before Complete; results not recorded", m.id)
 	case stateIdle:
+		if m.quarantined.Load() {
+			m.state = stateCompleted
+			return nil
+		}
 		if err := m.retake(); err != nil {
 			m.state = stateCompleted
 			return err
@@ -329,6 +357,9 @@ func (m *message) Complete(ctx context.Context, results []odmr.RecipientResult) 
 	}
 	m.timer.Stop()
 	defer m.unlock(stateCompleted)
+	if m.quarantined.Load() {
+		return nil
+	}
 	return m.s.settle(context.WithoutCancel(ctx), m.id, m.groups, m.env.To, results, false)
 }
 

@@ -41,7 +41,7 @@ import (
 // nil and busy when someone else holds the lock; or nil and !busy when
 // there is no file at path (any more).
 func lockPath(path string) (f *os.File, busy bool, err error) {
-	f, err = os.Open(path)
+	f, err = openRegular(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	} else if err != nil {

@@ -30,7 +30,7 @@ import (
 // The caller holds the message's envelope lock.
 func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.Time) error {
 	var headers []byte
-	if f, err := os.Open(s.bodyPath(env.ID)); err == nil {
+	if f, err := openRegular(s.bodyPath(env.ID)); err == nil {
 		headers, err = readHeaderSection(f, maxReportedHeaders)
 		f.Close()
 		if err != nil {
@@ -48,7 +48,7 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 	// section 4.3); up to maxReturnedMessage it gets it, and headers
 	// only beyond, as other MTAs do.
 	if env.Ret == odmr.ReturnFull && !failed[0].relayed() && env.Body != odmr.BodyBinaryMIME && env.Size <= maxReturnedMessage {
-		if body, err := os.Open(s.bodyPath(env.ID)); err == nil {
+		if body, err := openRegular(s.bodyPath(env.ID)); err == nil {
 			defer body.Close()
 			rep.full, rep.eightBit = body, env.Body == odmr.Body8BitMIME
 		} else {
@@ -196,7 +196,7 @@ func (s *Spool) sendDSN(ctx context.Context, id string, backoff bool) (bool, err
 		return false, nil
 	}
 	rc := &de.Recipients[0]
-	f, err := os.Open(emlPath)
+	f, err := openRegular(emlPath)
 	if err != nil {
 		return false, fmt.Errorf("spool: %w", err)
 	}

@@ -158,7 +158,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 		s.log = slog.Default()
 	}
 	s.idx.init()
-	for _, d := range []string{queueDir, domainsDir, tmpDir, dsnDir, deadDir} {
+	for _, d := range []string{queueDir, domainsDir, tmpDir, dsnDir, deadDir, quarantineDir} {
 		if err := os.MkdirAll(s.path(d), dirPerm); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
@@ -187,7 +187,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 // new spool.
 func (s *Spool) checkLayout() error {
 	path := s.path(layoutFile)
-	data, err := os.ReadFile(path)
+	data, err := readFileRegular(path, 1<<16)
 	if isNotExist(err) {
 		data, _ = json.Marshal(map[string]any{"format": "odmr-spool", "version": layoutVersion})
 		if err := writeAtomic(s.path(tmpDir), path, append(data, '\n')); err != nil {
@@ -240,10 +240,18 @@ func (s *Spool) scanQueue() (map[string]*msgInfo, error) {
 			known[id] = &msgInfo{unreadable: true, received: idTime(id)}
 			continue
 		}
+		if err := s.checkBody(env); err != nil {
+			if s.stillQueued(id) {
+				s.quarantine(env, err)
+			}
+			continue
+		}
 		known[id] = infoOf(env)
 		for dir := range env.queuedDirs() {
 			if err := s.restoreMarker(dir, id); err != nil {
-				return nil, fmt.Errorf("spool: %w", err)
+				// One domain's directory must not keep the others'
+				// mail from being served.
+				s.logOnce("dir:"+dir, "spool: cannot restore a domain marker; the domain directory is damaged, its mail is not served until it is repaired", "id", id, "dir", dir, "err", err)
 			}
 		}
 	}
@@ -380,9 +388,10 @@ func (s *Spool) HasMail(ctx context.Context, domains []string) (bool, error) {
 	return false, nil
 }
 
-// hasMarker reports whether domain directory dir holds a marker.
+// hasMarker reports whether domain directory dir holds a marker: a
+// regular file named like an ID, as its directory entry says.
 func (s *Spool) hasMarker(dir string) (bool, error) {
-	f, err := os.Open(filepath.Join(s.path(domainsDir), dir))
+	f, err := openDir(filepath.Join(s.path(domainsDir), dir))
 	if isNotExist(err) {
 		return false, nil
 	} else if err != nil {
@@ -390,9 +399,9 @@ func (s *Spool) hasMarker(dir string) (bool, error) {
 	}
 	defer f.Close()
 	for {
-		names, err := f.Readdirnames(16)
-		for _, n := range names {
-			if isID(n) {
+		entries, err := f.ReadDir(16)
+		for _, e := range entries {
+			if isID(e.Name()) && e.Type().IsRegular() {
 				return true, nil
 			}
 		}
@@ -510,14 +519,30 @@ func (s *Spool) kickBouncer() {
 
 // logUnreadable logs an unreadable envelope, once per process.
 func (s *Spool) logUnreadable(id string, err error) {
+	s.logOnce(id, "spool: skipping message with unreadable envelope; the file is left in place", "id", id, "err", err)
+}
+
+// logOnce logs an error about something in the spool that cannot be read,
+// once per process and key. At most maxLoggedKeys keys are remembered:
+// past that, a damaged spool is logged about again rather than growing
+// memory.
+func (s *Spool) logOnce(key, msg string, args ...any) {
 	s.mu.Lock()
-	logged := s.bad[id]
-	s.bad[id] = true
+	logged := s.bad[key]
+	if !logged {
+		if len(s.bad) >= maxLoggedKeys {
+			clear(s.bad)
+		}
+		s.bad[key] = true
+	}
 	s.mu.Unlock()
 	if !logged {
-		s.log.Error("spool: skipping message with unreadable envelope; the file is left in place", "id", id, "err", err)
+		s.log.Error(msg, args...)
 	}
 }
+
+// maxLoggedKeys bounds what logOnce remembers.
+const maxLoggedKeys = 10000
 
 func (s *Spool) path(name ...string) string {
 	return filepath.Join(append([]string{s.dir}, name...)...)

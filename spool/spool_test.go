@@ -705,18 +705,3 @@ func TestUnusualDomains(t *testing.T) {
 	require.Len(t, stats, 1)
 	assert.Equal(t, "[192.0.2.1]", stats[0].Domain)
 }
-
-func TestDamagedBodyIsNotDelivered(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	id := f.enqueue("s@origin.test", "Subject: x\r\n\r\nsome text\r\n", "a@example.org")
-	require.NoError(t, os.Truncate(f.s.bodyPath(id), 10))
-	b, err := f.s.Claim(ctx, []string{"example.org"})
-	require.NoError(t, err)
-	m, err := b.Next(ctx)
-	require.NoError(t, err)
-	_, err = m.Open()
-	assert.ErrorContains(t, err, "has 10 bytes")
-	require.NoError(t, b.Close())
-	assert.Contains(t, f.logs.String(), "damaged message body")
-}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"syscall"
 
 	"github.com/emersion/go-smtp"
 
@@ -94,6 +95,8 @@ func (s *intakeSession) Data(r io.Reader) error {
 	return nil
 }
 
+var errNoSpace = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
+
 // toSMTPError turns a queue's refusal into a reply; other errors are
 // logged and answered 451 without their text.
 func toSMTPError(log *slog.Logger, err error) error {
@@ -107,6 +110,12 @@ func toSMTPError(log *slog.Logger, err error) error {
 			ec = smtp.EnhancedCodeNotSet
 		}
 		return &smtp.SMTPError{Code: e.Code, EnhancedCode: ec, Message: e.Message}
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// RFC 3463: 4.3.1, mail system full; RFC 5321: 452, insufficient
+		// system storage. The sender retries later, as with a 451.
+		log.Error("odmr-provider: cannot queue message: no space left", "err", err)
+		return errNoSpace
 	}
 	log.Error("odmr-provider: cannot queue message", "err", err)
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}

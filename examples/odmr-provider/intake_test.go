@@ -2,9 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -54,4 +59,47 @@ func TestIntakeKeepsDSNRequests(t *testing.T) {
 		}},
 	}, env.DSN)
 	assert.Equal(t, []string{"a@example.org", "b@example.org"}, env.To)
+}
+
+// TestIntakeFullDiskIs452 checks the reply to a message the queue cannot
+// store for want of space: 452 4.3.1 (RFC 5321, RFC 3463), not the 451
+// 4.3.0 of other local errors, for both the disk full and the quota
+// exceeded errors of the file system.
+func TestIntakeFullDiskIs452(t *testing.T) {
+	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			srv := smtp.NewServer(&intake{accounts: accounts, log: slog.New(slog.DiscardHandler),
+				enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+					io.Copy(io.Discard, body)
+					// As the spool returns it: wrapped, from a write.
+					return fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: filepath.Join("tmp", "x.eml"), Err: errno})
+				}})
+			srv.Domain = "prov.test"
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			go srv.Serve(l)
+			defer srv.Close()
+
+			c, err := smtp.Dial(l.Addr().String())
+			require.NoError(t, err)
+			defer c.Close()
+			require.NoError(t, c.Mail("s@x.test", nil))
+			require.NoError(t, c.Rcpt("a@example.org", nil))
+			w, err := c.Data()
+			require.NoError(t, err)
+			io.WriteString(w, "Subject: x\r\n\r\nx\r\n")
+			err = w.Close()
+			var se *smtp.SMTPError
+			require.ErrorAs(t, err, &se)
+			if errno == syscall.EIO {
+				assert.Equal(t, 451, se.Code)
+				assert.Equal(t, smtp.EnhancedCode{4, 3, 0}, se.EnhancedCode)
+				return
+			}
+			assert.Equal(t, 452, se.Code)
+			assert.Equal(t, smtp.EnhancedCode{4, 3, 1}, se.EnhancedCode)
+			assert.False(t, strings.Contains(se.Message, "tmp"), "no file names on the wire: %q", se.Message)
+		})
+	}
 }

@@ -442,6 +442,10 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 		return nil, nil, nil, nil, fmt.Errorf("-spool %s: %w", cfg.spoolDir, err)
 	}
 	log.Info("odmr-provider: spool opened", "dir", cfg.spoolDir, "max-age", cfg.maxAge)
+	if q, err := s.Quarantined(); err == nil && len(q) > 0 {
+		log.Error("odmr-provider: damaged messages are held in quarantine; see their .reason files, and -list",
+			"count", len(q), "dir", filepath.Join(cfg.spoolDir, "quarantine"))
+	}
 	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
 		_, err := s.Enqueue(ctx, env, body)
 		return err
@@ -480,5 +484,16 @@ func listSpool(dir string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "%d domains, %d messages queued per domain in all; %d bounces waiting to be sent\n", len(stats), total, bounces)
+	q, err := s.Quarantined()
+	if err != nil {
+		return err
+	}
+	if len(q) > 0 {
+		fmt.Fprintf(out, "%d damaged messages held in %s, not delivered:\n", len(q), filepath.Join(dir, "quarantine"))
+		for _, m := range q {
+			reason, _, _ := strings.Cut(strings.TrimPrefix(m.Reason, "quarantined "), "\nfrom:")
+			fmt.Fprintf(out, "  %s  %s\n", m.ID, strings.ReplaceAll(reason, "\n", "  "))
+		}
+	}
 	return nil
 }
