@@ -55,6 +55,8 @@ type config struct {
 	quotaBytes                           int64
 	quotaMessages                        int
 	list                                 bool
+	atrnBurst                            int
+	atrnInterval                         time.Duration
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -80,6 +82,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.bouncesDir, "bounces", "", "write bounces to `DIR` when there is no -smarthost (default: SPOOL/bounces)")
 	fs.Int64Var(&c.quotaBytes, "quota-bytes", 0, "most `BYTES` queued per domain, refused with 452 at intake (0: no limit; with -spool)")
 	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool)")
+	fs.IntVar(&c.atrnBurst, "atrn-burst", odmr.DefaultATRNBurst, "ATRN commands an account may send at once before -atrn-interval applies")
+	fs.DurationVar(&c.atrnInterval, "atrn-interval", odmr.DefaultATRNInterval, "then one ATRN per `DURATION` for each account (negative: no limit)")
 	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: odmr-provider -accounts FILE [flags]\n\n"+
@@ -176,6 +180,8 @@ func run(args []string) error {
 		TLSConfig:         tlsConfig,
 		RequireTLS:        cfg.requireTLS,
 		DisableChunking:   cfg.noChunking,
+		ATRNBurst:         cfg.atrnBurst,
+		ATRNInterval:      cfg.atrnInterval,
 		Logger:            log,
 	}
 	odmrLn, err := listen(cfg.listen, "listen")

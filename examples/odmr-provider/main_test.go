@@ -30,6 +30,12 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ":366", c.listen)
 	assert.Equal(t, ":25", c.smtpAddr)
+	assert.Equal(t, odmr.DefaultATRNBurst, c.atrnBurst)
+	assert.Equal(t, odmr.DefaultATRNInterval, c.atrnInterval)
+	c, err = parseFlags([]string{"-accounts", "x", "-atrn-burst", "100", "-atrn-interval", "-1s"})
+	require.NoError(t, err)
+	assert.Equal(t, 100, c.atrnBurst)
+	assert.Equal(t, -time.Second, c.atrnInterval)
 }
 
 func TestMalformedAccountsFileFailsClearly(t *testing.T) {
