@@ -23,6 +23,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // benchBody is a 10 KiB message of 78-byte lines, some starting with a
@@ -122,7 +123,7 @@ func benchSink(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	go srv.Serve(l)
-	tb.Cleanup(func() { srv.Close() })
+	tb.Cleanup(func() { smtptest.Shutdown(tb, srv) })
 	return l.Addr().String()
 }
 

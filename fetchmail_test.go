@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr/internal/fetchmailtest"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // These tests run the real fetchmail, the ODMR customer people actually
@@ -87,7 +88,7 @@ func startSink(t *testing.T) (*smtpSink, string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
 	return sink, l.Addr().String()
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/go-odmr/odmr/internal/oneconn"
 	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // recQueue is a MemoryQueue that records every Complete and can make
@@ -645,7 +646,7 @@ func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 			err := newSession(p, rc).deliver(context.Background(), rc, []string{"example.org"})
 			require.NoError(t, err)
 			pc.Close()
-			srv.Close()
+			smtptest.Shutdown(t, srv)
 			run := plRun{outcome: map[string]string{}}
 			for _, id := range ids {
 				for _, r := range q.results[id] {

@@ -701,13 +701,6 @@ func TestTwoSessionsNeverDeliverTheSameMessageTwice(t *testing.T) {
 	assert.Equal(t, 0, f.q.Len())
 }
 
-func TestIdleTimeoutIs421(t *testing.T) {
-	f := newFixture(t, func(p *Provider) { p.CommandTimeout = 100 * time.Millisecond })
-	c := f.dial(t)
-	assert.Contains(t, c.expect(421), "timeout")
-	c.expectClosed()
-}
-
 func TestShutdownEndsIdleSessions(t *testing.T) {
 	f := newFixture(t)
 	c := f.dial(t)

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // localMTA is a go-smtp server standing in for the customer's own mail
@@ -130,7 +131,7 @@ func startLocalMTA(t *testing.T, mta *localMTA, lmtp bool, network string) strin
 		srv.Serve(l)
 	}()
 	t.Cleanup(func() {
-		srv.Close()
+		smtptest.Shutdown(t, srv)
 		<-done
 	})
 	return l.Addr().String()

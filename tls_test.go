@@ -310,24 +310,6 @@ func TestSessionCapPerAddress(t *testing.T) {
 	c.cmd(250, "NOOP")
 }
 
-func TestTricklingClientIsCutOffAtIdleTimeout(t *testing.T) {
-	f := newFixture(t, func(p *Provider) { p.CommandTimeout = 300 * time.Millisecond })
-	c := f.dial(t)
-	start := time.Now()
-	var err error
-	for i := 0; i < 50 && err == nil; i++ {
-		// One byte at a time, never a whole line.
-		_, err = c.conn.Write([]byte("N"))
-		time.Sleep(50 * time.Millisecond)
-		if time.Since(start) > 600*time.Millisecond {
-			break
-		}
-	}
-	line, rerr := c.tp.ReadLine()
-	require.NoError(t, rerr)
-	assert.True(t, strings.HasPrefix(line, "421 4.4.2"), line)
-}
-
 func TestDebugTranscriptRedactsAUTH(t *testing.T) {
 	debug := &syncBuffer{}
 	f := newFixture(t, func(p *Provider) { p.Debug = debug; p.AllowInsecureAuth = true })

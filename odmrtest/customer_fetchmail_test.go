@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr/internal/fetchmailtest"
+	"github.com/go-odmr/odmr/internal/smtptest"
 	"github.com/go-odmr/odmr/odmrtest"
 )
 
@@ -101,7 +102,7 @@ func (rs *relaySession) Logout() error { return nil }
 // fetchmailConfig is the CustomerConfig that runs fetchmail once per
 // check, polling the suite's provider with ODMR and relaying to a fresh
 // relaySink.
-func fetchmailConfig(bin string) odmrtest.CustomerConfig {
+func fetchmailConfig(t *testing.T, bin string) odmrtest.CustomerConfig {
 	return odmrtest.CustomerConfig{
 		Fetch: func(ctx context.Context, addr string) odmrtest.CustomerOutcome {
 			fail := func(err error) odmrtest.CustomerOutcome {
@@ -115,7 +116,7 @@ func fetchmailConfig(bin string) odmrtest.CustomerConfig {
 				return fail(err)
 			}
 			go srv.Serve(strictEOFListener{l})
-			defer srv.Close()
+			defer smtptest.Shutdown(t, srv)
 
 			poll := fetchmailtest.Poll{Addr: addr, User: odmrtest.FixtureUser, Secret: odmrtest.FixtureSecret,
 				Domains: odmrtest.FixtureDomains, Sink: l.Addr().String(), Timeout: 30 * time.Second}
@@ -186,7 +187,7 @@ func (c strictEOFConn) Read(p []byte) (int, error) {
 
 func TestFetchmailCustomer(t *testing.T) {
 	bin := fetchmailtest.Binary(t)
-	cfg := fetchmailConfig(bin)
+	cfg := fetchmailConfig(t, bin)
 	var mu sync.Mutex
 	var transcripts strings.Builder
 	cfg.Debug = writerFunc(func(p []byte) (int, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // failOne leases the next message for domain and fails it permanently.
@@ -202,7 +203,7 @@ func startSmarthost(t *testing.T, h *smarthost) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
 	return l.Addr().String()
 }
 

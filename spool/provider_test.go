@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // oneConnListener hands out one connection, then waits to be closed.
@@ -150,7 +151,7 @@ func pullThroughProvider(t *testing.T, s *Spool, domain string) (atrnReply int, 
 	case <-time.After(30 * time.Second):
 		t.Fatal("the provider did not finish delivering")
 	}
-	srv.Close()
+	smtptest.Shutdown(t, srv)
 	<-served
 	mu.Lock()
 	defer mu.Unlock()

@@ -30,7 +30,11 @@ func TestAgainstTheRunnableProvider(t *testing.T) {
 	accts := filepath.Join(dir, "accounts")
 	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org,example.com\nbob pw example.net\n"), 0o600))
 	odmrAddr, smtpAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test")
+	// The checks send about 50 ATRNs in a row, more than the default
+	// burst, and on a loaded machine faster than one a second: the rate
+	// limit is off, as in odmrtest's own fixture.
+	cmd := exec.Command(bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test",
+		"-atrn-interval", "-1s")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 func TestIntakeKeepsDSNRequests(t *testing.T) {
@@ -33,7 +34,7 @@ func TestIntakeKeepsDSNRequests(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(l)
-	defer srv.Close()
+	defer smtptest.Shutdown(t, srv)
 
 	c, err := smtp.Dial(l.Addr().String())
 	require.NoError(t, err)

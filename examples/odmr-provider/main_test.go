@@ -30,6 +30,12 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ":366", c.listen)
 	assert.Equal(t, ":25", c.smtpAddr)
+	assert.Equal(t, odmr.DefaultATRNBurst, c.limits.atrnBurst)
+	assert.Equal(t, odmr.DefaultATRNInterval, c.limits.atrnInterval)
+	c, err = parseFlags([]string{"-accounts", "x", "-atrn-burst", "100", "-atrn-interval", "-1s"})
+	require.NoError(t, err)
+	assert.Equal(t, 100, c.limits.atrnBurst)
+	assert.Equal(t, -time.Second, c.limits.atrnInterval)
 }
 
 func TestMalformedAccountsFileFailsClearly(t *testing.T) {

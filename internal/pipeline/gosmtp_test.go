@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
+	"github.com/go-odmr/odmr/internal/smtptest"
 
 	"github.com/go-odmr/odmr/internal/oneconn"
 )
@@ -107,7 +108,7 @@ func dialGoSMTP(t *testing.T, b *sink, tcp bool) net.Conn {
 	}
 	t.Cleanup(func() {
 		c.Close()
-		srv.Close()
+		smtptest.Shutdown(t, srv)
 	})
 	return c
 }
