@@ -1,6 +1,7 @@
 package odmr
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -164,35 +165,54 @@ func (w *countWriter) Write(p []byte) (int, error) { w.n.Add(int64(len(p))); ret
 
 // BenchmarkAuthFloodLongNames measures what a flood of failed CRAM-MD5
 // logins with 9 KB user names, each from its own address, leaves in the
-// provider's heap and log, with the default limits. Run it with
-// -benchtime=1x: each iteration is the whole flood.
+// provider's heap and log, with the default limits. The same flood with
+// short names is the baseline: the pipes' deadline timers keep some memory
+// for a while whatever the names. The floods run once whatever b.N; its
+// ns/op mean nothing.
 func BenchmarkAuthFloodLongNames(b *testing.B) {
-	const n = 20000
-	for b.Loop() {
-		logs := &countWriter{}
-		accts := Accounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
-		p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts,
-			Queue: newSliceQueue(0, nil), Logger: slog.New(slog.NewTextHandler(logs, nil)),
-			MaxSessionsPerAddr: -1}
-		runtime.GC()
-		var before runtime.MemStats
-		runtime.ReadMemStats(&before)
-		long := strings.Repeat("x", 9000)
-		for i := range n {
-			tp := pipeFrom(b, p, fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255))
-			code, msg, err := authCRAMRaw(tp, fmt.Sprintf("%s%d", long, i), "guess")
-			if err != nil || (code != 535 && code != 454) {
-				b.Fatalf("got %d %q %v", code, msg, err)
-			}
-			tp.PrintfLine("QUIT")
-			io.Copy(io.Discard, tp.R)
-			tp.Close()
-		}
-		runtime.GC()
-		var after runtime.MemStats
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/(1<<20), "heap-MB")
-		b.ReportMetric(float64(logs.n.Load())/(1<<20), "log-MB")
-		p.Close()
+	if floodResults == nil {
+		short, _ := authFlood(b, 1)
+		long, logs := authFlood(b, 9000)
+		floodResults = []float64{short, long, logs}
 	}
+	for b.Loop() {
+	}
+	b.ReportMetric(floodResults[0], "heap-MB-short-names")
+	b.ReportMetric(floodResults[1], "heap-MB-9KB-names")
+	b.ReportMetric(floodResults[2], "log-MB-9KB-names")
+}
+
+// floodResults keeps the figures of the floods between the runs the
+// testing package makes of the benchmark.
+var floodResults []float64
+
+func authFlood(b *testing.B, nameLen int) (heapMB, logMB float64) {
+	const n = 20000
+	logs := &countWriter{}
+	accts := Accounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
+	p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts,
+		Queue: newSliceQueue(0, nil), Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		MaxSessionsPerAddr: -1}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	long := strings.Repeat("x", nameLen)
+	for i := range n {
+		tp := pipeFrom(b, p, fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255))
+		code, msg, err := authCRAMRaw(tp, fmt.Sprintf("%s%d", long, i), "guess")
+		if err != nil || (code != 535 && code != 454) {
+			b.Fatalf("got %d %q %v", code, msg, err)
+		}
+		tp.PrintfLine("QUIT")
+		io.Copy(io.Discard, tp.R)
+		tp.Close()
+	}
+	// Let the sessions end; what stays is the provider's own state.
+	p.Shutdown(context.Background())
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(p)
+	p.Close()
+	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / (1 << 20), float64(logs.n.Load()) / (1 << 20)
 }
