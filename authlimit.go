@@ -22,9 +22,10 @@ const (
 //
 // Sources (an IPv4 address, or an IPv6 /64) are penalised: after `free`
 // failures each further failure closes the source for a period that
-// doubles from base up to max. A success does not clear a source's count,
-// or an attacker could interleave logins to an account of its own; the
-// count is forgotten once the source has been quiet for max.
+// doubles from base up to max. A success as an identity forgives only the
+// source's failures at that same identity, or an attacker could
+// interleave logins to an account of its own; the count is forgotten once
+// the source has been quiet for max.
 //
 // Identities are slowed, never locked: each one has a bucket of `burst`
 // guesses that refills at one per `every`. An attempt on an identity takes
@@ -55,6 +56,15 @@ type sourceState struct {
 	failures int
 	until    time.Time // no attempts before this
 	last     time.Time
+	// byIdent attributes failures to the identities they were at, so that
+	// a customer's own typos are forgiven when it gets in, and nothing
+	// else is.
+	byIdent [knownSources]identFailures
+}
+
+type identFailures struct {
+	ident uint64
+	n     int
 }
 
 // knownSources is how many sources an identity remembers.
@@ -159,15 +169,24 @@ func (id *identState) refill(now time.Time, every time.Duration, burst int) {
 	}
 }
 
-// succeed records a login of user from source: the guess admit took is
-// given back and the source becomes one the identity knows.
+// succeed records a login of user from source: the source's failures at
+// user are forgiven, the guess admit took is given back and the source
+// becomes one the identity knows.
 func (l *authLimiter) succeed(source, user string, t authTicket, now time.Time) {
-	if l.every < 0 {
-		return
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	hs, hi := l.hash('s', source), l.hash('u', user)
+	if st := l.sources[hs]; st != nil {
+		for i, f := range st.byIdent {
+			if f.ident == hi && f.n > 0 {
+				st.failures -= f.n
+				st.byIdent[i] = identFailures{}
+			}
+		}
+	}
+	if l.every < 0 {
+		return
+	}
 	id := l.idents[hi]
 	if id == nil {
 		id = &identState{tokens: float64(l.burst), at: now}
@@ -183,9 +202,9 @@ func (l *authLimiter) succeed(source, user string, t authTicket, now time.Time) 
 	}
 }
 
-// fail records a failed or abandoned attempt from source. The identity's
-// guess was taken by admit.
-func (l *authLimiter) fail(source string, now time.Time) {
+// fail records a failed or abandoned attempt from source at user ("" if
+// none was named). The identity's guess was taken by admit.
+func (l *authLimiter) fail(source, user string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweep(now)
@@ -200,6 +219,22 @@ func (l *authLimiter) fail(source string, now time.Time) {
 	}
 	st.failures++
 	st.last = now
+	if user != "" {
+		hi := l.hash('u', user)
+		slot := -1
+		for i, f := range st.byIdent {
+			if f.ident == hi || (slot < 0 && f.n == 0) {
+				slot = i
+			}
+			if f.ident == hi {
+				break
+			}
+		}
+		if slot >= 0 {
+			st.byIdent[slot].ident = hi
+			st.byIdent[slot].n++
+		}
+	}
 	if over := st.failures - l.free; over > 0 {
 		d := l.base
 		for i := 1; i < over && d < l.max; i++ {

@@ -122,7 +122,8 @@ func TestAuthKnownSourceGetsInUnderAttack(t *testing.T) {
 }
 
 // Logging in to an account of one's own does not wipe the source's
-// failures at another's.
+// failures at another's; only the failures at the same account are
+// forgiven (a customer's own typos).
 func TestOwnLoginsDoNotResetTheSourceCount(t *testing.T) {
 	p, _ := authProvider(t, func(p *Provider) { p.AuthFailuresAllowed = 2; p.AuthBackoff = time.Hour })
 	const src = "10.2.0.1"
@@ -143,6 +144,18 @@ func TestOwnLoginsDoNotResetTheSourceCount(t *testing.T) {
 	require.NoError(t, tp.PrintfLine("AUTH CRAM-MD5"))
 	code, msg, _ := tp.ReadResponse(0)
 	assert.Equal(t, 454, code, msg)
+
+	const typist = "10.2.0.2"
+	for range 5 {
+		tp := pipeFrom(t, p, typist)
+		code, _, err := authCRAMRaw(tp, "mallory", "typo")
+		require.NoError(t, err)
+		require.Equal(t, 535, code)
+		code, _, err = authCRAMRaw(tp, "mallory", "mallorys-secret")
+		require.NoError(t, err)
+		require.Equal(t, 235, code)
+		tp.Close()
+	}
 	// A source of one IPv6 /64 is one source.
 	assert.Equal(t, sourceOf(ipAddr("2001:db8::1")), sourceOf(ipAddr("2001:db8::ffff:1")))
 	assert.Equal(t, "192.0.2.1", sourceOf(ipAddr("::ffff:192.0.2.1")))
@@ -157,7 +170,7 @@ func TestAuthLimiterMemoryIsBounded(t *testing.T) {
 	for i := range 5000 {
 		src := fmt.Sprintf("10.3.%d.%d", i/250, i%250)
 		l.admit(src, fmt.Sprint(long, i), now)
-		l.fail(src, now)
+		l.fail(src, fmt.Sprint(long, i), now)
 	}
 	sources, idents := l.size()
 	assert.LessOrEqual(t, sources, 1000)
@@ -237,7 +250,8 @@ func TestSCRAMSaltsAreStableAndUnknownUsersLookAlike(t *testing.T) {
 }
 
 // Cancelling an exchange with "*", or dropping the connection in the
-// middle of one, counts against the source like a wrong secret.
+// middle of one, once a user was named, counts against the source like a
+// wrong secret.
 func TestCancelledAndAbandonedAuthCount(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p, _ := authProvider(t, func(p *Provider) { p.AuthFailuresAllowed = 2; p.AuthBackoff = time.Hour })
@@ -254,7 +268,8 @@ func TestCancelledAndAbandonedAuthCount(t *testing.T) {
 		tp.Close() // abandoned
 		synctest.Wait()
 		tp = pipeFrom(t, p, src)
-		require.NoError(t, tp.PrintfLine("AUTH %s *", SCRAMSHA256)) // the third failure
+		scramFirst(t, tp, testUser)
+		require.NoError(t, tp.PrintfLine("*")) // the third failure
 		code, _, _ = tp.ReadResponse(0)
 		assert.Equal(t, 501, code)
 		tp.Close()

@@ -94,8 +94,10 @@ type Provider struct {
 	// closes the source for AuthBackoff, doubling up to MaxAuthBackoff;
 	// AUTH from it is answered 454 meanwhile. Wrong secrets, cancelled or
 	// abandoned exchanges and attempts refused by AuthGuessInterval all
-	// count; a success does not clear the count, which is forgotten after
-	// MaxAuthBackoff without failures. 0 means DefaultAuthFailuresAllowed;
+	// count once a user was named. A success forgives only the failures
+	// at the same identity (the customer's own typos), not those at
+	// others; the count is forgotten after MaxAuthBackoff without
+	// failures. 0 means DefaultAuthFailuresAllowed;
 	// negative turns the penalty off.
 	AuthFailuresAllowed int
 	// AuthBackoff and MaxAuthBackoff: 0 means DefaultAuthBackoff and

@@ -283,10 +283,13 @@ func (s *session) authFailed(mech, user string, err error) error {
 }
 
 // countAuthFailure counts a failed attempt and reports whether the session
-// has had too many.
+// has had too many. Only attempts that named a user count against the
+// source: the others guessed nothing and cost next to nothing.
 func (s *session) countAuthFailure(mech, user, why string) bool {
 	s.authFailures++
-	s.p.authLimits.fail(sourceOf(s.raw.RemoteAddr()), time.Now())
+	if user != "" {
+		s.p.authLimits.fail(sourceOf(s.raw.RemoteAddr()), user, time.Now())
+	}
 	s.logAuth(slog.LevelInfo, "odmr: authentication "+why, "mechanism", mech, "user", loggedName(user), "failures", s.authFailures)
 	return s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures)
 }
