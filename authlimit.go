@@ -32,8 +32,9 @@ const (
 // a guess from its bucket before the secret is looked at, and a success
 // gives it back; with the bucket empty the attempt is refused whatever the
 // secret, so the refusal tells nothing. Sources that have authenticated as
-// the identity before and have no failures of their own skip the bucket,
-// so the real customer gets in from its usual address while others guess.
+// the identity before, and have no failures at other identities, skip the
+// bucket (the source penalty still applies), so the real customer gets in
+// from its usual address while others guess, typos and all.
 //
 // The tables are capped, and keyed by a hash of the name or network, so
 // what an attacker sends does not change what they cost.
@@ -138,7 +139,7 @@ func (l *authLimiter) admit(source, user string, now time.Time) (authTicket, boo
 	}
 	hi := l.hash('u', user)
 	id := l.idents[hi]
-	if id != nil && (st == nil || st.failures == 0) && id.knows(hs) {
+	if id != nil && st.failuresElsewhere(hi) == 0 && id.knows(hs) {
 		return authTicket{}, true
 	}
 	if id == nil {
@@ -151,6 +152,21 @@ func (l *authLimiter) admit(source, user string, now time.Time) (authTicket, boo
 	}
 	id.tokens--
 	return authTicket{took: true}, true
+}
+
+// failuresElsewhere counts the source's failures at identities other than
+// ident's, and at none.
+func (st *sourceState) failuresElsewhere(ident uint64) int {
+	if st == nil {
+		return 0
+	}
+	n := st.failures
+	for _, f := range st.byIdent {
+		if f.ident == ident {
+			n -= f.n
+		}
+	}
+	return n
 }
 
 func (id *identState) knows(h uint64) bool {

@@ -112,6 +112,16 @@ func TestAuthKnownSourceGetsInUnderAttack(t *testing.T) {
 		require.Equal(t, 454, code, "the identity is under attack")
 		code, _ = tryCRAM(t, p, "192.0.2.7", testUser, testSecret)
 		assert.Equal(t, 235, code)
+		// A typo of its own does not make it wait for the bucket.
+		code, _ = tryCRAM(t, p, "192.0.2.7", testUser, "typo")
+		assert.Equal(t, 535, code)
+		code, _ = tryCRAM(t, p, "192.0.2.7", testUser, testSecret)
+		assert.Equal(t, 235, code)
+		// A failure at another identity does.
+		code, _ = tryCRAM(t, p, "192.0.2.7", "carol", "wrong")
+		assert.Equal(t, 535, code)
+		code, _ = tryCRAM(t, p, "192.0.2.7", testUser, testSecret)
+		assert.Equal(t, 454, code)
 		// An IPv6 customer is known by its /64.
 		code, _ = tryCRAM(t, p, "2001:db8:1:2::7", "mallory", "mallorys-secret")
 		require.Equal(t, 235, code)

@@ -109,9 +109,9 @@ type Provider struct {
 	// AuthGuessInterval (by default 10 a minute). Each attempt takes a
 	// guess before the secret is checked and a success gives it back; with
 	// none left the attempt is answered 454 whatever the secret. Sources
-	// that have logged in as the identity before, and have no failures of
-	// their own, never wait: the customer gets in from its usual address
-	// while others guess. 0 means DefaultAuthGuessInterval and
+	// that have logged in as the identity before (the last four), and
+	// have no failures at other identities, skip the bucket: the customer
+	// gets in from its usual address while others guess. 0 means DefaultAuthGuessInterval and
 	// DefaultAuthGuessBurst; a negative interval turns the buckets off.
 	AuthGuessInterval time.Duration
 	AuthGuessBurst    int
