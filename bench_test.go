@@ -238,6 +238,7 @@ func benchProvider(tb testing.TB, q QueueSource) (*Provider, string) {
 		Logger:              slog.New(slog.DiscardHandler),
 		ATRNInterval:        -1,
 		AuthFailuresAllowed: -1,
+		AuthGuessInterval:   -1,
 		MaxSessions:         -1,
 		MaxSessionsPerAddr:  -1,
 		MaxAuthFailures:     1 << 20,
@@ -404,4 +405,11 @@ func rawPlainSession(addr string) error {
 		return nil
 	}
 	return err
+}
+
+// benchLimitsOff turns the AUTH limits off.
+func benchLimitsOff(p *Provider) {
+	p.AuthFailuresAllowed, p.AuthGuessInterval = -1, -1
+	p.ATRNInterval = -1
+	p.MaxSessions, p.MaxSessionsPerAddr = -1, -1
 }

@@ -17,14 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// addrConn is one end of a pipe that says it comes from a given address.
-type addrConn struct {
-	net.Conn
-	remote net.Addr
-}
-
-func (c addrConn) RemoteAddr() net.Addr { return c.remote }
-
 // pipeDial serves one pipe connection from remote ("" for the pipe's own
 // address) and returns the client end once it has read the first reply.
 func pipeDial(t *testing.T, p *Provider, remote string, wantCode int) (*client, string) {

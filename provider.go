@@ -91,15 +91,54 @@ type Provider struct {
 	// MaxAuthFailures is how many failed AUTH commands a session may make;
 	// the next failure closes it with 421. 0 means DefaultMaxAuthFailures.
 	MaxAuthFailures int
-	// AuthFailuresAllowed is how many failed AUTH commands one identity, or
-	// one remote address, may make before each further failure locks it
-	// out for AuthBackoff, doubling up to MaxAuthBackoff; AUTH is answered
-	// 454 meanwhile. 0 means DefaultAuthFailuresAllowed; negative turns the
-	// lockout off.
+	// AuthFailuresAllowed is how many failed AUTH attempts one source (an
+	// IPv4 address or an IPv6 /64) may make before each further failure
+	// closes the source for AuthBackoff, doubling up to MaxAuthBackoff;
+	// AUTH from it is answered 454 meanwhile. Wrong secrets, cancelled or
+	// abandoned exchanges and attempts refused by AuthGuessInterval all
+	// count once a user was named. A success forgives only the failures
+	// at the same identity (the customer's own typos), not those at
+	// others; the count is forgotten after MaxAuthBackoff without
+	// failures. 0 means DefaultAuthFailuresAllowed;
+	// negative turns the penalty off.
 	AuthFailuresAllowed int
 	// AuthBackoff and MaxAuthBackoff: 0 means DefaultAuthBackoff and
 	// DefaultMaxAuthBackoff.
 	AuthBackoff, MaxAuthBackoff time.Duration
+	// AuthGuessInterval and AuthGuessBurst slow the guessing of one
+	// identity's secret, from however many sources: each identity has a
+	// bucket of AuthGuessBurst guesses that refills at one per
+	// AuthGuessInterval (by default 10 a minute). Each attempt takes a
+	// guess before the secret is checked and a success gives it back; with
+	// none left the attempt is answered 454 whatever the secret. Sources
+	// that have logged in as the identity before (the last four), and
+	// have no failures at other identities, skip the bucket: the customer
+	// gets in from its usual address while others guess. 0 means DefaultAuthGuessInterval and
+	// DefaultAuthGuessBurst; a negative interval turns the buckets off.
+	AuthGuessInterval time.Duration
+	AuthGuessBurst    int
+	// AuthLimiterEntries caps the sources, and separately the identities,
+	// whose state the AUTH limits keep; the least recently used of a
+	// sample go first. Keys are hashed: a long name costs no more than a
+	// short one. 0 means DefaultAuthLimiterEntries (about 10 MB per table
+	// when full).
+	AuthLimiterEntries int
+	// AuthLogsPerSecond caps the log records about failed AUTH; the next
+	// one written says how many were suppressed. User names are cut to
+	// 64 bytes and escaped. 0 means DefaultAuthLogsPerSecond; negative
+	// means no cap.
+	AuthLogsPerSecond int
+	// SCRAMSaltKey derives the SCRAM salt of accounts stored with a shared
+	// secret, and of unknown users, as HMAC-SHA-256(key, mechanism, name):
+	// stable per user, so the derived keys can be cached, and alike for
+	// users who do not exist. Providers that serve the same accounts (a
+	// cluster) should share it, or a user's salt changes with the server.
+	// nil means a random key per Provider, so salts change on restart.
+	SCRAMSaltKey []byte
+	// SCRAMCacheSize caps the SCRAM keys derived from shared secrets that
+	// are kept, so that a login costs PBKDF2 only the first time. 0 means
+	// DefaultSCRAMCacheSize; negative means no cache.
+	SCRAMCacheSize int
 	// ATRNInterval and ATRNBurst limit each identity to a burst of
 	// ATRNBurst commands, then one per ATRNInterval (RFC 2645 section 5.2.1
 	// lets a provider refuse frequent requests with 450). 0 means
@@ -160,7 +199,9 @@ type Provider struct {
 	listeners  map[*net.Listener]struct{}
 	sessions   map[*session]struct{} // to interrupt at Shutdown
 	table      sessionTable
-	authFails  *failureLimiter
+	authLimits *authLimiter
+	authLogs   *logLimiter
+	scramKeys  *scramKeys
 	atrnLimits *atrnLimiter
 	debugMu    sync.Mutex
 	sessionsWG sync.WaitGroup
@@ -192,7 +233,11 @@ func (p *Provider) initLocked() {
 		if free < 0 {
 			free = int(^uint(0) >> 1)
 		}
-		p.authFails = newFailureLimiter(free, orDefault(p.AuthBackoff, DefaultAuthBackoff), orDefault(p.MaxAuthBackoff, DefaultMaxAuthBackoff))
+		p.authLimits = newAuthLimiter(free, orDefault(p.AuthBackoff, DefaultAuthBackoff), orDefault(p.MaxAuthBackoff, DefaultMaxAuthBackoff),
+			orDefault(p.AuthGuessInterval, DefaultAuthGuessInterval), orDefault(p.AuthGuessBurst, DefaultAuthGuessBurst),
+			orDefault(p.AuthLimiterEntries, DefaultAuthLimiterEntries))
+		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, DefaultAuthLogsPerSecond)}
+		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, DefaultSCRAMCacheSize))
 		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, DefaultATRNInterval), burst: orDefault(p.ATRNBurst, DefaultATRNBurst)}
 	}
 }

@@ -133,25 +133,6 @@ func ParseSCRAMCredentials(s string) (SCRAMCredentials, error) {
 	return c, nil
 }
 
-// fakeKey makes fakeSCRAM's salts unpredictable from outside.
-var fakeKey = func() []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}()
-
-// fakeSCRAM returns credentials no password matches, with a salt that is
-// the same for every login of username.
-func fakeSCRAM(mech, username string) SCRAMCredentials {
-	h, _ := scramHash(mech)
-	m := hmac.New(h, fakeKey)
-	m.Write([]byte(username))
-	sum := m.Sum(nil)
-	key := make([]byte, h().Size())
-	rand.Read(key)
-	return SCRAMCredentials{Mechanism: mech, Salt: sum[:16], Iterations: DefaultSCRAMIterations, StoredKey: key, ServerKey: key}
-}
-
 // checkSCRAMPassword verifies a password against stored credentials.
 func checkSCRAMPassword(c SCRAMCredentials, username, password string) bool {
 	d, err := deriveSCRAM(c.Mechanism, username, password, c.Salt, c.Iterations)
@@ -207,6 +188,9 @@ func (s *scramServer) Next(resp []byte) ([]byte, bool, error) {
 			var temp errTempAuth
 			if errors.As(err, &temp) {
 				return nil, false, temp
+			}
+			if e := (*Error)(nil); errors.As(err, &e) && e.Code != ErrAuthFailed.Code {
+				return nil, false, e // a refusal by the limiter
 			}
 			return nil, false, fmt.Errorf("%w: %v", ErrAuthFailed, err)
 		}

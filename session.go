@@ -39,6 +39,7 @@ type session struct {
 	inSASL       bool // redact client lines in the debug transcript
 	errs         int
 	authFailures int
+	ticket       authTicket // what the AUTH limiter took for this attempt
 	isTLS        bool
 
 	netKey     string        // the network counted by MaxSessionsPerAddr

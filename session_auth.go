@@ -2,11 +2,11 @@ package odmr
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -43,8 +43,9 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	if s.p.RequireTLS && !s.isTLS {
 		return s.fail(errTLSRequired)
 	}
-	if wait := s.p.authFails.blocked(remoteHost(s.raw.RemoteAddr()), time.Now()); wait > 0 {
-		s.log.Info("odmr: AUTH refused while the address is locked out", "wait", wait.Round(time.Second))
+	src := sourceOf(s.raw.RemoteAddr())
+	if wait := s.p.authLimits.blocked(src, time.Now()); wait > 0 {
+		s.logAuth(slog.LevelInfo, "odmr: AUTH refused while the address is penalised", "wait", wait.Round(time.Second))
 		return s.fail(errAuthLocked(wait))
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
@@ -64,13 +65,14 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	}
 
 	var user string
+	s.ticket = authTicket{}
 	srv := s.saslServer(ctx, mech, &user)
 	var resp []byte
 	if hasIR {
 		ir = strings.TrimSpace(ir)
 		switch ir {
 		case "*":
-			return s.fail(errAuthCancelled)
+			return s.authFailed(mech, user, errAuthCancelled)
 		case "=":
 			resp = []byte{}
 		default:
@@ -85,46 +87,39 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	defer func() { s.inSASL = false }()
 	for {
 		chal, done, err := srv.Next(resp)
-		if err == nil && done && user != "" {
-			if wait := s.p.authFails.blocked("user:"+user, time.Now()); wait > 0 {
-				// Even right credentials wait out a lockout, or the
-				// lockout would tell a guesser when it got them right.
-				s.log.Info("odmr: AUTH refused while the identity is locked out", "user", user, "wait", wait.Round(time.Second))
-				return s.fail(errAuthLocked(wait))
-			}
-		}
 		if err != nil {
 			return s.authFailed(mech, user, err)
 		}
 		if done {
-			// A success clears the identity's count and the address's: an
-			// address shared by many users (a NAT) is not locked out by
-			// their typos, and guessing at other accounts from it still
-			// meets those accounts' own lockout.
-			s.p.authFails.succeed("user:" + user)
-			s.p.authFails.succeed(remoteHost(s.raw.RemoteAddr()))
+			// The source's failures stay: a login to an account of one's
+			// own must not buy more guesses at another's.
+			s.p.authLimits.succeed(src, user, s.ticket, time.Now())
 			s.identity = user
 			s.state.Store(int32(StateAuthenticated))
-			s.log = s.log.With("identity", user)
+			s.log = s.log.With("identity", loggedName(user))
 			s.log.Info("odmr: authenticated", "mechanism", mech)
 			return s.replyLine(235, "2.7.0 Authentication successful")
 		}
 		if err := s.replyLine(334, base64.StdEncoding.EncodeToString(chal)); err != nil {
+			s.countAuthFailure(mech, user, "abandoned")
 			return err
 		}
 		line, err := s.readLine(maxSASLLine)
 		var e *Error
 		if errors.As(err, &e) {
-			return s.fail(e)
+			return s.authFailed(mech, user, e)
 		} else if err != nil {
+			// A dropped connection or a timeout mid-exchange counts as
+			// a failure, or guessers would abandon each wrong guess.
+			s.countAuthFailure(mech, user, "abandoned")
 			return s.readFailed(ctx, err)
 		}
 		if line == "*" {
-			return s.fail(errAuthCancelled)
+			return s.authFailed(mech, user, errAuthCancelled)
 		}
 		resp, err = base64.StdEncoding.DecodeString(line)
 		if err != nil {
-			return s.fail(errBadBase64)
+			return s.authFailed(mech, user, errBadBase64)
 		}
 	}
 }
@@ -146,9 +141,11 @@ func (s *session) secret(ctx context.Context, user string) ([]byte, error) {
 }
 
 // scramCredentials returns the user's SCRAM credentials from the store, or
-// derives them from the shared secret. An unknown user gets made-up
-// credentials, stable per user, so that the exchange fails only at the
-// proof and does not tell which users exist.
+// derives them from the shared secret with a salt stable per user (see
+// Provider.SCRAMSaltKey). An unknown user gets credentials derived the
+// same way, that no proof matches: the exchange fails only at the proof,
+// with nothing in the salt, iteration count or timing to tell which users
+// exist.
 func (s *session) scramCredentials(ctx context.Context, mech, user string) (SCRAMCredentials, error) {
 	if sa, ok := s.p.Authenticator.(SCRAMAuthenticator); ok {
 		c, err := sa.SCRAMCredentials(ctx, mech, user)
@@ -156,7 +153,7 @@ func (s *session) scramCredentials(ctx context.Context, mech, user string) (SCRA
 		case err == nil:
 			return c, nil
 		case errors.Is(err, ErrUnknownUser):
-			return fakeSCRAM(mech, user), nil
+			return s.p.scramKeys.unknown(mech, user)
 		case !errors.Is(err, ErrNoSecret):
 			return c, errTempAuth{err}
 		}
@@ -164,13 +161,11 @@ func (s *session) scramCredentials(ctx context.Context, mech, user string) (SCRA
 	sec, err := s.secret(ctx, user)
 	switch {
 	case errors.Is(err, ErrUnknownUser), errors.Is(err, ErrNoSecret):
-		return fakeSCRAM(mech, user), nil
+		return s.p.scramKeys.unknown(mech, user)
 	case err != nil:
 		return SCRAMCredentials{}, err
 	}
-	salt := make([]byte, 16)
-	rand.Read(salt)
-	return deriveSCRAM(mech, user, string(sec), salt, DefaultSCRAMIterations)
+	return s.p.scramKeys.derive(mech, user, sec)
 }
 
 func (s *session) checkPassword(ctx context.Context, user, password string) error {
@@ -206,6 +201,9 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 	case CRAMMD5:
 		srv := NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
 			*user = u
+			if err := s.admit(u); err != nil {
+				return nil, err
+			}
 			return s.secret(ctx, u)
 		}).(*cramMD5Server)
 		if s.p.challenge != nil {
@@ -215,6 +213,9 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(authz, u, pass string) error {
 			*user = u
+			if err := s.admit(u); err != nil {
+				return err
+			}
 			if authz != "" && authz != u {
 				return ErrAuthFailed
 			}
@@ -223,10 +224,16 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 	case sasl.Login:
 		return &loginServer{check: func(u, pass string) error {
 			*user = u
+			if err := s.admit(u); err != nil {
+				return err
+			}
 			return s.checkPassword(ctx, u, pass)
 		}}
 	case SCRAMSHA256, SCRAMSHA1:
 		srv, err := newSCRAMServer(mech, user, func(u string) (SCRAMCredentials, error) {
+			if err := s.admit(u); err != nil {
+				return SCRAMCredentials{}, err
+			}
 			return s.scramCredentials(ctx, mech, u)
 		})
 		if err != nil {
@@ -249,25 +256,72 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 	panic("odmr: unexpected mechanism " + mech)
 }
 
+// authFailed answers an AUTH exchange that ended without success. Every
+// such ending but a credential store failure counts against the session
+// and the source: wrong secrets, cancelled and malformed exchanges, and
+// attempts refused because the identity had no guesses left.
 func (s *session) authFailed(mech, user string, err error) error {
 	var temp errTempAuth
 	if errors.As(err, &temp) {
-		s.log.Warn("odmr: credential store failed", "mechanism", mech, "user", user, "err", temp.err)
+		s.logAuth(slog.LevelWarn, "odmr: credential store failed", "mechanism", mech, "user", loggedName(user), "err", temp.err)
 		return s.fail(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"})
 	}
-	s.authFailures++
-	now := time.Now()
-	s.p.authFails.fail(remoteHost(s.raw.RemoteAddr()), now)
-	if user != "" {
-		s.p.authFails.fail("user:"+user, now)
+	reply := ErrAuthFailed
+	why := "failed"
+	var e *Error
+	switch {
+	case errors.As(err, &e) && e == errAuthThrottled:
+		reply, why = errAuthThrottled, "refused: too many guesses at this identity"
+	case errors.As(err, &e) && e.Code != ErrAuthFailed.Code:
+		reply, why = e, strings.ToLower(e.Message)
 	}
-	s.log.Info("odmr: authentication failed", "mechanism", mech, "user", user, "failures", s.authFailures)
-	if s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures) {
+	if s.countAuthFailure(mech, user, why) {
 		s.reply(errTooManyAuth)
 		return errors.New("odmr: too many failed authentication attempts")
 	}
-	return s.fail(ErrAuthFailed)
+	return s.fail(reply)
 }
+
+// countAuthFailure counts a failed attempt and reports whether the session
+// has had too many. Only attempts that named a user count against the
+// source: the others guessed nothing and cost next to nothing.
+func (s *session) countAuthFailure(mech, user, why string) bool {
+	s.authFailures++
+	if user != "" {
+		s.p.authLimits.fail(sourceOf(s.raw.RemoteAddr()), user, time.Now())
+	}
+	s.logAuth(slog.LevelInfo, "odmr: authentication "+why, "mechanism", mech, "user", loggedName(user), "failures", s.authFailures)
+	return s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures)
+}
+
+// logAuth writes a record about AUTH unless too many were written in the
+// last second, so that a flood of guesses does not flood the log.
+func (s *session) logAuth(level slog.Level, msg string, args ...any) {
+	ok, suppressed := s.p.authLogs.allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	s.log.Log(context.Background(), level, msg, args...)
+}
+
+// admit asks the limiter whether user may be tried from this session's
+// source. It runs before the secret is looked at.
+func (s *session) admit(user string) error {
+	t, ok := s.p.authLimits.admit(sourceOf(s.raw.RemoteAddr()), user, time.Now())
+	if !ok {
+		return errAuthThrottled
+	}
+	s.ticket = t
+	return nil
+}
+
+// errAuthThrottled refuses an attempt on an identity that has no guesses
+// left, before its secret is checked: the reply is the same whatever the
+// secret.
+var errAuthThrottled = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many failed authentication attempts; try again later"}
 
 func errAuthLocked(wait time.Duration) *Error {
 	return &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0},

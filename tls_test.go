@@ -336,14 +336,3 @@ func TestDebugTranscriptRedactsAUTH(t *testing.T) {
 		assert.NotContains(t, f.logs.String(), secret)
 	}
 }
-
-func TestSuccessfulAuthClearsTheAddressCount(t *testing.T) {
-	f := newFixture(t, func(p *Provider) { p.AuthFailuresAllowed = 2; p.AuthBackoff = time.Hour })
-	for round := 0; round < 3; round++ {
-		c := f.dial(t)
-		c.cmd(250, "EHLO customer.test")
-		c.authCRAM("bob", "wrong", 535)
-		c.authCRAM("bob", "wrong", 535)
-		c.authCRAM(testUser, testSecret, 235)
-	}
-}

@@ -50,6 +50,7 @@ func newProvider(q odmr.QueueSource) *odmr.Provider {
 		Logger:              discardLogger,
 		ATRNInterval:        -1,
 		AuthFailuresAllowed: -1,
+		AuthGuessInterval:   -1,
 		MaxSessions:         -1,
 		MaxSessionsPerAddr:  -1,
 		MaxAuthFailures:     1 << 20,

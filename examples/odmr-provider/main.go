@@ -62,6 +62,7 @@ type config struct {
 	list                                 bool
 	limits                               limitFlags
 	debugFile                            string
+	auth                                 authFlags
 }
 
 // limitFlags are the provider's session limits, each defaulting to the
@@ -133,6 +134,51 @@ func (l *limitFlags) apply(p *odmr.Provider) {
 	p.ATRNInterval, p.ATRNBurst = l.atrnInterval, l.atrnBurst
 }
 
+// authFlags are the AUTH limits (issue 12), in their own block.
+type authFlags struct {
+	failures            int
+	backoff, maxBackoff time.Duration
+	guessInterval       time.Duration
+	guessBurst          int
+	limiterEntries      int
+	logsPerSecond       int
+	scramSaltKeyFile    string
+	scramCacheSize      int
+}
+
+func (a *authFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&a.failures, "auth-failures", odmr.DefaultAuthFailuresAllowed, "failed AUTH attempts one address (IPv6: /64) may make before each further one closes it for a doubling delay (negative: no limit)")
+	fs.DurationVar(&a.backoff, "auth-backoff", odmr.DefaultAuthBackoff, "first delay after -auth-failures")
+	fs.DurationVar(&a.maxBackoff, "auth-max-backoff", odmr.DefaultMaxAuthBackoff, "longest delay; an address's failures are forgotten after this long without one")
+	fs.DurationVar(&a.guessInterval, "auth-guess-interval", odmr.DefaultAuthGuessInterval, "one more guess at an account's secret per `DURATION`, from all addresses together (negative: no limit)")
+	fs.IntVar(&a.guessBurst, "auth-guess-burst", odmr.DefaultAuthGuessBurst, "guesses at an account's secret allowed at once")
+	fs.IntVar(&a.limiterEntries, "auth-limiter-entries", odmr.DefaultAuthLimiterEntries, "addresses, and accounts, whose AUTH failures are remembered")
+	fs.IntVar(&a.logsPerSecond, "auth-logs-per-second", odmr.DefaultAuthLogsPerSecond, "log records about failed AUTH per second (negative: no limit)")
+	fs.StringVar(&a.scramSaltKeyFile, "scram-salt-key", "", "`FILE` whose contents derive the SCRAM salts of accounts with a secret; share it in a cluster (default: a random key, new at each start)")
+	fs.IntVar(&a.scramCacheSize, "scram-cache-size", odmr.DefaultSCRAMCacheSize, "SCRAM keys derived from secrets that are cached (negative: none)")
+}
+
+// apply sets the limits on p.
+func (a *authFlags) apply(p *odmr.Provider) error {
+	p.AuthFailuresAllowed = a.failures
+	p.AuthBackoff, p.MaxAuthBackoff = a.backoff, a.maxBackoff
+	p.AuthGuessInterval, p.AuthGuessBurst = a.guessInterval, a.guessBurst
+	p.AuthLimiterEntries = a.limiterEntries
+	p.AuthLogsPerSecond = a.logsPerSecond
+	p.SCRAMCacheSize = a.scramCacheSize
+	if a.scramSaltKeyFile != "" {
+		key, err := os.ReadFile(a.scramSaltKeyFile)
+		if err != nil {
+			return fmt.Errorf("-scram-salt-key: %w", err)
+		}
+		if len(key) < 16 {
+			return errors.New("-scram-salt-key: the key file holds fewer than 16 bytes")
+		}
+		p.SCRAMSaltKey = key
+	}
+	return nil
+}
+
 func parseFlags(args []string) (*config, error) {
 	var c config
 	fs := flag.NewFlagSet("odmr-provider", flag.ContinueOnError)
@@ -159,6 +205,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
 	fs.StringVar(&c.debugFile, "debug", "", "append a transcript of every ODMR session to `FILE` (\"-\" for standard error); AUTH is redacted, but addresses and mail are in it")
 	c.limits.register(fs)
+	c.auth.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: odmr-provider -accounts FILE [flags]\n\n"+
 			"Holds mail for customer domains and hands it out over ODMR (RFC 2645, port 366).\n\nFlags:\n")
@@ -268,6 +315,9 @@ func run(args []string) error {
 		defer closeDebug()
 		p.Debug = w
 		log.Warn("odmr-provider: writing session transcripts", "file", cfg.debugFile)
+	}
+	if err := cfg.auth.apply(p); err != nil {
+		return err
 	}
 	odmrLn, err := listen(cfg.listen, "listen")
 	if err != nil {
