@@ -2,8 +2,6 @@ package odmr
 
 import (
 	"hash/maphash"
-	"net"
-	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -20,7 +18,8 @@ const (
 // authLimiter slows down password guessing in two ways, after Dovecot's
 // auth penalty and Postfix's anvil.
 //
-// Sources (an IPv4 address, or an IPv6 /64) are penalised: after `free`
+// Sources (the session's network: by default an IPv4 address or an IPv6
+// /64, as Provider.IPv4Prefix and IPv6Prefix set) are penalised: after `free`
 // failures each further failure closes the source for a period that
 // doubles from base up to max. A success as an identity forgives only the
 // source's failures at that same identity, or an attacker could
@@ -85,22 +84,6 @@ func newAuthLimiter(free int, base, max, every time.Duration, burst, capacity in
 		sources: make(map[uint64]*sourceState),
 		idents:  make(map[uint64]*identState),
 	}
-}
-
-// sourceOf is the key of addr for the limits: the IPv4 address, or the
-// IPv6 /64 (one subscriber's usual allocation).
-func sourceOf(addr net.Addr) string {
-	host := remoteHost(addr)
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String()
-	}
-	return ip.String()
 }
 
 func (l *authLimiter) hash(kind byte, s string) uint64 {

@@ -167,8 +167,8 @@ func TestOwnLoginsDoNotResetTheSourceCount(t *testing.T) {
 		tp.Close()
 	}
 	// A source of one IPv6 /64 is one source.
-	assert.Equal(t, sourceOf(ipAddr("2001:db8::1")), sourceOf(ipAddr("2001:db8::ffff:1")))
-	assert.Equal(t, "192.0.2.1", sourceOf(ipAddr("::ffff:192.0.2.1")))
+	assert.Equal(t, networkKey(ipAddr("2001:db8::1"), 32, 64), networkKey(ipAddr("2001:db8::ffff:1"), 32, 64))
+	assert.Equal(t, "192.0.2.1/32", networkKey(ipAddr("::ffff:192.0.2.1"), 32, 64))
 }
 
 // The limiter's tables stay within their cap whatever the names, and a

@@ -161,7 +161,8 @@ type Provider struct {
 	// DefaultMaxSessionsPerAddr; negative means no cap.
 	MaxSessionsPerAddr int
 	// IPv4Prefix and IPv6Prefix are the prefix lengths of the networks
-	// MaxSessionsPerAddr counts; IPv4-mapped IPv6 addresses count as IPv4.
+	// MaxSessionsPerAddr counts and the AUTH limits penalise as one
+	// source; IPv4-mapped IPv6 addresses count as IPv4.
 	// 0 means DefaultIPv4Prefix (32) and DefaultIPv6Prefix (64).
 	IPv4Prefix, IPv6Prefix int
 	// AuthTimeout bounds the time from connection to a successful AUTH;

@@ -43,7 +43,7 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	if s.p.RequireTLS && !s.isTLS {
 		return s.fail(errTLSRequired)
 	}
-	src := sourceOf(s.raw.RemoteAddr())
+	src := s.netKey
 	if wait := s.p.authLimits.blocked(src, time.Now()); wait > 0 {
 		s.logAuth(slog.LevelInfo, "odmr: AUTH refused while the address is penalised", "wait", wait.Round(time.Second))
 		return s.fail(errAuthLocked(wait))
@@ -288,7 +288,7 @@ func (s *session) authFailed(mech, user string, err error) error {
 func (s *session) countAuthFailure(mech, user, why string) bool {
 	s.authFailures++
 	if user != "" {
-		s.p.authLimits.fail(sourceOf(s.raw.RemoteAddr()), user, time.Now())
+		s.p.authLimits.fail(s.netKey, user, time.Now())
 	}
 	s.logAuth(slog.LevelInfo, "odmr: authentication "+why, "mechanism", mech, "user", loggedName(user), "failures", s.authFailures)
 	return s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures)
@@ -310,7 +310,7 @@ func (s *session) logAuth(level slog.Level, msg string, args ...any) {
 // admit asks the limiter whether user may be tried from this session's
 // source. It runs before the secret is looked at.
 func (s *session) admit(user string) error {
-	t, ok := s.p.authLimits.admit(sourceOf(s.raw.RemoteAddr()), user, time.Now())
+	t, ok := s.p.authLimits.admit(s.netKey, user, time.Now())
 	if !ok {
 		return errAuthThrottled
 	}
