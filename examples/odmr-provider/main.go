@@ -136,6 +136,7 @@ func (l *limitFlags) apply(p *odmr.Provider) {
 
 // authFlags are the AUTH limits (issue 12), in their own block.
 type authFlags struct {
+	perSession          int
 	failures            int
 	backoff, maxBackoff time.Duration
 	guessInterval       time.Duration
@@ -147,6 +148,7 @@ type authFlags struct {
 }
 
 func (a *authFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&a.perSession, "max-auth-failures", odmr.DefaultMaxAuthFailures, "failed AUTH commands one session may make; the next failure closes it with 421")
 	fs.IntVar(&a.failures, "auth-failures", odmr.DefaultAuthFailuresAllowed, "failed AUTH attempts one address (IPv6: /64) may make before each further one closes it for a doubling delay (negative: no limit)")
 	fs.DurationVar(&a.backoff, "auth-backoff", odmr.DefaultAuthBackoff, "first delay after -auth-failures")
 	fs.DurationVar(&a.maxBackoff, "auth-max-backoff", odmr.DefaultMaxAuthBackoff, "longest delay; an address's failures are forgotten after this long without one")
@@ -160,6 +162,10 @@ func (a *authFlags) register(fs *flag.FlagSet) {
 
 // apply sets the limits on p.
 func (a *authFlags) apply(p *odmr.Provider) error {
+	if a.perSession < 1 {
+		return fmt.Errorf("-max-auth-failures: want at least 1, not %d", a.perSession)
+	}
+	p.MaxAuthFailures = a.perSession
 	p.AuthFailuresAllowed = a.failures
 	p.AuthBackoff, p.MaxAuthBackoff = a.backoff, a.maxBackoff
 	p.AuthGuessInterval, p.AuthGuessBurst = a.guessInterval, a.guessBurst
