@@ -87,8 +87,9 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 			body, err := msg.Open()
 			if err != nil {
 				s.log.Error("odmr: cannot open queued message", "id", env.ID, "err", err)
+				return nil, err
 			}
-			return body, err
+			return normalizedBody(body), nil
 		},
 		Done: func(errs []error) {
 			for i, err := range errs {
