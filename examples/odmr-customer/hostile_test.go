@@ -150,7 +150,9 @@ type recordingBackend struct {
 	rcpts []string
 }
 
-func (b *recordingBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return &recordingSession{b}, nil }
+func (b *recordingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &recordingSession{b}, nil
+}
 
 type recordingSession struct{ b *recordingBackend }
 
