@@ -2,6 +2,7 @@ package odmr_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -140,4 +142,95 @@ func TestIDNDomainIsOneDomainEndToEnd(t *testing.T) {
 	assert.Equal(t, 2, res.Messages)
 	assert.Zero(t, res.RefusedRecipients)
 	assert.Zero(t, q.Len())
+}
+
+func TestRelayRefusesRecipientsOutsideTheDomains(t *testing.T) {
+	// Relay passes the session on command by command: a foreign RCPT gets
+	// 550 5.7.1 from the relay and the local server never sees it.
+	custNoLeaks(t)
+	addr, codes := hostileProvider(t, []string{"x@evil.test", "u1@example.org", "y@example.net", `"a b"@EXAMPLE.org`})
+	mta := &localMTA{}
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	_, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []int{550, 250, 550, 250}, <-codes)
+	got := mta.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, []string{"u1@example.org", "a b@EXAMPLE.org"}, got[0].env.To) // (go-smtp's server unquotes)
+}
+
+func TestRelayHidesSTARTTLSAndAUTH(t *testing.T) {
+	// STARTTLS would take the rest of the session out of the relay's
+	// sight, and AUTH has no business in it: neither is offered, and both
+	// are refused.
+	custNoLeaks(t)
+	cert, _ := custCert(t)
+	mta := &localMTA{}
+	srv := smtp.NewServer(mta)
+	srv.Domain = "local.example.org"
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	type result struct {
+		ehlo           string
+		starttls, auth int
+	}
+	out := make(chan result, 1)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		var r result
+		defer func() { out <- r }()
+		if !fakeLogin(c) {
+			return
+		}
+		c.ReadLine() // ATRN
+		c.PrintfLine("250 OK now reversing the connection")
+		c.ReadResponse(220)
+		c.PrintfLine("EHLO fake.example.net")
+		_, r.ehlo, _ = c.ReadResponse(250)
+		c.PrintfLine("STARTTLS")
+		r.starttls, _, _ = c.ReadResponse(0)
+		c.PrintfLine("AUTH PLAIN AGFsaWNlAHMzY3JldA==")
+		r.auth, _, _ = c.ReadResponse(0)
+		c.PrintfLine("QUIT")
+		c.ReadResponse(221)
+	})
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(l.Addr().String())
+	_, err = c.Fetch(context.Background())
+	require.NoError(t, err)
+	r := <-out
+	assert.NotContains(t, r.ehlo, "STARTTLS")
+	assert.Contains(t, r.ehlo, "PIPELINING", "the other extensions are passed on")
+	assert.Equal(t, 502, r.starttls)
+	assert.Equal(t, 502, r.auth)
+}
+
+func TestRelayDropsABareLineEndingInData(t *testing.T) {
+	// "\n.\n" could end the data for a local server that takes a bare LF
+	// as a line end, and the RCPT after it would then be a command: the
+	// relay drops the connection instead, and nothing is delivered.
+	custNoLeaks(t)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeReversed(c, raw) {
+			return
+		}
+		for _, cmd := range []string{"MAIL FROM:<a@sender.test>", "RCPT TO:<u1@example.org>", "DATA"} {
+			c.PrintfLine("%s", cmd)
+			if _, _, err := c.ReadResponse(0); err != nil {
+				return
+			}
+		}
+		io.WriteString(raw, "Subject: x\r\n\r\na\n.\nRCPT TO:<x@evil.test>\r\nDATA\r\nspam\r\n.\r\n")
+		c.ReadResponse(0)
+	})
+	mta := &localMTA{}
+	c := custCustomer(addr, nil, "example.org")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	_, err := c.Fetch(context.Background())
+	require.ErrorContains(t, err, "bare CR or LF")
+	assert.Empty(t, mta.received())
 }

@@ -202,3 +202,18 @@ func TestProgramBareATRNNeedsAcceptDomains(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.True(t, strings.Contains(stderr, "AcceptDomains"), stderr)
 }
+
+func TestProgramRefusesRelayThroughRelay(t *testing.T) {
+	// -relay passes the session on command by command and refuses the
+	// foreign recipients itself.
+	mta, be := startLocalMTA(t)
+	h := startHostileProvider(t, relayRcpts)
+	code, stderr := runCustomer(t, "-provider", h.addr, "-user", "alice", "-domains", "example.org",
+		"-relay", mta, "-hostname", "customer.test")
+	<-h.done
+	assert.Equal(t, exitMail, code, stderr)
+	assert.Equal(t, []int{550, 550, 250}, h.codes)
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	assert.Equal(t, []string{"u@example.org"}, be.rcpts)
+}
