@@ -234,3 +234,22 @@ func TestRelayDropsABareLineEndingInData(t *testing.T) {
 	require.ErrorContains(t, err, "bare CR or LF")
 	assert.Empty(t, mta.received())
 }
+
+func TestQuotedLocalPartsSurviveDelivery(t *testing.T) {
+	// Queued with their quotes (as the intake now keeps them), the
+	// addresses go on the wire and reach the customer's sink as they are:
+	// "q@example.net"@example.org never becomes q@example.net@example.org.
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	to := []string{`"a b"@example.org`, `"q@example.net"@example.org`, `"x\"y"@example.org`}
+	custEnqueue(t, q, `"s p"@sender.test`, "Subject: q\r\n\r\nq\r\n", to...)
+	sink := &memSink{}
+	res, err := custCustomer(custProvider(t, q), sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, res.RefusedRecipients)
+	msgs := sink.received()
+	require.Len(t, msgs, 1)
+	assert.Equal(t, `"s p"@sender.test`, msgs[0].env.From)
+	assert.Equal(t, to, msgs[0].env.To)
+	assert.Zero(t, q.Len())
+}
