@@ -64,7 +64,7 @@ func (a Accounts) Owner(domain string) (Account, bool) {
 	domain = RecipientDomain("@" + domain)
 	for _, acct := range a {
 		for _, d := range acct.Domains {
-			if d == domain {
+			if RecipientDomain("@"+d) == domain {
 				return acct, true
 			}
 		}
@@ -97,7 +97,7 @@ func ParseAccounts(r io.Reader) (Accounts, error) {
 		if _, dup := out[f[0]]; dup {
 			return nil, fmt.Errorf("odmr: accounts line %d: account %q defined twice", n, f[0])
 		}
-		domains, err := ParseATRN(f[2])
+		domains, err := parseDomainList(strings.Split(f[2], ","))
 		if err != nil {
 			return nil, fmt.Errorf("odmr: accounts line %d: %v", n, strings.TrimPrefix(err.Error(), "odmr: "))
 		}

@@ -3,6 +3,9 @@ package odmr
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // maxDomains bounds the number of domains one ATRN may name.
@@ -16,9 +19,10 @@ const maxDomains = 256
 // fetchmail sends its host name), spaces after commas, any letter case and
 // a trailing dot are accepted. It is strict about everything else: CR, LF,
 // NUL, characters outside letters, digits, hyphen and dot, empty labels and
-// labels that start or end with a hyphen are rejected. The domains come
-// back lower-cased, without the trailing dot and without duplicates, in the
-// order given.
+// labels that start or end with a hyphen are rejected; an internationalized
+// domain goes on the wire in A-labels (xn--bcher-kva.example), never as
+// UTF-8. The domains come back lower-cased, without the trailing dot and
+// without duplicates, in the order given.
 func ParseATRN(arg string) ([]string, error) {
 	arg = strings.Trim(arg, " \t")
 	if arg == "" {
@@ -41,6 +45,25 @@ func ParseATRN(arg string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// parseDomainList parses a list of domains from configuration, the way
+// ParseATRN parses the wire's, except that an internationalized domain may
+// be given in U-labels (bücher.example): it comes back in A-labels.
+func parseDomainList(list []string) ([]string, error) {
+	ascii := make([]string, len(list))
+	for i, d := range list {
+		d = strings.Trim(d, " \t")
+		if !isASCII(d) && utf8.ValidString(d) {
+			a, err := idna.Lookup.ToASCII(d)
+			if err != nil {
+				return nil, fmt.Errorf("odmr: invalid internationalized domain %q: %v", d, err)
+			}
+			d = a
+		}
+		ascii[i] = d
+	}
+	return ParseATRN(strings.Join(ascii, ","))
 }
 
 // FormatATRN formats the ATRN command for domains: "ATRN" alone for none,
@@ -89,14 +112,23 @@ func checkLabel(l string) error {
 	return nil
 }
 
-// domainOf returns the lower-cased domain part of a mailbox address, without
-// a trailing dot, or "" when there is none.
+// domainOf returns the domain part of a mailbox address in canonical form,
+// or "" when there is none: lower-cased, without a trailing dot, and an
+// internationalized name in A-labels, so that x@bücher.example and
+// x@xn--bcher-kva.example have the same domain. A name that is not valid
+// IDNA is only lower-cased.
 func domainOf(addr string) string {
 	i := strings.LastIndexByte(addr, '@')
 	if i < 0 {
 		return ""
 	}
-	return strings.ToLower(strings.TrimSuffix(addr[i+1:], "."))
+	d := strings.TrimSuffix(addr[i+1:], ".")
+	if !isASCII(d) && utf8.ValidString(d) {
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			d = a
+		}
+	}
+	return strings.ToLower(d)
 }
 
 // inDomains reports whether addr's domain is one of domains, which must be
@@ -112,6 +144,8 @@ func inDomains(addr string, domains []string) bool {
 }
 
 // RecipientDomain returns the canonical domain of a recipient address: the
-// part after the last '@', lower-cased, without a trailing dot. Queues use
+// part after the last '@', lower-cased, without a trailing dot, and in
+// A-labels when it is an internationalized name (RFC 5890), so that both
+// forms of a domain are one. Queues use
 // it to index recipients the way the provider matches them against ATRN.
 func RecipientDomain(addr string) string { return domainOf(addr) }

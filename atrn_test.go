@@ -68,3 +68,28 @@ func TestRecipientDomain(t *testing.T) {
 	assert.Equal(t, "example.org", RecipientDomain(`"odd@local"@example.org`))
 	assert.Equal(t, "", RecipientDomain("postmaster"))
 }
+
+func TestRecipientDomainIDN(t *testing.T) {
+	for _, tt := range []struct{ addr, want string }{
+		{"x@bücher.example", "xn--bcher-kva.example"},        // U-labels become A-labels
+		{"x@BÜCHER.example.", "xn--bcher-kva.example"},       // case and the root's dot
+		{"x@XN--BCHER-KVA.example", "xn--bcher-kva.example"}, // A-labels only lower-cased
+		{"x@Example.ORG", "example.org"},
+		{"x@\xff.example", strings.ToLower("\xff.example")}, // not UTF-8: not made an A-label
+		{"nodomain", ""},
+	} {
+		assert.Equal(t, tt.want, RecipientDomain(tt.addr), tt.addr)
+	}
+}
+
+func TestAccountsOwnerIDN(t *testing.T) {
+	// An account may list a domain in either form; both forms find it.
+	accts := Accounts{"a": {Name: "a", Domains: []string{"bücher.example"}}}
+	for _, d := range []string{"bücher.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"} {
+		_, ok := accts.Owner(d)
+		assert.True(t, ok, d)
+	}
+	parsed, err := ParseAccounts(strings.NewReader("b s3cret bücher.example,example.org\n"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"xn--bcher-kva.example", "example.org"}, parsed["b"].Domains)
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,11 @@ var (
 	// ErrProtocol: the provider broke the protocol: a malformed or
 	// unexpected reply.
 	ErrProtocol = errors.New("odmr: protocol error")
+	// ErrNoAcceptDomains: the customer was asked for a bare ATRN (no
+	// Domains) without AcceptDomains, so it could not tell its own
+	// recipients from those of others after the swap. Fetch returns it
+	// before it connects.
+	ErrNoAcceptDomains = errors.New("odmr: a bare ATRN needs AcceptDomains: the domains the customer takes mail for")
 )
 
 // Customer is the side of ODMR that collects mail (RFC 2645 section 4): it
@@ -113,8 +119,25 @@ type Customer struct {
 	AllowInsecureAuth bool
 
 	// Domains are the domains to pull with ATRN. None means a bare ATRN,
-	// which asks for every domain the account may pull.
+	// which asks for every domain the account may pull, and needs
+	// AcceptDomains.
+	//
+	// After the swap the customer takes mail only for these domains: a
+	// provider that sends a recipient in any other domain (a hostile one,
+	// or anyone who can change a clear-text session) would otherwise use
+	// the customer's own mail server as an open relay. Such a RCPT gets
+	// 550 5.7.1 and the sink never sees it. Domains match without regard to
+	// case, and an internationalized domain in U-labels (bücher.example)
+	// matches its A-labels (xn--bcher-kva.example). This holds for Sink and
+	// for [Relay]; a Handler of your own must check recipients itself (it
+	// finds the domains with [AcceptedDomainsFromContext]).
 	Domains []string
+	// AcceptDomains are more domains the customer takes mail for after the
+	// swap, besides Domains. A bare ATRN (no Domains) leaves the customer
+	// no other way to know which recipients are its own, so Fetch refuses
+	// to run one without AcceptDomains: it returns [ErrNoAcceptDomains]
+	// before it connects. nil means none.
+	AcceptDomains []string
 	// Hostname is the name the customer gives in EHLO and in its SMTP
 	// greeting after the swap. "" means os.Hostname(), or "localhost".
 	Hostname string
@@ -165,6 +188,18 @@ type Customer struct {
 	// Logger receives a record for each step of a fetch. The secret and
 	// the SASL exchange are never logged. nil means slog.Default().
 	Logger *slog.Logger
+}
+
+type acceptedDomainsKey struct{}
+
+// AcceptedDomainsFromContext returns the domains a [Customer] takes mail
+// for in the fetch whose context is ctx: its Domains and AcceptDomains in
+// canonical form (lower case, A-labels), as [RecipientDomain] gives a
+// recipient's. A [Handler] uses them to refuse other recipients. ok is
+// false outside a fetch.
+func AcceptedDomainsFromContext(ctx context.Context) (domains []string, ok bool) {
+	d, ok := ctx.Value(acceptedDomainsKey{}).([]string)
+	return d, ok
 }
 
 // Handler runs the reversed state of an ODMR session (RFC 2645 section
@@ -260,11 +295,20 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	if err := c.check(); err != nil {
 		return res, err
 	}
-	domains, err := ParseATRN(strings.Join(c.Domains, ","))
+	domains, err := parseDomainList(c.Domains)
 	if err != nil {
 		return res, err
 	}
 	res.Domains = domains
+	accept, err := parseDomainList(c.AcceptDomains)
+	if err != nil {
+		return res, fmt.Errorf("odmr: AcceptDomains: %s", strings.TrimPrefix(err.Error(), "odmr: "))
+	}
+	if len(domains) == 0 && len(accept) == 0 {
+		return res, ErrNoAcceptDomains
+	}
+	accept = append(accept, domains...)
+	ctx = context.WithValue(ctx, acceptedDomainsKey{}, slices.Clone(accept))
 
 	addr := c.addr()
 	log := c.logger().With("provider", addr)

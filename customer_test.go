@@ -341,7 +341,9 @@ func TestCustomerBareATRNPullsEveryDomainOfTheAccount(t *testing.T) {
 	custEnqueue(t, q, "a@sender.test", "Subject: y\r\n\r\ny\r\n", "u2@example.com")
 	addr := custProvider(t, q)
 	sink := &memSink{}
-	res, err := custCustomer(addr, sink).Fetch(context.Background())
+	c := custCustomer(addr, sink)
+	c.AcceptDomains = []string{"example.org", "example.com"} // a bare ATRN needs them
+	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Empty(t, res.Domains)
 	assert.Equal(t, 2, res.Messages)
@@ -687,25 +689,49 @@ func TestCustomerRelays100MiBWithBoundedMemory(t *testing.T) {
 }
 
 func TestCustomerRefusesBareCR(t *testing.T) {
-	// go-smtp's client turns a bare LF into CRLF on the way out, but
-	// passes a bare CR: the customer refuses the message for good.
-	body := "Subject: smuggle\r\n\r\nline\rMAIL FROM:<x>\r\n"
-	q := &custQueue{
-		env:  odmr.Envelope{ID: "cr", From: "a@sender.test", To: []string{"u1@example.org"}},
-		open: func() io.Reader { return strings.NewReader(body) },
-	}
-	addr := custProvider(t, q)
+	// Our provider never sends a bare CR (see TestProviderNeverSendsBare*),
+	// but another may: the customer refuses the message for good.
+	got := make(chan int, 1)
+	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+		if !fakeReversed(c, raw) {
+			return
+		}
+		for _, cmd := range []string{"MAIL FROM:<a@sender.test>", "RCPT TO:<u1@example.org>", "DATA"} {
+			c.PrintfLine("%s", cmd)
+			if _, _, err := c.ReadResponse(0); err != nil {
+				return
+			}
+		}
+		io.WriteString(raw, "Subject: smuggle\r\n\r\nline\rMAIL FROM:<x>\r\n.\r\n")
+		code, _, _ := c.ReadResponse(0)
+		got <- code
+		c.PrintfLine("QUIT")
+		c.ReadResponse(221)
+	})
 	sink := &memSink{}
 	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Refused)
 	assert.Empty(t, sink.received())
-	out := q.outcome()
-	require.Len(t, out, 1)
-	var e *odmr.Error
-	require.ErrorAs(t, out[0].Err, &e)
-	assert.Equal(t, 554, e.Code)
-	assert.Contains(t, e.Message, "bare CR or LF")
+	assert.Equal(t, 554, <-got)
+}
+
+// fakeReversed plays a provider up to the customer's EHLO reply after
+// the swap (fakeLogin, 250 to ATRN, the greeting, EHLO).
+func fakeReversed(c *textproto.Conn, raw net.Conn) bool {
+	if !fakeLogin(c) {
+		return false
+	}
+	if _, err := c.ReadLine(); err != nil { // ATRN
+		return false
+	}
+	c.PrintfLine("250 OK now reversing the connection")
+	if _, _, err := c.ReadResponse(220); err != nil {
+		return false
+	}
+	c.PrintfLine("EHLO fake.example.net")
+	_, _, err := c.ReadResponse(250)
+	return err == nil
 }
 
 func TestCustomerMaxMessageSize(t *testing.T) {
@@ -1083,7 +1109,7 @@ func TestCustomerMaildirSinkEndToEnd(t *testing.T) {
 	sink, err := maildir.New(dir)
 	require.NoError(t, err)
 	sink.KeepCRLF = true
-	res, err := custCustomer(addr, sink).Fetch(context.Background())
+	res, err := custCustomer(addr, sink, "example.org", "example.com").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Messages)
 

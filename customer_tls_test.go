@@ -683,7 +683,8 @@ func TestCustomerSCRAMSHA256(t *testing.T) {
 			seen = append(seen, line)
 			tp.PrintfLine("221 2.0.0 Bye")
 		})
-		c := &Customer{Addr: addr, Username: testUser, Secret: testSecret, Hostname: "customer.test", Sink: &ctlsSink{}, Logger: discardLogger()}
+		c := &Customer{Addr: addr, Username: testUser, Secret: testSecret, Hostname: "customer.test", Sink: &ctlsSink{}, Logger: discardLogger(),
+			AcceptDomains: []string{"example.org"}}
 		_, err := c.Fetch(context.Background())
 		wait()
 		require.Error(t, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/go-odmr/odmr/internal/crlf"
 	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
@@ -136,7 +137,7 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	} else if err != nil {
 		return lost(accepted, err)
 	}
-	if _, err := io.Copy(w, body); err != nil {
+	if _, err := io.Copy(w, normalizedBody(body)); err != nil {
 		// Never send the final dot after a short copy: the customer would
 		// take a truncated message. Dropping the connection makes it
 		// discard what it has.
@@ -152,6 +153,18 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 	}
 	set(accepted, nil)
 	return nil
+}
+
+// normalizedBody is a queued message as it goes on the wire: every bare CR
+// and bare LF made CRLF (RFC 5321 section 2.3.8), whatever the queue holds,
+// so that no customer sees the line endings SMTP smuggling plays on, and
+// "\r.\r\n" in a body is a dot line that the encoders stuff, not an end of
+// data. The queue's Size may then be a few bytes short of what is sent.
+func normalizedBody(body io.ReadCloser) io.ReadCloser {
+	return struct {
+		io.Reader
+		io.Closer
+	}{&crlf.Normalizer{R: body}, body}
 }
 
 // prepare sorts the recipients of a message before it is sent: those to

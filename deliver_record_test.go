@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr/internal/oneconn"
+	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 // fullDiskQueue is a MemoryQueue whose Complete fails, as a spool's does
@@ -56,7 +57,7 @@ func TestFailedRecordStopsDelivery(t *testing.T) {
 			srv.ErrorLog = silentLog{}
 			pc, cc := net.Pipe()
 			go srv.Serve(oneconn.New(cc))
-			defer srv.Close()
+			defer smtptest.Shutdown(t, srv)
 			var hide [][]byte
 			if !mode.pipelined {
 				hide = [][]byte{[]byte("-PIPELINING"), []byte("-CHUNKING")}

@@ -117,6 +117,7 @@ func ExampleRelay() {
 		Addr:     "odmr.provider.example:366",
 		Username: "example.org",
 		Secret:   "tanstaaftanstaaf",
+		Domains:  []string{"example.org"},
 		Handler:  odmr.Relay("127.0.0.1:25"),
 	}
 	if _, err := customer.Fetch(context.Background()); err != nil {
@@ -131,7 +132,10 @@ func ExampleNewLMTPSink() {
 		Addr:     "odmr.provider.example",
 		Username: "example.org",
 		Secret:   "tanstaaftanstaaf",
-		Sink:     odmr.NewLMTPSink("/run/dovecot/lmtp"),
+		// A bare ATRN: every domain of the account, and the customer
+		// takes recipients only in these.
+		AcceptDomains: []string{"example.org", "example.com"},
+		Sink:          odmr.NewLMTPSink("/run/dovecot/lmtp"),
 	}
 	if _, err := customer.Fetch(context.Background()); err != nil {
 		log.Print(err)
@@ -178,7 +182,7 @@ func ExampleReversedSessionFromContext() {
 	defer provider.Shutdown(context.Background())
 
 	customer := &odmr.Customer{Addr: l.Addr().String(), Username: "alice", Secret: "s3cret",
-		Hostname: "customer.example.org", Sink: dsnPrinter{}, Logger: slog.New(slog.DiscardHandler)}
+		Domains: []string{"example.org"}, Hostname: "customer.example.org", Sink: dsnPrinter{}, Logger: slog.New(slog.DiscardHandler)}
 	if _, err := customer.Fetch(context.Background()); err != nil {
 		log.Fatal(err)
 	}

@@ -96,7 +96,7 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 				s.log.Error("odmr: cannot open queued message", "id", env.ID, "err", err)
 				return nil, err
 			}
-			return recordCheckBody{body, s}, nil
+			return recordCheckBody{normalizedBody(body), s}, nil
 		},
 		Done: func(errs []error) {
 			for i, err := range errs {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/go-odmr/odmr/internal/mailbox"
 	"github.com/go-odmr/odmr/internal/oneconn"
 )
 
@@ -107,6 +109,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 		prefix:  strconv.FormatInt(time.Now().UnixNano(), 36),
 		maxSize: c.MaxMessageSize,
 	}
+	rcv.accept, _ = AcceptedDomainsFromContext(ctx)
 	srv := smtp.NewServer(rcv)
 	srv.Domain = c.hostname()
 	if c.MaxMessageSize > 0 {
@@ -259,6 +262,7 @@ type receiver struct {
 	maxSize int64  // 0 for no limit
 
 	inflight sync.WaitGroup // Data calls under way
+	accept   []string       // the domains recipients may be in, canonical
 
 	mu           sync.Mutex
 	session      *recvSession // the session, once EHLO has made it
@@ -467,8 +471,13 @@ func (s *recvSession) Logout() error {
 	return nil
 }
 
-// Mail starts a transaction.
+// Mail starts a transaction. The sender reaches the sink with its local
+// part quoted as the provider sent it.
 func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
+	from, ok := mailbox.Quote(from)
+	if !ok {
+		return errBadAddress
+	}
 	s.waitBDAT()
 	// A second MAIL without RSET ends the transaction before it.
 	s.endTx()
@@ -491,8 +500,32 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// Rcpt adds a recipient, asking the sink first if it is a RecipientChecker.
+// errForeignRecipient refuses a recipient outside the domains the customer
+// asked for: the provider may not relay through the customer.
+var errForeignRecipient = &smtp.SMTPError{
+	Code:         550,
+	EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+	Message:      "Relaying denied: not a domain this customer collects",
+}
+
+// errBadAddress refuses an address that cannot be written back on the
+// wire: a control character in its local part.
+var errBadAddress = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
+
+// Rcpt adds a recipient of the customer's domains, asking the sink first
+// if it is a RecipientChecker. The address reaches the sink with its
+// local part quoted as the provider sent it (see mailbox.Quote).
 func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	to, ok := mailbox.Quote(to)
+	if !ok {
+		s.refusedRcpt()
+		return errBadAddress
+	}
+	if !slices.Contains(s.r.accept, domainOf(to)) {
+		s.refusedRcpt()
+		s.r.log.Warn("odmr: recipient outside the customer's domains refused", "to", logValue(to))
+		return errForeignRecipient
+	}
 	s.mu.Lock()
 	dsn := s.env.DSN.Clone()
 	s.mu.Unlock()
@@ -504,10 +537,7 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.mu.Unlock()
 		env.DSN = dsn.Clone()
 		if err := rc.CheckRecipient(s.sinkContext(), env, to); err != nil {
-			s.r.mu.Lock()
-			s.r.refusedRcpts++
-			s.r.replied = true
-			s.r.mu.Unlock()
+			s.refusedRcpt()
 			s.r.log.Info("odmr: recipient refused", "from", env.From, "to", to, "err", err)
 			return s.r.reply(err, "CheckRecipient", "to", to)
 		}
@@ -688,6 +718,24 @@ func (s *recvSession) sinkContext() context.Context {
 		info.TLS = &cs
 	}
 	return context.WithValue(s.r.ctx, reversedSessionKey{}, info)
+}
+
+// refusedRcpt counts a recipient refused at RCPT.
+func (s *recvSession) refusedRcpt() {
+	s.r.mu.Lock()
+	s.r.refusedRcpts++
+	s.r.replied = true
+	s.r.mu.Unlock()
+}
+
+// logValue bounds and escapes a peer's text for a log record.
+func logValue(s string) string {
+	const max = 256
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
 }
 
 func (s *recvSession) refused() {

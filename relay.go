@@ -22,6 +22,14 @@ const relayGrace = 30 * time.Second
 // addr is "host:port", or the path of a Unix domain socket ("/path" or
 // "unix:/path").
 //
+// Run by a [Customer], the relay passes the session on command by command
+// and refuses, with 550 5.7.1, any recipient outside the customer's
+// Domains and AcceptDomains, so that the provider cannot use the local
+// server as an open relay; it also hides STARTTLS and AUTH from the
+// provider and drops the connection at a bare CR or LF in a message (see
+// relay_filter.go). Run outside a Customer, it has no list of domains and
+// passes bytes through as they are.
+//
 // The relay ends when both sides have closed; a side that closes its
 // writing half has that passed on to the other. If the local server
 // cannot be reached the provider is told with 421, and its mail stays
@@ -58,6 +66,13 @@ func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 	defer local.Close()
 	stop := context.AfterFunc(ctx, func() { local.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if accept, ok := AcceptedDomainsFromContext(ctx); ok {
+		err := r.serveFiltered(ctx, conn, local, accept)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
 
 	toLocal := make(chan error, 1)
 	go func() {

@@ -318,7 +318,7 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 	permitted := make(map[string]bool, len(allowed))
 	var all []string
 	for _, d := range allowed {
-		d = strings.ToLower(strings.TrimSuffix(d, "."))
+		d = RecipientDomain("@" + d) // A-labels, as ParseATRN gives them
 		if d != "" && !permitted[d] {
 			permitted[d] = true
 			all = append(all, d)

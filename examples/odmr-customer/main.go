@@ -45,7 +45,8 @@ const (
 )
 
 const usageText = `Usage: odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
-                     [-domains a.example,b.example] TARGET [flags]
+                     (-domains a.example,b.example | -accept-domains a.example,b.example)
+                     TARGET [flags]
        odmr-customer -provider HOST:PORT -tls -cert FILE -key FILE TARGET [flags]
 
 Collects the mail an ODMR provider (RFC 2645) holds for your domains: it
@@ -59,6 +60,12 @@ Authentication uses the strongest mechanism the provider offers: EXTERNAL
 CRAM-MD5, then PLAIN or LOGIN, which send the secret itself and are used
 only under TLS unless -allow-insecure-auth is given. With -cert, -user and
 the secret are optional: without them only EXTERNAL is tried.
+
+Domains: -domains asks for those domains with ATRN. Without it the customer
+sends a bare ATRN, for every domain of the account, and -accept-domains must
+list the domains whose mail it takes. Either way, after the swap a recipient
+outside these domains is refused with 550 5.7.1 and never reaches TARGET: a
+hostile provider cannot relay through your mail server.
 
 TLS:
   -tls               TLS from the first byte (implicit TLS); give the port
@@ -93,6 +100,7 @@ Flags:
 
 type config struct {
 	provider, user, secretFile, domains, hostname string
+	acceptDomains                                 string
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
 	startTLS, allowInsecureAuth, verbose          bool
@@ -108,7 +116,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.provider, "provider", "", "the provider, `HOST[:PORT]` (port 366 by default)")
 	fs.StringVar(&c.user, "user", "", "account `NAME` at the provider")
 	fs.StringVar(&c.secretFile, "secret-file", "", "`FILE` holding the secret (default: $ODMR_SECRET)")
-	fs.StringVar(&c.domains, "domains", "", "`DOMAINS` to collect, comma-separated (default: all of the account's)")
+	fs.StringVar(&c.domains, "domains", "", "`DOMAINS` to collect, comma-separated (default: all of the account's, with -accept-domains)")
+	fs.StringVar(&c.acceptDomains, "accept-domains", "", "`DOMAINS` whose recipients are taken, besides -domains; required without -domains")
 	fs.StringVar(&c.maildir, "maildir", "", "store mail in the Maildir `DIR`")
 	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
 	fs.StringVar(&c.smtp, "smtp", "", "deliver to the SMTP server at `ADDR`")
@@ -286,6 +295,9 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.domains != "" {
 		c.Domains = strings.Split(cfg.domains, ",")
 	}
+	if cfg.acceptDomains != "" {
+		c.AcceptDomains = strings.Split(cfg.acceptDomains, ",")
+	}
 	switch {
 	case cfg.maildir != "":
 		sink, err := maildir.New(cfg.maildir)
@@ -345,6 +357,8 @@ func exitCode(res *odmr.FetchResult, err error) int {
 	case errors.Is(err, odmr.ErrAuthFailed), errors.Is(err, odmr.ErrAuthRequired),
 		errors.Is(err, odmr.ErrNoAuthMechanism), errors.As(err, &e) && isAuthCode(e.Code):
 		return exitAuth
+	case errors.Is(err, odmr.ErrNoAcceptDomains):
+		return exitUsage
 	case errors.Is(err, odmr.ErrATRNRefused), errors.Is(err, odmr.ErrNoATRN), errors.Is(err, odmr.ErrNotImplemented):
 		return exitRefused
 	case errors.As(err, &e) && e.Temporary():

@@ -140,7 +140,7 @@ func TestCustomerCommandFetchIntoAMaildir(t *testing.T) {
 	// The secret from the environment, a wrong one.
 	t.Setenv("ODMR_SECRET", "wrong")
 	stderr.Reset()
-	assert.Equal(t, exitAuth, run([]string{"-provider", addr, "-user", "alice", "-maildir", md}, &stderr), stderr.String())
+	assert.Equal(t, exitAuth, run([]string{"-provider", addr, "-user", "alice", "-domains", "example.org", "-maildir", md}, &stderr), stderr.String())
 	assert.Contains(t, stderr.String(), "535")
 
 	// A domain of another account.
@@ -157,7 +157,7 @@ func TestCustomerCommandConnectionRefusedExits2(t *testing.T) {
 	l.Close()
 	t.Setenv("ODMR_SECRET", "s")
 	var stderr bytes.Buffer
-	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-user", "u", "-maildir", t.TempDir()}, &stderr))
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-user", "u", "-domains", "example.org", "-maildir", t.TempDir()}, &stderr))
 	assert.Contains(t, stderr.String(), "connecting to "+addr)
 }
 
@@ -334,12 +334,12 @@ func TestCustomerCommandTLSVerifiesTheProvider(t *testing.T) {
 	md := filepath.Join(t.TempDir(), "Maildir")
 	// The system's roots do not know the test CA.
 	var stderr bytes.Buffer
-	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-user", "alice", "-maildir", md}, &stderr))
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-user", "alice", "-domains", "example.org", "-maildir", md}, &stderr))
 	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: ")
 	// Nor does another CA.
 	other := newTestPKI(t)
 	stderr.Reset()
-	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-ca", other.caFile, "-user", "alice", "-maildir", md}, &stderr))
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-ca", other.caFile, "-user", "alice", "-domains", "example.org", "-maildir", md}, &stderr))
 	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: certificate signed by unknown authority")
 	assert.Equal(t, 1, q.Len())
 }
@@ -350,7 +350,7 @@ func TestCustomerCommandTLSFlagErrorsExit5(t *testing.T) {
 	md := t.TempDir()
 	notPEM := filepath.Join(t.TempDir(), "not.pem")
 	require.NoError(t, os.WriteFile(notPEM, []byte("hello"), 0o600))
-	base := []string{"-provider", "127.0.0.1:1", "-user", "u", "-maildir", md}
+	base := []string{"-provider", "127.0.0.1:1", "-user", "u", "-domains", "example.org", "-maildir", md}
 	for _, tc := range []struct {
 		args []string
 		want string

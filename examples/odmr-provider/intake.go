@@ -10,6 +10,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/crlf"
+	"github.com/go-odmr/odmr/internal/mailbox"
 )
 
 // enqueuer stores an accepted message; it returns only once the message is
@@ -38,9 +40,25 @@ type intakeSession struct {
 	env    odmr.Envelope
 }
 
-var errRelayDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied: not a domain served here"}
+var (
+	errRelayDenied = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied: not a domain served here"}
+	errBadSender   = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
+	errBadRcpt     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	// errBareLineEnding refuses a message with a CR or LF outside a CRLF
+	// pair (RFC 5321 section 2.3.8), as Postfix's
+	// smtpd_forbid_bare_newline does: passed on, such a message is how
+	// SMTP smuggling works. The same reply as the customer's.
+	errBareLineEnding = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message contains a bare CR or LF; lines must end with CRLF"}
+)
 
+// Mail starts a transaction. go-smtp hands over addresses with a quoted
+// local part unquoted ("a b"@x as a b@x): mailbox.Quote puts the quotes
+// back, so the queue keeps the address as the sender meant it.
 func (s *intakeSession) Mail(from string, opts *smtp.MailOptions) error {
+	from, ok := mailbox.Quote(from)
+	if !ok {
+		return errBadSender
+	}
 	s.env = odmr.Envelope{From: from}
 	if opts != nil {
 		s.env.Size = opts.Size
@@ -71,7 +89,13 @@ func (s *intakeSession) addDSN(to string, opts *smtp.RcptOptions) {
 	s.env.DSN.Recipients[to] = r
 }
 
+// Rcpt adds a recipient of one of the accounts' domains, in either form
+// of an internationalized domain (odmr.RecipientDomain maps both to one).
 func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	to, ok := mailbox.Quote(to)
+	if !ok {
+		return errBadRcpt
+	}
 	if _, ok := s.in.accounts.Owner(odmr.RecipientDomain(to)); !ok {
 		return errRelayDenied
 	}
@@ -85,10 +109,17 @@ func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
+// Data queues the message; by DATA or BDAT alike, a bare CR or LF in it
+// refuses it with 554 5.6.0 and nothing is queued.
 func (s *intakeSession) Data(r io.Reader) error {
 	env := s.env
 	env.Size = 0 // the queue measures what it stores
-	if err := s.in.enqueue(context.Background(), env, r); err != nil {
+	body := &crlf.Checker{R: r}
+	if err := s.in.enqueue(context.Background(), env, body); err != nil {
+		if body.Err() != nil {
+			s.in.log.Info("odmr-provider: message refused: bare CR or LF", "remote", s.remote, "from", env.From)
+			return errBareLineEnding
+		}
 		return toSMTPError(s.in.log, err)
 	}
 	s.in.log.Info("odmr-provider: queued", "remote", s.remote, "from", env.From, "to", env.To)

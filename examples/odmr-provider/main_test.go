@@ -173,7 +173,7 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 	p = startCrashProvider(t, bin, accts, spoolDir)
 	defer func() { p.cmd.Process.Signal(syscall.SIGTERM); p.cmd.Wait() }()
 	var got []byte
-	c := &odmr.Customer{Addr: p.odmrAddr, Username: "alice", Secret: "s3cret", Logger: discardLog(),
+	c := &odmr.Customer{Addr: p.odmrAddr, Username: "alice", Secret: "s3cret", Domains: []string{"example.org"}, Logger: discardLog(),
 		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
 			got, err = io.ReadAll(body)
 			return err
