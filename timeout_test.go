@@ -52,7 +52,9 @@ func TestTricklingClientIsCutOffAtIdleTimeout(t *testing.T) {
 		p := &Provider{CommandTimeout: 300 * time.Millisecond}
 		tp, cli, served := pipeSession(t, p)
 		start := time.Now()
+		trickled := make(chan struct{})
 		go func() {
+			defer close(trickled)
 			// One byte every 50ms, never a whole line: each byte read
 			// must not restart the command's deadline.
 			for {
@@ -68,5 +70,9 @@ func TestTricklingClientIsCutOffAtIdleTimeout(t *testing.T) {
 		assert.Equal(t, 300*time.Millisecond, time.Since(start), "cut off at the command timeout, on the bubble's clock")
 		cli.Close()
 		<-served
+		// The trickler may be asleep between two bytes; the bubble's
+		// clock moves only while this goroutine waits, so wait for it
+		// here, or the bubble ends with it still asleep.
+		<-trickled
 	})
 }
