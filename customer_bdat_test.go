@@ -131,9 +131,9 @@ func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
 	for _, chunking := range []bool{false, true} {
 		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
 			custNoLeaks(t)
-			q := &odmr.MemoryQueue{}
+			q := newCloseWatch()
 			body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 5000)
-			custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+			custEnqueue(t, q.MemoryQueue, "a@sender.test", body, "u1@example.org")
 			addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
 
 			sink := &memSink{}
@@ -142,10 +142,9 @@ func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
 			assert.Contains(t, err.Error(), "lost during a message")
 			assert.Empty(t, sink.received(), "a cut message must not reach the sink")
 
-			require.Eventually(t, func() bool {
-				attempts, _ := q.LastError("1", "u1@example.org")
-				return attempts == 1
-			}, 5*time.Second, 10*time.Millisecond)
+			q.batchClosed(t)
+			attempts, _ := q.LastError("1", "u1@example.org")
+			assert.Equal(t, 1, attempts)
 			res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
 			require.NoError(t, err)
 			assert.Equal(t, 1, res.Messages)

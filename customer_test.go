@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -102,21 +103,79 @@ func custCustomer(addr string, sink odmr.MessageSink, domains ...string) *odmr.C
 // custNoLeaks fails the test if it ends with more goroutines than it
 // started with. Call it first, so that its check runs after every other
 // cleanup.
+//
+// The tests that use it run over real TCP, outside a synctest bubble, so
+// there is no event to wait on: a goroutine that is ending cannot be
+// joined from here. It polls with a back-off instead, and returns as soon
+// as the count is back; custLeakWait bounds the wait only so that a real
+// leak fails rather than hangs.
 func custNoLeaks(t *testing.T) {
 	t.Helper()
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
+		deadline := time.Now().Add(custLeakWait)
+		for pause := time.Millisecond; runtime.NumGoroutine() > before; pause = min(2*pause, 100*time.Millisecond) {
 			if time.Now().After(deadline) {
 				buf := make([]byte, 1<<20)
 				n := runtime.Stack(buf, true)
-				t.Errorf("goroutines leaked: %d at the start, %d at the end\n%s", before, runtime.NumGoroutine(), buf[:n])
+				t.Errorf("goroutines leaked: %d at the start, %d at the end, %v later\n%s", before, runtime.NumGoroutine(), custLeakWait, buf[:n])
 				return
 			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(pause)
 		}
 	})
+}
+
+// custLeakWait is how long custNoLeaks lets a test's goroutines take to
+// end. Ending takes microseconds; this is a safety net sized for a loaded
+// machine under the race detector, not a measure of anything.
+const custLeakWait = 30 * time.Second
+
+// closeWatch is a MemoryQueue that reports each batch the provider
+// closes. The provider records every outcome of a session before it
+// closes the batch, so a test that must see what a broken session left
+// in the queue waits on batchClosed instead of polling the queue.
+type closeWatch struct {
+	*odmr.MemoryQueue
+	closed chan struct{}
+}
+
+func newCloseWatch() *closeWatch {
+	return &closeWatch{MemoryQueue: &odmr.MemoryQueue{}, closed: make(chan struct{}, 16)}
+}
+
+func (w *closeWatch) Claim(ctx context.Context, domains []string) (odmr.Batch, error) {
+	b, err := w.MemoryQueue.Claim(ctx, domains)
+	if err != nil {
+		return nil, err
+	}
+	return watchedBatch{b, w.closed}, nil
+}
+
+type watchedBatch struct {
+	odmr.Batch
+	closed chan<- struct{}
+}
+
+func (b watchedBatch) Close() error {
+	err := b.Batch.Close()
+	select {
+	case b.closed <- struct{}{}:
+	default: // no test waits for that many batches
+	}
+	return err
+}
+
+// batchClosed waits until the provider has closed a batch of w. The
+// bound is a safety net, so that a provider that never ends its session
+// fails the test instead of hanging it.
+func (w *closeWatch) batchClosed(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.closed:
+	case <-time.After(custLeakWait):
+		t.Fatalf("the provider did not close its batch within %v", custLeakWait)
+	}
 }
 
 func custEnqueue(t *testing.T, q *odmr.MemoryQueue, from, body string, to ...string) string {
@@ -788,9 +847,9 @@ func TestCustomerMaxMessageSizeWithoutDeclaredSize(t *testing.T) {
 
 func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := newCloseWatch()
 	body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 50000)
-	custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
+	custEnqueue(t, q.MemoryQueue, "a@sender.test", body, "u1@example.org")
 	addr := custProvider(t, q)
 
 	var mu sync.Mutex
@@ -824,10 +883,9 @@ func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
 
 	// The provider notices when its next write fails; then the message is
 	// released, and the next fetch gets it whole.
-	require.Eventually(t, func() bool {
-		attempts, _ := q.LastError("1", "u1@example.org")
-		return attempts == 1
-	}, 5*time.Second, 10*time.Millisecond)
+	q.batchClosed(t)
+	attempts, _ := q.LastError("1", "u1@example.org")
+	assert.Equal(t, 1, attempts)
 	assert.Empty(t, q.Failed())
 	sink2 := &memSink{}
 	res, err = custCustomer(addr, sink2, "example.org").Fetch(context.Background())
@@ -840,8 +898,8 @@ func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
 
 func TestCustomerCancelDuringDeliveryLeavesMailQueued(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
-	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	q := newCloseWatch()
+	custEnqueue(t, q.MemoryQueue, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q)
 	ctx, cancel := context.WithCancel(context.Background())
 	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, r io.Reader) error {
@@ -852,10 +910,9 @@ func TestCustomerCancelDuringDeliveryLeavesMailQueued(t *testing.T) {
 	})
 	_, err := custCustomer(addr, sink, "example.org").Fetch(ctx)
 	require.ErrorIs(t, err, context.Canceled)
-	require.Eventually(t, func() bool {
-		attempts, _ := q.LastError("1", "u1@example.org")
-		return attempts == 1
-	}, 5*time.Second, 10*time.Millisecond)
+	q.batchClosed(t)
+	attempts, _ := q.LastError("1", "u1@example.org")
+	assert.Equal(t, 1, attempts)
 	assert.Equal(t, 1, q.Len())
 }
 
@@ -1038,47 +1095,87 @@ func TestCustomerTypedErrors(t *testing.T) {
 }
 
 func TestCustomerCancelWhileWaitingForATRN(t *testing.T) {
-	custNoLeaks(t)
-	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
-		if fakeLogin(c) {
-			io.Copy(io.Discard, raw) // never answer ATRN
-		}
+	// In the bubble the deadline of ctx passes at exactly 200 ms of fake
+	// time, and Fetch must return at that same instant: cancellation
+	// reaches the socket, not the next command timeout. The bubble also
+	// checks that no goroutine is left behind.
+	synctest.Test(t, func(t *testing.T) {
+		c := custCustomer("provider.test:366", &memSink{}, "example.org")
+		c.Dial = pipeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+			if fakeLogin(c) {
+				io.Copy(io.Discard, raw) // never answer ATRN
+			}
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.Fetch(ctx)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Equal(t, 200*time.Millisecond, time.Since(start), "cancellation reaches the socket")
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := custCustomer(addr, &memSink{}, "example.org").Fetch(ctx)
-	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 5*time.Second, "cancellation reaches the socket")
+}
+
+// pipeProvider runs script as the provider's side of a net.Pipe and
+// returns a Customer.Dial that hands the customer the other side. Inside
+// a synctest bubble the customer's deadlines then run on the bubble's
+// clock. The script's end is closed when it returns, and the test waits
+// for it.
+func pipeProvider(t *testing.T, script func(c *textproto.Conn, raw net.Conn)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	t.Helper()
+	cli, srv := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer srv.Close()
+		script(textproto.NewConn(srv), srv)
+	}()
+	t.Cleanup(func() {
+		cli.Close()
+		<-done
+	})
+	return func(context.Context, string, string) (net.Conn, error) { return cli, nil }
 }
 
 func TestCustomerCommandTimeout(t *testing.T) {
-	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
-		io.Copy(io.Discard, raw) // no greeting
+	// The command timeout runs on the bubble's clock: it fires exactly
+	// when due, however loaded the machine.
+	synctest.Test(t, func(t *testing.T) {
+		c := custCustomer("provider.test:366", &memSink{}, "example.org")
+		c.Dial = pipeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+			io.Copy(io.Discard, raw) // no greeting
+		})
+		c.CommandTimeout = 100 * time.Millisecond
+		start := time.Now()
+		_, err := c.Fetch(context.Background())
+		require.Error(t, err)
+		assert.Equal(t, 100*time.Millisecond, time.Since(start), "the command timeout, on the bubble's clock")
+		assert.Contains(t, err.Error(), "greeting")
+		var ne net.Error
+		require.ErrorAs(t, err, &ne)
+		assert.True(t, ne.Timeout())
 	})
-	c := custCustomer(addr, &memSink{}, "example.org")
-	c.CommandTimeout = 100 * time.Millisecond
-	_, err := c.Fetch(context.Background())
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "greeting")
-	var ne net.Error
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout())
 }
 
 func TestCustomerIdleTimeoutAfterTheSwap(t *testing.T) {
-	addr := fakeProvider(t, func(c *textproto.Conn, raw net.Conn) {
-		if fakeLogin(c) {
-			c.ReadLine()
-			c.PrintfLine("250 OK")
-			io.Copy(io.Discard, raw) // never says EHLO
-		}
+	synctest.Test(t, func(t *testing.T) {
+		c := custCustomer("provider.test:366", &memSink{}, "example.org")
+		var swapped time.Time
+		c.Dial = pipeProvider(t, func(c *textproto.Conn, raw net.Conn) {
+			if fakeLogin(c) {
+				c.ReadLine()
+				swapped = time.Now() // before the write the customer reads: no race
+				c.PrintfLine("250 OK")
+				io.Copy(io.Discard, raw) // never says EHLO
+			}
+		})
+		c.IdleTimeout = 100 * time.Millisecond
+		_, err := c.Fetch(context.Background())
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "sent nothing")
+		// The customer's greeting after the swap restarts the wait; the
+		// bubble's clock has not moved since the 250 to ATRN.
+		assert.Equal(t, 100*time.Millisecond, time.Since(swapped), "the idle timeout, on the bubble's clock")
 	})
-	c := custCustomer(addr, &memSink{}, "example.org")
-	c.IdleTimeout = 100 * time.Millisecond
-	_, err := c.Fetch(context.Background())
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "sent nothing")
 }
 
 func TestCustomerConfigurationErrors(t *testing.T) {

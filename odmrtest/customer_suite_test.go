@@ -13,9 +13,9 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-odmr/odmr"
@@ -49,8 +49,15 @@ func mapOutcome(cfg odmrtest.CustomerConfig, f func(*odmrtest.CustomerOutcome)) 
 	return cfg
 }
 
+// TestCustomerSuiteCatchesBrokenCustomers runs each check over pipes in a
+// synctest bubble: the suite's ATRN delay and timeouts, and the
+// customer's, run on the bubble's clock, so a customer that gives up
+// after 100 ms does so 100 ms into the suite's 3 s delay however loaded
+// the machine.
 func TestCustomerSuiteCatchesBrokenCustomers(t *testing.T) {
-	lib := odmrtest.NewCustomer
+	lib := func(opts ...func(*odmr.Customer)) odmrtest.CustomerConfig {
+		return odmrtest.NewCustomer(append(opts, func(c *odmr.Customer) { c.Dial = pipes.dialNet })...)
+	}
 	tests := []struct {
 		check string
 		why   string
@@ -93,12 +100,15 @@ func TestCustomerSuiteCatchesBrokenCustomers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.check+"/"+tt.why, func(t *testing.T) {
-			tt.cfg.Timeout = 5 * time.Second
-			res := findCustomerCheck(t, tt.check).RunCustomer(t.Context(), tt.cfg)
-			if res.Status != odmrtest.Fail {
-				t.Fatalf("%s with %s: %s, want FAIL", tt.check, tt.why, res)
-			}
-			t.Logf("%s", res)
+			synctest.Test(t, func(t *testing.T) {
+				tt.cfg.Timeout = 5 * time.Second
+				tt.cfg.Listen = pipes.listen
+				res := findCustomerCheck(t, tt.check).RunCustomer(t.Context(), tt.cfg)
+				if res.Status != odmrtest.Fail {
+					t.Fatalf("%s with %s: %s, want FAIL", tt.check, tt.why, res)
+				}
+				t.Logf("%s", res)
+			})
 		})
 	}
 }
@@ -142,11 +152,11 @@ func TestRawCustomerPasses(t *testing.T) {
 // TestCustomerSuiteFailsSilentCustomerWithoutHanging runs every check
 // against a customer that connects and never speaks, and one that never
 // connects: each check must fail once its timeout passes, never hang.
+// Over pipes in a synctest bubble the timeouts run on the bubble's clock.
 func TestCustomerSuiteFailsSilentCustomerWithoutHanging(t *testing.T) {
 	customers := map[string]func(ctx context.Context, addr string) odmrtest.CustomerOutcome{
 		"silent": func(ctx context.Context, addr string) odmrtest.CustomerOutcome {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", addr)
+			c, err := pipes.dialNet(ctx, "tcp", addr)
 			if err != nil {
 				return odmrtest.CustomerOutcome{Kind: odmrtest.OutcomeFailed, Detail: err.Error()}
 			}
@@ -160,33 +170,40 @@ func TestCustomerSuiteFailsSilentCustomerWithoutHanging(t *testing.T) {
 	}
 	for name, fetch := range customers {
 		t.Run(name, func(t *testing.T) {
-			cfg := odmrtest.CustomerConfig{
-				Fetch:     fetch,
-				User:      "alice",
-				Secret:    "x",
-				Domains:   []string{"example.org"},
-				Timeout:   300 * time.Millisecond,
-				ATRNDelay: 100 * time.Millisecond,
-			}
-			var results []odmrtest.Result
-			failed, err := odmrtest.RunCustomer(t.Context(), cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
-				results = append(results, r)
-			}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(results) != len(odmrtest.CustomerChecks()) {
-				t.Fatalf("%d results for %d checks", len(results), len(odmrtest.CustomerChecks()))
-			}
-			for _, r := range results {
-				if r.Status == odmrtest.Pass {
-					t.Errorf("a %s customer passed %s", name, r)
-				}
-			}
-			if failed == 0 {
-				t.Errorf("no check failed")
-			}
+			synctest.Test(t, func(t *testing.T) { runSilentCustomer(t, name, fetch) })
 		})
+	}
+}
+
+// runSilentCustomer runs every check against fetch, the customer called
+// name, and fails if any passes.
+func runSilentCustomer(t *testing.T, name string, fetch func(ctx context.Context, addr string) odmrtest.CustomerOutcome) {
+	cfg := odmrtest.CustomerConfig{
+		Listen:    pipes.listen,
+		Fetch:     fetch,
+		User:      "alice",
+		Secret:    "x",
+		Domains:   []string{"example.org"},
+		Timeout:   300 * time.Millisecond,
+		ATRNDelay: 100 * time.Millisecond,
+	}
+	var results []odmrtest.Result
+	failed, err := odmrtest.RunCustomer(t.Context(), cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
+		results = append(results, r)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(odmrtest.CustomerChecks()) {
+		t.Fatalf("%d results for %d checks", len(results), len(odmrtest.CustomerChecks()))
+	}
+	for _, r := range results {
+		if r.Status == odmrtest.Pass {
+			t.Errorf("a %s customer passed %s", name, r)
+		}
+	}
+	if failed == 0 {
+		t.Errorf("no check failed")
 	}
 }
 
@@ -225,28 +242,46 @@ func TestCustomerChecksAreNotProviderChecks(t *testing.T) {
 // customer with net.Pipe connections instead of TCP: the customer's Dial
 // reaches the suite's in-memory listener.
 func TestLibraryCustomerOverPipes(t *testing.T) {
-	var mu sync.Mutex
-	listeners := map[string]*pipeListener{}
-	cfg := odmrtest.NewCustomer(func(c *odmr.Customer) {
-		c.Dial = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			mu.Lock()
-			l := listeners[addr]
-			mu.Unlock()
-			if l == nil {
-				return nil, fmt.Errorf("no pipe listener %s", addr)
-			}
-			return l.dial(ctx)
-		}
-	})
-	var n atomic.Int64
-	cfg.Listen = func() (net.Listener, error) {
-		l := newPipeListener(fmt.Sprintf("pipe-%d:366", n.Add(1)))
-		mu.Lock()
-		listeners[l.addr.s] = l
-		mu.Unlock()
-		return l, nil
-	}
+	cfg := odmrtest.NewCustomer(func(c *odmr.Customer) { c.Dial = pipes.dialNet })
+	cfg.Listen = pipes.listen
 	odmrtest.TestCustomer(t, cfg)
+}
+
+// pipes is the in-memory network of these tests: listen opens a
+// pipeListener at a new address, and dialNet reaches it, or dials TCP for
+// any other address.
+var pipes = &pipeNet{listeners: map[string]*pipeListener{}}
+
+type pipeNet struct {
+	mu        sync.Mutex
+	n         int
+	listeners map[string]*pipeListener
+}
+
+func (pn *pipeNet) listen() (net.Listener, error) {
+	pn.mu.Lock()
+	defer pn.mu.Unlock()
+	pn.n++
+	l := newPipeListener(fmt.Sprintf("pipe-%d:366", pn.n))
+	l.forget = func() {
+		pn.mu.Lock()
+		delete(pn.listeners, l.addr.s)
+		pn.mu.Unlock()
+	}
+	pn.listeners[l.addr.s] = l
+	return l, nil
+}
+
+// dialNet has the signature of odmr.Customer.Dial.
+func (pn *pipeNet) dialNet(ctx context.Context, network, addr string) (net.Conn, error) {
+	pn.mu.Lock()
+	l := pn.listeners[addr]
+	pn.mu.Unlock()
+	if l == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	return l.dial(ctx)
 }
 
 // pipeListener hands out the server ends of net.Pipe connections that
@@ -256,6 +291,7 @@ type pipeListener struct {
 	conns  chan net.Conn
 	closed chan struct{}
 	once   sync.Once
+	forget func() // called by Close; nil if none
 }
 
 type pipeAddr struct{ s string }
@@ -277,7 +313,12 @@ func (l *pipeListener) Accept() (net.Conn, error) {
 }
 
 func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
+	l.once.Do(func() {
+		close(l.closed)
+		if l.forget != nil {
+			l.forget()
+		}
+	})
 	return nil
 }
 
@@ -364,8 +405,7 @@ func (rc rawCustomer) fetch(ctx context.Context, addr string) odmrtest.CustomerO
 	failed := func(format string, args ...any) odmrtest.CustomerOutcome {
 		return odmrtest.CustomerOutcome{Kind: odmrtest.OutcomeFailed, Detail: fmt.Sprintf(format, args...)}
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := pipes.dialNet(ctx, "tcp", addr)
 	if err != nil {
 		return failed("%v", err)
 	}

@@ -7,9 +7,8 @@ import (
 	"log"
 	"net"
 	"net/textproto"
-	"runtime"
 	"testing"
-	"time"
+	"testing/synctest"
 
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
@@ -17,35 +16,40 @@ import (
 )
 
 func TestCustomerListenerAcceptYieldsTheConnectionOnceThenBlocksUntilClose(t *testing.T) {
-	a, b := net.Pipe()
-	defer b.Close()
-	l := New(a)
-	c, err := l.Accept()
-	require.NoError(t, err)
-	assert.Equal(t, a.LocalAddr(), l.Addr())
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		defer b.Close()
+		l := New(a)
+		c, err := l.Accept()
+		require.NoError(t, err)
+		assert.Equal(t, a.LocalAddr(), l.Addr())
 
-	second := make(chan error, 1)
-	go func() {
-		_, err := l.Accept()
-		second <- err
-	}()
-	select {
-	case err := <-second:
-		t.Fatalf("second Accept returned early: %v", err)
-	case <-time.After(50 * time.Millisecond):
-	}
-	require.NoError(t, l.Close())
-	require.NoError(t, l.Close(), "Close is idempotent")
-	assert.ErrorIs(t, <-second, net.ErrClosed)
-	_, err = l.Accept()
-	assert.ErrorIs(t, err, net.ErrClosed)
+		second := make(chan error, 1)
+		go func() {
+			_, err := l.Accept()
+			second <- err
+		}()
+		// Once every goroutine of the bubble is blocked, the second Accept
+		// has had every chance to return: it must still be waiting.
+		synctest.Wait()
+		select {
+		case err := <-second:
+			t.Fatalf("second Accept returned early: %v", err)
+		default:
+		}
+		require.NoError(t, l.Close())
+		require.NoError(t, l.Close(), "Close is idempotent")
+		assert.ErrorIs(t, <-second, net.ErrClosed)
+		_, err = l.Accept()
+		assert.ErrorIs(t, err, net.ErrClosed)
 
-	// Closing the listener leaves the connection alone.
-	go b.Write([]byte("x"))
-	buf := make([]byte, 1)
-	_, err = c.Read(buf)
-	require.NoError(t, err)
-	c.Close()
+		// Closing the listener leaves the connection alone.
+		go b.Write([]byte("x"))
+		buf := make([]byte, 1)
+		_, err = c.Read(buf)
+		require.NoError(t, err)
+		c.Close()
+	})
 }
 
 func TestCustomerListenerDoneClosesWithTheConnection(t *testing.T) {
@@ -89,36 +93,36 @@ func (nopSession) Data(r io.Reader) error               { _, err := io.Copy(io.D
 // TestGoSMTPServerOnOneConnectionLeavesNoGoroutine runs go-smtp's server
 // the way the customer does after the swap.
 func TestCustomerListenerGoSMTPServerOnOneConnectionLeavesNoGoroutine(t *testing.T) {
-	before := runtime.NumGoroutine()
-	for _, quit := range []bool{true, false} {
-		a, b := net.Pipe()
-		srv := smtp.NewServer(nopBackend{})
-		srv.Domain = "customer.example.org"
-		srv.ErrorLog = log.New(io.Discard, "", 0)
-		l := New(a)
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(l) }()
+	// The bubble is the leak check: synctest.Test returns only once every
+	// goroutine started in it has ended, and fails the test if any is
+	// left blocked for good. No polling of runtime.NumGoroutine, no
+	// guess at how long ending takes.
+	synctest.Test(t, func(t *testing.T) {
+		for _, quit := range []bool{true, false} {
+			a, b := net.Pipe()
+			srv := smtp.NewServer(nopBackend{})
+			srv.Domain = "customer.example.org"
+			srv.ErrorLog = log.New(io.Discard, "", 0)
+			l := New(a)
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(l) }()
 
-		client := textproto.NewConn(b)
-		line, err := client.ReadLine()
-		require.NoError(t, err)
-		assert.Equal(t, "220 customer.example.org ESMTP Service Ready", line)
-		if quit {
-			client.PrintfLine("QUIT")
-			_, _, err = client.ReadResponse(221)
+			client := textproto.NewConn(b)
+			line, err := client.ReadLine()
 			require.NoError(t, err)
-		} else {
-			b.Close() // the peer just goes away
-		}
+			assert.Equal(t, "220 customer.example.org ESMTP Service Ready", line)
+			if quit {
+				client.PrintfLine("QUIT")
+				_, _, err = client.ReadResponse(221)
+				require.NoError(t, err)
+			} else {
+				b.Close() // the peer just goes away
+			}
 
-		<-l.Done()
-		require.NoError(t, srv.Shutdown(context.Background()))
-		require.NoError(t, <-served)
-		b.Close()
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	assert.LessOrEqual(t, runtime.NumGoroutine(), before, "goroutines left behind")
+			<-l.Done()
+			require.NoError(t, srv.Shutdown(context.Background()))
+			require.NoError(t, <-served)
+			b.Close()
+		}
+	})
 }

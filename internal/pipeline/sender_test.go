@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -554,33 +555,46 @@ func silentServer(conn net.Conn) {
 }
 
 func TestReplyTimeout(t *testing.T) {
-	c, s := net.Pipe()
-	go silentServer(s)
-	defer c.Close()
-	snd := NewSender(context.Background(), c, Config{ReplyTimeout: 50 * time.Millisecond})
-	defer snd.Close()
-	_, err := snd.Hello("client.test")
-	require.NoError(t, err)
-	m, o := msg("s@x.test", "hi\r\n", "a@y.test")
-	err = snd.Send(m)
-	require.ErrorIs(t, err, errTimeout)
-	assert.Equal(t, []int{-1}, o.codes())
+	// On the bubble's clock the timeout fires exactly when it is due,
+	// however loaded the machine: the reply is late, never the test.
+	synctest.Test(t, func(t *testing.T) {
+		c, s := net.Pipe()
+		go silentServer(s)
+		defer c.Close()
+		snd := NewSender(context.Background(), c, Config{ReplyTimeout: 50 * time.Millisecond})
+		defer snd.Close()
+		_, err := snd.Hello("client.test")
+		require.NoError(t, err)
+		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+		start := time.Now()
+		err = snd.Send(m)
+		require.ErrorIs(t, err, errTimeout)
+		assert.Equal(t, 50*time.Millisecond, time.Since(start), "the reply timeout, on the bubble's clock")
+		assert.Equal(t, []int{-1}, o.codes())
+	})
 }
 
 func TestContextCancel(t *testing.T) {
-	c, s := net.Pipe()
-	go silentServer(s)
-	defer c.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	snd := NewSender(ctx, c, Config{})
-	defer snd.Close()
-	_, err := snd.Hello("client.test")
-	require.NoError(t, err)
-	m, o := msg("s@x.test", "hi\r\n", "a@y.test")
-	time.AfterFunc(20*time.Millisecond, cancel)
-	err = snd.Send(m)
-	require.ErrorIs(t, err, context.Canceled)
-	assert.Equal(t, []int{-1}, o.codes())
+	synctest.Test(t, func(t *testing.T) {
+		c, s := net.Pipe()
+		go silentServer(s)
+		defer c.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		snd := NewSender(ctx, c, Config{})
+		defer snd.Close()
+		_, err := snd.Hello("client.test")
+		require.NoError(t, err)
+		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+		go func() {
+			// Cancel once the sender waits for the reply that never
+			// comes, not at a guessed moment.
+			synctest.Wait()
+			cancel()
+		}()
+		err = snd.Send(m)
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, []int{-1}, o.codes())
+	})
 }
 
 func TestQuitWaitsForEveryOutcome(t *testing.T) {
