@@ -14,12 +14,12 @@ import (
 	"net"
 	"net/textproto"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-odmr/odmr/internal/wire"
@@ -36,7 +36,10 @@ const (
 )
 
 // fuzzHang bounds how long any step of a fuzz input may take before it is
-// reported as a hang. It is never reached by a correct implementation.
+// reported as a hang. It is never reached by a correct implementation. In
+// the synctest bubbles of FuzzProviderSession and FuzzCustomerReplies it
+// is on the bubble's clock, which moves only once every goroutine of the
+// session waits: reaching it there means a deadlock, found at once.
 const fuzzHang = 10 * time.Second
 
 // abnfDomainRE is the domain of the ATRN ABNF of RFC 2645 section 5.2.1,
@@ -194,9 +197,11 @@ func FuzzProviderSession(f *testing.F) {
 		f.Add([]byte(s.input), uint8(fuzzLineByLine))
 	}
 	f.Fuzz(func(t *testing.T, input []byte, flags uint8) {
-		before := runtime.NumGoroutine()
-		fuzzSession(t, input, flags)
-		checkNoGoroutinesLeft(t, before)
+		// The bubble lets the customer wait for the provider to go quiet
+		// (synctest.Wait) instead of polling, and synctest.Test returns
+		// only once every goroutine the session started has ended: it
+		// fails if one is stuck, which is the goroutine-leak check.
+		synctest.Test(t, func(t *testing.T) { fuzzSession(t, input, flags) })
 	})
 }
 
@@ -266,7 +271,8 @@ func newFuzzProvider(insecure bool) (*Provider, *watchQueue) {
 }
 
 // fuzzSession feeds input to Provider.Serve as the customer over
-// net.Pipe and checks every byte the provider writes.
+// net.Pipe and checks every byte the provider writes. It runs in a
+// synctest bubble.
 func fuzzSession(t *testing.T, input []byte, flags uint8) {
 	p, q := newFuzzProvider(flags&fuzzInsecureAuth != 0)
 	cli, srv := net.Pipe()
@@ -359,20 +365,19 @@ func short(b []byte) string {
 }
 
 // waitQuiet returns once the provider has read every byte sent and waits
-// for more, or has ended the session; it reports which.
+// for more, or has ended the session; it reports which. It runs in a
+// synctest bubble: once every goroutine of the bubble is blocked, the
+// provider is either done or in a read with nothing left to read.
 func waitQuiet(t *testing.T, qc *quietConn, sent int64, served chan error) (ended bool) {
-	deadline := time.Now().Add(fuzzHang)
-	for !qc.waiting(sent) {
-		select {
-		case err := <-served:
-			served <- err
-			return true
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("provider neither waited for input nor ended the session within %v", fuzzHang)
-		}
-		time.Sleep(20 * time.Microsecond)
+	synctest.Wait()
+	select {
+	case err := <-served:
+		served <- err
+		return true
+	default:
+	}
+	if !qc.waiting(sent) {
+		t.Fatalf("provider neither waited for input nor ended the session")
 	}
 	return false
 }
@@ -482,23 +487,6 @@ func (oc *outputChecker) end() error {
 		return fmt.Errorf("provider output ends inside a multi-line %d reply", oc.multi)
 	}
 	return nil
-}
-
-// checkNoGoroutinesLeft fails if more goroutines run than before, once
-// those that are ending have had a chance to end.
-func checkNoGoroutinesLeft(t *testing.T, before int) {
-	t.Helper()
-	for range 2000 {
-		// The fuzzing engine starts goroutines of its own while it
-		// minimizes an input: those of this module and go-smtp count.
-		if runtime.NumGoroutine() <= before || ownGoroutines() == 0 {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
-	buf := make([]byte, 1<<20)
-	n := runtime.Stack(buf, true)
-	t.Fatalf("%d goroutines left behind (before: %d):\n%s", runtime.NumGoroutine()-before, before, buf[:n])
 }
 
 func FuzzCRAMMD5Server(f *testing.F) {
@@ -697,17 +685,4 @@ func FuzzLogin(f *testing.F) {
 			t.Fatalf("LOGIN %s %s: replies %v, want %v", short(user), short(pass), got, codes)
 		}
 	})
-}
-
-// ownGoroutines counts the goroutines, other than the caller's, that run
-// code of this module or of go-smtp.
-func ownGoroutines() int {
-	buf := make([]byte, 1<<20)
-	n := 0
-	for i, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		if i > 0 && (strings.Contains(g, "go-odmr/odmr") || strings.Contains(g, "emersion/go-smtp")) {
-			n++
-		}
-	}
-	return n
 }

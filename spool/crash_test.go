@@ -45,6 +45,11 @@ import (
 //	GOT id rcpt,rcpt     a message was leased and read whole
 //	DONE id rcpt=ok|fail|temp,...   Complete returned nil
 //	BAD id reason        a body failed its checksum
+//
+// and, before any of those, READY once the spool is open, so that the
+// parent starts the time to the kill when the child starts working, not
+// when the process starts: on a loaded machine starting takes longer than
+// many a round.
 
 var crashDomains = []string{"a.test", "b.test"}
 
@@ -60,6 +65,7 @@ func runChild(mode, dir, seed string) error {
 	if err != nil {
 		return err
 	}
+	childReport("READY")
 	switch mode {
 	case "enqueue":
 		return childEnqueue(s, rng)
@@ -166,6 +172,10 @@ func childDeliver(s *Spool, rng *rand.Rand) error {
 		}
 		b.Close()
 		if n == 0 {
+			// Pacing, not a wait for an event: the mail comes from
+			// another process, which no call of this one can wait on,
+			// and an empty spool would otherwise be claimed in a busy
+			// loop. Nothing is measured against it.
 			time.Sleep(time.Millisecond)
 		}
 	}
@@ -233,7 +243,8 @@ func (l *crashLedger) record(line string) {
 }
 
 // runChildFor starts the test binary in mode and kills it with SIGKILL
-// after d, returning the complete lines it wrote.
+// d after it is ready, returning the complete lines it wrote after
+// READY.
 func runChildFor(t *testing.T, mode, dir string, seed uint64, d time.Duration) []string {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childModeEnv+"="+mode, childDirEnv+"="+dir, childSeedEnv+"="+strconv.FormatUint(seed, 10))
@@ -243,19 +254,32 @@ func runChildFor(t *testing.T, mode, dir string, seed uint64, d time.Duration) [
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	var lines []string
+	ready := make(chan struct{})
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
 		br := bufio.NewReader(out)
-		for {
+		for started := false; ; {
 			line, err := br.ReadString('\n')
 			if err != nil {
 				return // a line cut by the kill is not an event
 			}
+			if !started && line == "READY\n" {
+				started = true
+				close(ready)
+				continue
+			}
 			lines = append(lines, strings.TrimSuffix(line, "\n"))
 		}
 	}()
-	time.Sleep(d)
+	select {
+	case <-ready:
+		// The kill lands a random d into the child's work on purpose:
+		// it is the crash under test, not a wait for anything.
+		time.Sleep(d)
+	case <-read:
+		// The child ended before it was ready; Wait says why.
+	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	<-read
 	err = cmd.Wait()

@@ -156,6 +156,9 @@ func TestCrashSafety(t *testing.T) {
 				fetch(p.odmrAddr)
 			}
 		}()
+		// The kill lands at a random moment of the work on purpose: it
+		// is the crash under test, not a wait for anything. The time runs
+		// from the provider listening (startCrashProvider waits for it).
 		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 		p.cmd.Wait()
