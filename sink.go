@@ -268,14 +268,23 @@ func (c *ctxConn) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	if err != nil && c.ctx.Err() != nil {
+		// The past deadline set at cancellation: say why.
+		err = c.ctx.Err()
+	}
+	return n, err
 }
 
 func (c *ctxConn) Write(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil && c.ctx.Err() != nil {
+		err = c.ctx.Err()
+	}
+	return n, err
 }
 
 func (c *ctxConn) Close() error {
