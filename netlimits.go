@@ -83,17 +83,15 @@ func (p *Provider) admitLocked(key string) (victim *session, refusal string) {
 		return nil, "too many sessions from one network"
 	}
 	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(t.all) >= limit {
-		for e := t.unauth.Front(); e != nil; e = e.Next() {
-			if v := e.Value.(*session); v.State() < StateAuthenticated {
-				// A session that has just authenticated is about to be
-				// promoted: pass over it.
-				victim = v
-				break
-			}
-		}
-		if victim == nil {
+		// Sessions leave t.unauth when they are promoted, under p.mu:
+		// the front one has not authenticated and, marked evicted here,
+		// never will (see promote).
+		e := t.unauth.Front()
+		if e == nil {
 			return nil, "too many sessions"
 		}
+		victim = e.Value.(*session)
+		victim.evicted.Store(true)
 		p.uncountLocked(victim)
 	}
 	return victim, ""
@@ -123,20 +121,28 @@ func (p *Provider) uncountLocked(s *session) {
 	}
 }
 
-// promote marks s authenticated: it no longer gives way to newcomers.
-func (p *Provider) promote(s *session) {
+// promote takes s out of the sessions that give way to newcomers, before
+// its AUTH is answered 235. It reports false if s was chosen to give way
+// first: eviction and promotion are decided under p.mu, so a session told
+// 235 is never closed to make room, and one chosen to make room is never
+// told 235.
+func (p *Provider) promote(s *session) bool {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.evicted.Load() {
+		return false
+	}
 	if s.unauthElem != nil {
 		p.table.unauth.Remove(s.unauthElem)
 		s.unauthElem = nil
 	}
-	p.mu.Unlock()
+	return true
 }
 
-// evict ends an unauthenticated session to make room: its next read (or
-// the one it is blocked in) fails, and it answers 421.
+// evict ends an unauthenticated session that admitLocked chose to make
+// room: its next read (or the one it is blocked in) fails, and it answers
+// 421.
 func (s *session) evict() {
-	s.evicted.Store(true)
 	s.raw.SetReadDeadline(time.Unix(1, 0))
 	// s.log belongs to the session's goroutine: log through the provider.
 	s.p.logger().Info("odmr: unauthenticated session closed to make room",
