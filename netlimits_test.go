@@ -234,3 +234,26 @@ func TestEvictionDuringAuthIsNotA235(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectionLogsAreRateLimited: every refused connection used to
+// write a Warn record, so anyone able to connect could write the log as
+// fast as it could connect. Now ConnLogsPerSecond records a second get
+// through, and the next one says how many were held back.
+func TestConnectionLogsAreRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs syncBuffer
+		p := pipeProvider(&logs, func(p *Provider) { p.MaxSessionsPerAddr = 1; p.ConnLogsPerSecond = 2 })
+		defer p.Close()
+		pipeDial(t, p, "192.0.2.1:1000", 220)
+		for range 5 {
+			pipeDial(t, p, "192.0.2.1:1001", 421)
+		}
+		synctest.Wait()
+		assert.Equal(t, 2, strings.Count(logs.String(), "connection refused"))
+		time.Sleep(time.Second)
+		pipeDial(t, p, "192.0.2.1:1002", 421)
+		synctest.Wait()
+		assert.Equal(t, 3, strings.Count(logs.String(), "connection refused"))
+		assert.Contains(t, logs.String(), "suppressed=3")
+	})
+}
