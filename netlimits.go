@@ -2,8 +2,10 @@ package odmr
 
 import (
 	"container/list"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -19,6 +21,9 @@ const (
 	// single host or site usually gets).
 	DefaultIPv4Prefix = 32
 	DefaultIPv6Prefix = 64
+	// DefaultConnLogsPerSecond caps the log records about refused and
+	// evicted connections.
+	DefaultConnLogsPerSecond = 10
 )
 
 var (
@@ -83,17 +88,15 @@ func (p *Provider) admitLocked(key string) (victim *session, refusal string) {
 		return nil, "too many sessions from one network"
 	}
 	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(t.all) >= limit {
-		for e := t.unauth.Front(); e != nil; e = e.Next() {
-			if v := e.Value.(*session); v.State() < StateAuthenticated {
-				// A session that has just authenticated is about to be
-				// promoted: pass over it.
-				victim = v
-				break
-			}
-		}
-		if victim == nil {
+		// Sessions leave t.unauth when they are promoted, under p.mu:
+		// the front one has not authenticated and, marked evicted here,
+		// never will (see promote).
+		e := t.unauth.Front()
+		if e == nil {
 			return nil, "too many sessions"
 		}
+		victim = e.Value.(*session)
+		victim.evicted.Store(true)
 		p.uncountLocked(victim)
 	}
 	return victim, ""
@@ -123,24 +126,46 @@ func (p *Provider) uncountLocked(s *session) {
 	}
 }
 
-// promote marks s authenticated: it no longer gives way to newcomers.
-func (p *Provider) promote(s *session) {
+// promote takes s out of the sessions that give way to newcomers, before
+// its AUTH is answered 235. It reports false if s was chosen to give way
+// first: eviction and promotion are decided under p.mu, so a session told
+// 235 is never closed to make room, and one chosen to make room is never
+// told 235.
+func (p *Provider) promote(s *session) bool {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.evicted.Load() {
+		return false
+	}
 	if s.unauthElem != nil {
 		p.table.unauth.Remove(s.unauthElem)
 		s.unauthElem = nil
 	}
-	p.mu.Unlock()
+	return true
 }
 
-// evict ends an unauthenticated session to make room: its next read (or
-// the one it is blocked in) fails, and it answers 421.
+// evict ends an unauthenticated session that admitLocked chose to make
+// room: its next read (or the one it is blocked in) fails, and it answers
+// 421.
 func (s *session) evict() {
-	s.evicted.Store(true)
 	s.raw.SetReadDeadline(time.Unix(1, 0))
 	// s.log belongs to the session's goroutine: log through the provider.
-	s.p.logger().Info("odmr: unauthenticated session closed to make room",
+	s.p.logConn(slog.LevelInfo, "odmr: unauthenticated session closed to make room",
 		"remote", s.raw.RemoteAddr().String(), "age", time.Since(s.start).Round(time.Millisecond))
+}
+
+// logConn writes a record about a refused or evicted connection unless
+// ConnLogsPerSecond were written in the last second: a flood of
+// connections must not flood the log.
+func (p *Provider) logConn(level slog.Level, msg string, args ...any) {
+	ok, suppressed := p.connLogs.allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	p.logger().Log(context.Background(), level, msg, args...)
 }
 
 // authDeadline is when an unauthenticated session must have authenticated,

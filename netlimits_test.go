@@ -2,6 +2,7 @@ package odmr
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -193,4 +194,66 @@ func TestEvictionUnderChurn(t *testing.T) {
 	assert.Empty(t, f.p.table.all)
 	assert.Empty(t, f.p.table.perNet)
 	assert.Zero(t, f.p.table.unauth.Len())
+}
+
+// TestEvictionDuringAuthIsNotA235: a session chosen to make room while
+// its secret is being checked used to be told 235 and then closed with
+// 421 at its next command, although authenticated sessions never give
+// way. Eviction and promotion are now decided under one lock: the chosen
+// session gets 421 whatever its secret, as a wrong one would, so that a
+// guesser evicting its own session learns nothing.
+func TestEvictionDuringAuthIsNotA235(t *testing.T) {
+	for name, secret := range map[string]string{"right": testSecret, "wrong": "wrong"} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				checking, release := make(chan struct{}), make(chan struct{})
+				var once sync.Once
+				p := pipeProvider(io.Discard, func(p *Provider) {
+					p.MaxSessions = 1
+					p.MaxSessionsPerAddr = -1
+					p.Authenticator = AuthenticatorFunc(func(ctx context.Context, u string) ([]byte, error) {
+						once.Do(func() { close(checking); <-release })
+						return []byte(testSecret), nil
+					})
+				})
+				defer p.Close()
+				c, _ := pipeDial(t, p, "192.0.2.1:1000", 220)
+				c.cmd(250, "EHLO customer.test")
+				chal := c.cmd(334, "AUTH CRAM-MD5")
+				raw, err := base64.StdEncoding.DecodeString(chal)
+				require.NoError(t, err)
+				resp, _ := NewCRAMMD5Client(testUser, secret).Next(raw)
+				require.NoError(t, c.tp.PrintfLine("%s", base64.StdEncoding.EncodeToString(resp)))
+				<-checking
+				newcomer, _ := pipeDial(t, p, "198.51.100.1:1000", 220)
+				close(release)
+				assert.Contains(t, c.expect(421), "closed to make room")
+				c.expectClosed()
+				newcomer.cmd(250, "NOOP")
+			})
+		})
+	}
+}
+
+// TestConnectionLogsAreRateLimited: every refused connection used to
+// write a Warn record, so anyone able to connect could write the log as
+// fast as it could connect. Now ConnLogsPerSecond records a second get
+// through, and the next one says how many were held back.
+func TestConnectionLogsAreRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs syncBuffer
+		p := pipeProvider(&logs, func(p *Provider) { p.MaxSessionsPerAddr = 1; p.ConnLogsPerSecond = 2 })
+		defer p.Close()
+		pipeDial(t, p, "192.0.2.1:1000", 220)
+		for range 5 {
+			pipeDial(t, p, "192.0.2.1:1001", 421)
+		}
+		synctest.Wait()
+		assert.Equal(t, 2, strings.Count(logs.String(), "connection refused"))
+		time.Sleep(time.Second)
+		pipeDial(t, p, "192.0.2.1:1002", 421)
+		synctest.Wait()
+		assert.Equal(t, 3, strings.Count(logs.String(), "connection refused"))
+		assert.Contains(t, logs.String(), "suppressed=3")
+	})
 }

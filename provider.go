@@ -165,6 +165,12 @@ type Provider struct {
 	// source; IPv4-mapped IPv6 addresses count as IPv4.
 	// 0 means DefaultIPv4Prefix (32) and DefaultIPv6Prefix (64).
 	IPv4Prefix, IPv6Prefix int
+	// ConnLogsPerSecond caps the log records about connections refused by
+	// MaxSessions or MaxSessionsPerAddr and sessions closed to make room,
+	// which anyone able to connect can cause; the next one written says
+	// how many were suppressed. 0 means DefaultConnLogsPerSecond; negative
+	// means no cap.
+	ConnLogsPerSecond int
 	// AuthTimeout bounds the time from connection to a successful AUTH;
 	// a session still unauthenticated then is closed with 421 4.7.0.
 	// 0 means DefaultAuthTimeout; negative means no limit (SessionTimeout
@@ -202,6 +208,7 @@ type Provider struct {
 	table      sessionTable
 	authLimits *authLimiter
 	authLogs   *logLimiter
+	connLogs   *logLimiter
 	scramKeys  *scramKeys
 	atrnLimits *atrnLimiter
 	debugMu    sync.Mutex
@@ -238,6 +245,7 @@ func (p *Provider) initLocked() {
 			orDefault(p.AuthGuessInterval, DefaultAuthGuessInterval), orDefault(p.AuthGuessBurst, DefaultAuthGuessBurst),
 			orDefault(p.AuthLimiterEntries, DefaultAuthLimiterEntries))
 		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, DefaultAuthLogsPerSecond)}
+		p.connLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, DefaultConnLogsPerSecond)}
 		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, DefaultSCRAMCacheSize))
 		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, DefaultATRNInterval), burst: orDefault(p.ATRNBurst, DefaultATRNBurst)}
 	}
@@ -288,7 +296,7 @@ func (p *Provider) Serve(conn net.Conn) error {
 
 // refuse answers a connection that will not be served with 421.
 func (p *Provider) refuse(conn net.Conn, why, text string) error {
-	p.logger().Warn("odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
+	p.logConn(slog.LevelWarn, "odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
 	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(conn, "421 4.7.0 %s\r\n", text)
 	conn.Close()

@@ -44,8 +44,7 @@ type session struct {
 
 	netKey     string        // the network counted by MaxSessionsPerAddr
 	unauthElem *list.Element // in p.table.unauth until authenticated; guarded by p.mu
-	promoted   bool
-	evicted    atomic.Bool // closed to make room for a newcomer
+	evicted    atomic.Bool   // chosen to make room for a newcomer; set under p.mu
 
 	// Counts for the closing log record.
 	messages, delivered, failed, deferred int
@@ -122,10 +121,6 @@ func (s *session) run(ctx context.Context) (err error) {
 		}
 		if err := s.dispatch(ctx, line); err != nil {
 			return err
-		}
-		if !s.promoted && s.identity != "" {
-			s.promoted = true
-			s.p.promote(s)
 		}
 	}
 }

@@ -91,6 +91,11 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 			return s.authFailed(mech, user, err)
 		}
 		if done {
+			if !s.p.promote(s) {
+				// Closed to make room while the secret was checked:
+				// answered as a wrong secret would be (see authFailed).
+				return s.authFailed(mech, user, ErrAuthFailed)
+			}
 			// The source's failures stay: a login to an account of one's
 			// own must not buy more guesses at another's.
 			s.p.authLimits.succeed(src, user, s.ticket, time.Now())
@@ -275,7 +280,13 @@ func (s *session) authFailed(mech, user string, err error) error {
 	case errors.As(err, &e) && e.Code != ErrAuthFailed.Code:
 		reply, why = e, strings.ToLower(e.Message)
 	}
-	if s.countAuthFailure(mech, user, why) {
+	if s.countAuthFailure(mech, user, why) || s.evicted.Load() {
+		if s.evicted.Load() {
+			// Right and wrong secrets alike: a guesser who evicts its
+			// own session mid-AUTH learns nothing from the reply.
+			s.reply(errGaveWay)
+			return errors.New("odmr: unauthenticated session closed to make room for others")
+		}
 		s.reply(errTooManyAuth)
 		return errors.New("odmr: too many failed authentication attempts")
 	}

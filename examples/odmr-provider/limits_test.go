@@ -40,17 +40,19 @@ func TestLimitFlags(t *testing.T) {
 	assert.Equal(t, odmr.DefaultMaxErrors, p.MaxErrors)
 	assert.Equal(t, odmr.DefaultATRNInterval, p.ATRNInterval)
 	assert.Equal(t, odmr.DefaultATRNBurst, p.ATRNBurst)
+	assert.Equal(t, odmr.DefaultConnLogsPerSecond, p.ConnLogsPerSecond)
 
 	c, err = parseFlags([]string{"-accounts", "x", "-max-sessions", "50", "-max-sessions-per-network", "-1",
 		"-ipv4-prefix", "24", "-ipv6-prefix", "48", "-auth-timeout", "10s", "-session-timeout", "2m",
 		"-command-timeout", "30s", "-reply-timeout", "40s", "-data-timeout", "50s", "-write-timeout", "5s",
-		"-max-errors", "3", "-atrn-interval", "-1s", "-atrn-burst", "2", "-debug", "/dev/null"})
+		"-max-errors", "3", "-atrn-interval", "-1s", "-atrn-burst", "2", "-conn-logs-per-second", "-1", "-debug", "/dev/null"})
 	require.NoError(t, err)
 	c.limits.apply(&p)
 	assert.Equal(t, []any{50, -1, 24, 48, 10 * time.Second, 2 * time.Minute, 30 * time.Second,
 		40 * time.Second, 50 * time.Second, 5 * time.Second, 3, -time.Second, 2},
 		[]any{p.MaxSessions, p.MaxSessionsPerAddr, p.IPv4Prefix, p.IPv6Prefix, p.AuthTimeout, p.SessionTimeout,
 			p.CommandTimeout, p.ReplyTimeout, p.DataTimeout, p.WriteTimeout, p.MaxErrors, p.ATRNInterval, p.ATRNBurst})
+	assert.Equal(t, -1, p.ConnLogsPerSecond)
 	assert.Equal(t, "/dev/null", c.debugFile)
 
 	for _, bad := range [][]string{

@@ -75,10 +75,12 @@ type limitFlags struct {
 	dataTimeout, writeTimeout      time.Duration
 	maxErrors, atrnBurst           int
 	atrnInterval                   time.Duration
+	connLogsPerSecond              int
 }
 
 func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxSessions, "max-sessions", odmr.DefaultMaxSessions, "serve at most `N` ODMR sessions at once (negative: no cap); when full, the oldest unauthenticated session makes room")
+	fs.IntVar(&l.connLogsPerSecond, "conn-logs-per-second", odmr.DefaultConnLogsPerSecond, "log records about refused or evicted connections per second (negative: no limit)")
 	fs.IntVar(&l.maxSessionsPerNet, "max-sessions-per-network", odmr.DefaultMaxSessionsPerAddr, "serve at most `N` ODMR sessions from one network, as -ipv4-prefix and -ipv6-prefix size it (negative: no cap)")
 	fs.IntVar(&l.ipv4Prefix, "ipv4-prefix", odmr.DefaultIPv4Prefix, "IPv4 networks counted by -max-sessions-per-network and the AUTH limits have `BITS` of prefix (1-32)")
 	fs.IntVar(&l.ipv6Prefix, "ipv6-prefix", odmr.DefaultIPv6Prefix, "IPv6 networks counted by -max-sessions-per-network and the AUTH limits have `BITS` of prefix (1-128)")
@@ -132,6 +134,7 @@ func (l *limitFlags) apply(p *odmr.Provider) {
 	p.DataTimeout, p.WriteTimeout = l.dataTimeout, l.writeTimeout
 	p.MaxErrors = l.maxErrors
 	p.ATRNInterval, p.ATRNBurst = l.atrnInterval, l.atrnBurst
+	p.ConnLogsPerSecond = l.connLogsPerSecond
 }
 
 // authFlags are the AUTH limits (issue 12), in their own block.
