@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -139,7 +140,7 @@ func (s *session) evict() {
 	s.evicted.Store(true)
 	s.raw.SetReadDeadline(time.Unix(1, 0))
 	// s.log belongs to the session's goroutine: log through the provider.
-	s.p.logger().Info("odmr: unauthenticated session closed to make room",
+	s.p.logAnon(s.p.logger(), slog.LevelInfo, "odmr: unauthenticated session closed to make room",
 		"remote", s.raw.RemoteAddr().String(), "age", time.Since(s.start).Round(time.Millisecond))
 }
 

@@ -149,7 +149,7 @@ func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string
 func fetch(t *testing.T, addr string) []string {
 	t.Helper()
 	var got []string
-	c := &odmr.Customer{Addr: addr, Username: "alice", Secret: "s3cret", Logger: discardLog(),
+	c := &odmr.Customer{Addr: addr, Username: "alice", Secret: "s3cret", Domains: []string{"example.org"}, Logger: discardLog(),
 		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
 			b, err := io.ReadAll(body)
 			got = append(got, string(b))
