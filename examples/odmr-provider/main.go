@@ -155,7 +155,7 @@ func (a *authFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.guessInterval, "auth-guess-interval", odmr.DefaultAuthGuessInterval, "one more guess at an account's secret per `DURATION`, from all addresses together (negative: no limit)")
 	fs.IntVar(&a.guessBurst, "auth-guess-burst", odmr.DefaultAuthGuessBurst, "guesses at an account's secret allowed at once")
 	fs.IntVar(&a.limiterEntries, "auth-limiter-entries", odmr.DefaultAuthLimiterEntries, "addresses, and accounts, whose AUTH failures are remembered")
-	fs.IntVar(&a.logsPerSecond, "auth-logs-per-second", odmr.DefaultAuthLogsPerSecond, "log records about failed AUTH per second (negative: no limit)")
+	fs.IntVar(&a.logsPerSecond, "auth-logs-per-second", odmr.DefaultAuthLogsPerSecond, "log records about failed AUTH per second, and as many about sessions that never authenticate (negative: no limit)")
 	fs.StringVar(&a.scramSaltKeyFile, "scram-salt-key", "", "`FILE` whose contents derive the SCRAM salts of accounts with a secret; share it in a cluster (default: a random key, new at each start)")
 	fs.IntVar(&a.scramCacheSize, "scram-cache-size", odmr.DefaultSCRAMCacheSize, "SCRAM keys derived from secrets that are cached (negative: none)")
 }
