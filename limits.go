@@ -1,7 +1,6 @@
 package odmr
 
 import (
-	"net"
 	"sync"
 	"time"
 
@@ -51,16 +50,4 @@ func (l *atrnLimiter) allow(identity string, now time.Time) bool {
 		l.m[identity] = lim
 	}
 	return lim.AllowN(now, 1)
-}
-
-// remoteHost is the key for per-address limits: the IP without the port.
-func remoteHost(addr net.Addr) string {
-	if addr == nil {
-		return ""
-	}
-	s := addr.String()
-	if h, _, err := net.SplitHostPort(s); err == nil {
-		return h
-	}
-	return s
 }

@@ -501,14 +501,6 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// errForeignRecipient refuses a recipient outside the domains the customer
-// asked for: the provider may not relay through the customer.
-var errForeignRecipient = &smtp.SMTPError{
-	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-	Message:      "Relaying denied: not a domain this customer collects",
-}
-
 // errBadAddress refuses an address that cannot be written back on the
 // wire: a control character in its local part.
 var errBadAddress = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
