@@ -246,9 +246,39 @@ func (l *authLimiter) fail(source, user string, now time.Time) {
 func (l *authLimiter) insertIdent(h uint64, id *identState, now time.Time) {
 	l.sweep(now)
 	if len(l.idents) >= l.capacity {
-		evict(l.idents, func(id *identState) time.Time { return id.at })
+		l.evictIdent(now)
 	}
 	l.idents[h] = id
+}
+
+// evictIdent removes, of a few identities picked at random, the one with
+// the most guesses left, the least recently used among equals. Evicting
+// by age alone let an attacker reset an identity's bucket: drain it,
+// leave it alone, and fill the table with new names until it is the
+// oldest of a sample. An identity being guessed at has an emptier bucket
+// than the names of such a flood, so it stays; one that is evicted had
+// little left to give.
+func (l *authLimiter) evictIdent(now time.Time) {
+	const sample = 16
+	var (
+		victim uint64
+		best   float64
+		when   time.Time
+		n      int
+	)
+	for k, id := range l.idents {
+		left := id.tokens
+		if d := now.Sub(id.at); d > 0 && l.every > 0 {
+			left = min(float64(l.burst), left+float64(d)/float64(l.every))
+		}
+		if n == 0 || left > best || left == best && id.at.Before(when) {
+			victim, best, when = k, left, id.at
+		}
+		if n++; n == sample {
+			break
+		}
+	}
+	delete(l.idents, victim)
 }
 
 // evict removes the least recently used of a few entries of m picked at

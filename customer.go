@@ -138,6 +138,15 @@ type Customer struct {
 	// to run one without AcceptDomains: it returns [ErrNoAcceptDomains]
 	// before it connects. nil means none.
 	AcceptDomains []string
+	// AllowRoutedLocalParts takes, after the swap, recipients whose local
+	// part has '%', '!' or '@' (x%evil.test@example.org,
+	// "x@evil.test"@example.org). False, the default, refuses them with
+	// 550 5.7.1, as it refuses a domain that is written otherwise than as
+	// one of the customer's (ｅｘａｍｐｌｅ.org): a local mail server that
+	// trusts the customer would send them on elsewhere (sender-specified
+	// routing), which makes it an open relay for the provider. Set it
+	// only for a sink that never forwards mail.
+	AllowRoutedLocalParts bool
 	// Hostname is the name the customer gives in EHLO and in its SMTP
 	// greeting after the swap. "" means os.Hostname(), or "localhost".
 	Hostname string
@@ -309,6 +318,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	}
 	accept = append(accept, domains...)
 	ctx = context.WithValue(ctx, acceptedDomainsKey{}, slices.Clone(accept))
+	ctx = context.WithValue(ctx, routedLocalPartsKey{}, c.AllowRoutedLocalParts)
 
 	addr := c.addr()
 	log := c.logger().With("provider", addr)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"slices"
 	"strings"
 	"testing"
 
@@ -62,18 +63,19 @@ func TestCustomerRefusesRecipientsOutsideItsDomains(t *testing.T) {
 		"u1@example.org",            // ours
 		"U2@EXAMPLE.ORG.",           // ours, in capitals with the root's dot
 		"z@sub.example.org",         // a subdomain is not the domain asked for
-		`"q@evil.test"@example.org`, // ours: the quoted local part is only a name
+		`"q@evil.test"@example.org`, // routed: a local server would send it to evil.test
 		"w@xn--bcher-kva.example",   // ours: Domains gives it in U-labels
+		`"a b"@example.org`,         // ours, quoted
 	}
 	addr, codes := hostileProvider(t, rcpts)
 	sink := &memSink{}
 	res, err := custCustomer(addr, sink, "example.org", "bücher.example").Fetch(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, []int{550, 550, 250, 250, 550, 250, 250}, <-codes)
-	assert.Equal(t, 3, res.RefusedRecipients)
+	assert.Equal(t, []int{550, 550, 250, 250, 550, 550, 250, 250}, <-codes)
+	assert.Equal(t, 4, res.RefusedRecipients)
 	msgs := sink.received()
 	require.Len(t, msgs, 1)
-	assert.Equal(t, []string{"u1@example.org", "U2@EXAMPLE.ORG.", `"q@evil.test"@example.org`, "w@xn--bcher-kva.example"}, msgs[0].env.To,
+	assert.Equal(t, []string{"u1@example.org", "U2@EXAMPLE.ORG.", "w@xn--bcher-kva.example", `"a b"@example.org`}, msgs[0].env.To,
 		"the sink sees only the customer's own recipients, quoting kept")
 }
 
@@ -245,7 +247,9 @@ func TestQuotedLocalPartsSurviveDelivery(t *testing.T) {
 	to := []string{`"a b"@example.org`, `"q@example.net"@example.org`, `"x\"y"@example.org`}
 	custEnqueue(t, q, `"s p"@sender.test`, "Subject: q\r\n\r\nq\r\n", to...)
 	sink := &memSink{}
-	res, err := custCustomer(custProvider(t, q), sink, "example.org").Fetch(context.Background())
+	c := custCustomer(custProvider(t, q), sink, "example.org")
+	c.AllowRoutedLocalParts = true // for "q@example.net"@example.org
+	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Zero(t, res.RefusedRecipients)
 	msgs := sink.received()
@@ -253,4 +257,53 @@ func TestQuotedLocalPartsSurviveDelivery(t *testing.T) {
 	assert.Equal(t, `"s p"@sender.test`, msgs[0].env.From)
 	assert.Equal(t, to, msgs[0].env.To)
 	assert.Zero(t, q.Len())
+}
+
+// routedAndMapped are recipients that look like the customer's
+// (example.org, bücher.example) to a check that maps or strips, but that
+// a local mail server trusting the customer may send elsewhere. Each was
+// taken by odmr-customer -domains example.org from a hostile provider and
+// handed to the local server of -smtp and -relay as it was.
+var routedAndMapped = []string{
+	"x%evil.test@example.org",     // percent hack: Postfix's allow_percent_hack
+	"evil.test!x@example.org",     // bang path: Postfix's swap_bangpath
+	`"x@evil.test"@example.org`,   // the address inside, once the local domain is stripped
+	`"x\"@evil.test"@example.org`, // the same, with an escaped quote
+	"x@ｅｘａｍｐｌｅ.org",               // fullwidth letters: example.org only under the UTS #46 mapping
+	"x@example。org",               // an ideographic full stop, likewise
+	"x@BÜCHER.example",            // upper case U-labels, likewise
+}
+
+func TestCustomerRefusesRoutedAndMappedRecipients(t *testing.T) {
+	custNoLeaks(t)
+	rcpts := append(slices.Clone(routedAndMapped), "u1@example.org", "u2@bücher.example", "u3@EXAMPLE.org.")
+	addr, codes := hostileProvider(t, rcpts)
+	sink := &memSink{}
+	res, err := custCustomer(addr, sink, "example.org", "bücher.example").Fetch(context.Background())
+	require.NoError(t, err)
+	want := slices.Repeat([]int{550}, len(routedAndMapped))
+	assert.Equal(t, append(want, 250, 250, 250), <-codes)
+	assert.Equal(t, len(routedAndMapped), res.RefusedRecipients)
+	msgs := sink.received()
+	require.Len(t, msgs, 1)
+	assert.Equal(t, []string{"u1@example.org", "u2@bücher.example", "u3@EXAMPLE.org."}, msgs[0].env.To)
+}
+
+func TestRelayRefusesRoutedAndMappedRecipients(t *testing.T) {
+	// The relay passes RCPT lines as they are, so it also refuses a source
+	// route, which go-smtp strips for a Sink but a local server might
+	// follow.
+	custNoLeaks(t)
+	rcpts := append(slices.Clone(routedAndMapped), "@evil.test:x@example.org", "u1@example.org")
+	addr, codes := hostileProvider(t, rcpts)
+	mta := &localMTA{}
+	c := custCustomer(addr, nil, "example.org", "bücher.example")
+	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
+	_, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	want := slices.Repeat([]int{550}, len(routedAndMapped)+1)
+	assert.Equal(t, append(want, 250), <-codes)
+	got := mta.received()
+	require.Len(t, got, 1)
+	assert.Equal(t, []string{"u1@example.org"}, got[0].env.To)
 }

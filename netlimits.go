@@ -2,7 +2,6 @@ package odmr
 
 import (
 	"container/list"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,7 +21,7 @@ const (
 	DefaultIPv4Prefix = 32
 	DefaultIPv6Prefix = 64
 	// DefaultConnLogsPerSecond caps the log records about refused and
-	// evicted connections.
+	// evicted connections and unauthenticated sessions.
 	DefaultConnLogsPerSecond = 10
 )
 
@@ -150,22 +149,8 @@ func (p *Provider) promote(s *session) bool {
 func (s *session) evict() {
 	s.raw.SetReadDeadline(time.Unix(1, 0))
 	// s.log belongs to the session's goroutine: log through the provider.
-	s.p.logConn(slog.LevelInfo, "odmr: unauthenticated session closed to make room",
+	s.p.logAnon(s.p.logger(), slog.LevelInfo, "odmr: unauthenticated session closed to make room",
 		"remote", s.raw.RemoteAddr().String(), "age", time.Since(s.start).Round(time.Millisecond))
-}
-
-// logConn writes a record about a refused or evicted connection unless
-// ConnLogsPerSecond were written in the last second: a flood of
-// connections must not flood the log.
-func (p *Provider) logConn(level slog.Level, msg string, args ...any) {
-	ok, suppressed := p.connLogs.allow(time.Now())
-	if !ok {
-		return
-	}
-	if suppressed > 0 {
-		args = append(args, "suppressed", suppressed)
-	}
-	p.logger().Log(context.Background(), level, msg, args...)
 }
 
 // authDeadline is when an unauthenticated session must have authenticated,

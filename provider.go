@@ -123,8 +123,11 @@ type Provider struct {
 	// short one. 0 means DefaultAuthLimiterEntries (about 10 MB per table
 	// when full).
 	AuthLimiterEntries int
-	// AuthLogsPerSecond caps the log records about failed AUTH; the next
-	// one written says how many were suppressed. User names are cut to
+	// AuthLogsPerSecond caps the log records about failed AUTH, and
+	// separately those about sessions that end, are refused or are closed
+	// to make room without having authenticated (a flood of connections
+	// would otherwise write a record or two each); the next one written
+	// says how many were suppressed. User names are cut to
 	// 64 bytes and escaped. 0 means DefaultAuthLogsPerSecond; negative
 	// means no cap.
 	AuthLogsPerSecond int
@@ -166,8 +169,9 @@ type Provider struct {
 	// 0 means DefaultIPv4Prefix (32) and DefaultIPv6Prefix (64).
 	IPv4Prefix, IPv6Prefix int
 	// ConnLogsPerSecond caps the log records about connections refused by
-	// MaxSessions or MaxSessionsPerAddr and sessions closed to make room,
-	// which anyone able to connect can cause; the next one written says
+	// MaxSessions or MaxSessionsPerAddr, sessions closed to make room and
+	// sessions that ended without authenticating, which anyone able to
+	// connect can cause; the next one written says
 	// how many were suppressed. 0 means DefaultConnLogsPerSecond; negative
 	// means no cap.
 	ConnLogsPerSecond int
@@ -208,7 +212,7 @@ type Provider struct {
 	table      sessionTable
 	authLimits *authLimiter
 	authLogs   *logLimiter
-	connLogs   *logLimiter
+	anonLogs   *logLimiter // records about sessions that never authenticated
 	scramKeys  *scramKeys
 	atrnLimits *atrnLimiter
 	debugMu    sync.Mutex
@@ -245,7 +249,7 @@ func (p *Provider) initLocked() {
 			orDefault(p.AuthGuessInterval, DefaultAuthGuessInterval), orDefault(p.AuthGuessBurst, DefaultAuthGuessBurst),
 			orDefault(p.AuthLimiterEntries, DefaultAuthLimiterEntries))
 		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, DefaultAuthLogsPerSecond)}
-		p.connLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, DefaultConnLogsPerSecond)}
+		p.anonLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, DefaultConnLogsPerSecond)}
 		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, DefaultSCRAMCacheSize))
 		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, DefaultATRNInterval), burst: orDefault(p.ATRNBurst, DefaultATRNBurst)}
 	}
@@ -296,7 +300,7 @@ func (p *Provider) Serve(conn net.Conn) error {
 
 // refuse answers a connection that will not be served with 421.
 func (p *Provider) refuse(conn net.Conn, why, text string) error {
-	p.logConn(slog.LevelWarn, "odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
+	p.logAnon(p.logger(), slog.LevelWarn, "odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
 	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(conn, "421 4.7.0 %s\r\n", text)
 	conn.Close()
@@ -429,4 +433,18 @@ func lingeringClose(conn net.Conn) {
 	}
 	conn.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(conn, 256<<10))
+}
+
+// logAnon writes a record about a session that has not authenticated
+// unless too many were written in the last second: anyone can open
+// connections, and should not fill the disk with their records.
+func (p *Provider) logAnon(log *slog.Logger, level slog.Level, msg string, args ...any) {
+	ok, suppressed := p.anonLogs.allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	log.Log(context.Background(), level, msg, args...)
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,6 +109,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 		maxSize: c.MaxMessageSize,
 	}
 	rcv.accept, _ = AcceptedDomainsFromContext(ctx)
+	rcv.routing, _ = ctx.Value(routedLocalPartsKey{}).(bool)
 	srv := smtp.NewServer(rcv)
 	srv.Domain = c.hostname()
 	if c.MaxMessageSize > 0 {
@@ -263,6 +263,7 @@ type receiver struct {
 
 	inflight sync.WaitGroup // Data calls under way
 	accept   []string       // the domains recipients may be in, canonical
+	routing  bool           // Customer.AllowRoutedLocalParts
 
 	mu           sync.Mutex
 	session      *recvSession // the session, once EHLO has made it
@@ -500,14 +501,6 @@ func (s *recvSession) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// errForeignRecipient refuses a recipient outside the domains the customer
-// asked for: the provider may not relay through the customer.
-var errForeignRecipient = &smtp.SMTPError{
-	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-	Message:      "Relaying denied: not a domain this customer collects",
-}
-
 // errBadAddress refuses an address that cannot be written back on the
 // wire: a control character in its local part.
 var errBadAddress = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
@@ -521,10 +514,10 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.refusedRcpt()
 		return errBadAddress
 	}
-	if !slices.Contains(s.r.accept, domainOf(to)) {
+	if why := recipientRefusal(to, s.r.accept, s.r.routing); why != "" {
 		s.refusedRcpt()
 		s.r.log.Warn("odmr: recipient outside the customer's domains refused", "to", logValue(to))
-		return errForeignRecipient
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: why}
 	}
 	s.mu.Lock()
 	dsn := s.env.DSN.Clone()

@@ -50,9 +50,10 @@ var errRelayBareLineEnding = errors.New("odmr: relay: the provider sent a bare C
 
 // serveFiltered relays conn to local, refusing recipients outside accept.
 func (r *relay) serveFiltered(ctx context.Context, conn, local net.Conn, accept []string) error {
+	routing, _ := ctx.Value(routedLocalPartsKey{}).(bool)
 	pr := bufio.NewReaderSize(conn, 4096)
 	lr := bufio.NewReaderSize(local, 4096)
-	f := &relayFilter{conn: conn, local: local, lw: bufio.NewWriterSize(local, 32<<10), pr: pr, lr: lr, accept: accept}
+	f := &relayFilter{conn: conn, local: local, lw: bufio.NewWriterSize(local, 32<<10), pr: pr, lr: lr, accept: accept, routing: routing}
 	// The local server's greeting is the customer's.
 	if err := f.passReply(""); err != nil {
 		return err
@@ -75,8 +76,12 @@ func (r *relay) serveFiltered(ctx context.Context, conn, local net.Conn, accept 
 		switch {
 		case !slices.Contains(relayCommands, verb):
 			err = f.reply("502 5.5.1 Command not available")
-		case verb == "RCPT" && !slices.Contains(accept, domainOf(rcptPath(arg))):
-			err = f.reply("550 5.7.1 Relaying denied: not a domain this customer collects")
+		case verb == "RCPT" && strings.HasPrefix(rcptPath(arg), "@"):
+			// A source route (RFC 5321 appendix C): the local server
+			// might follow it.
+			err = f.reply("550 5.7.1 Relaying denied: no source routes")
+		case verb == "RCPT" && recipientRefusal(rcptPath(arg), accept, f.routing) != "":
+			err = f.reply("550 5.7.1 " + recipientRefusal(rcptPath(arg), accept, f.routing))
 		case verb == "BDAT":
 			err = f.bdat(line, arg)
 		default:
@@ -98,6 +103,7 @@ type relayFilter struct {
 	lw          *bufio.Writer // to local, flushed before each reply is read
 	pr, lr      *bufio.Reader
 	accept      []string
+	routing     bool // Customer.AllowRoutedLocalParts
 }
 
 // readCommand reads a command line from the provider, without its line

@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // DefaultSCRAMCacheSize is how many derived SCRAM keys a [Provider] keeps
@@ -15,9 +17,9 @@ const DefaultSCRAMCacheSize = 10000
 
 // scramKeys derives SCRAM credentials from shared secrets with a salt that
 // is stable per user, and caches them: without it every SCRAM start costs
-// a PBKDF2 of DefaultSCRAMIterations. Users who do not exist get the same
-// treatment with a secret nobody knows, so that their salt, iteration
-// count and timing look like a real user's.
+// a PBKDF2 of DefaultSCRAMIterations. Users who do not exist get
+// credentials whose salt, iteration count and timing look like a real
+// user's (see unknown).
 type scramKeys struct {
 	key   []byte // derives the salts
 	dummy []byte // the secret of users who do not exist
@@ -26,6 +28,10 @@ type scramKeys struct {
 	mu sync.Mutex
 	ll *list.List // of *scramEntry, most recently used first
 	m  map[[sha256.Size]byte]*list.Element
+	ul *list.List // of the hashes of unknown users asked for, most recent first
+	um map[[sha256.Size]byte]*list.Element
+
+	cost atomic.Int64 // how long a derivation takes, a moving average in ns
 }
 
 type scramEntry struct {
@@ -39,7 +45,14 @@ func newSCRAMKeys(key []byte, max int) *scramKeys {
 		rand.Read(key)
 	}
 	dummy := []byte(rand.Text()) // text: SASLprep refuses some bytes
-	return &scramKeys{key: key, dummy: dummy, max: max, ll: list.New(), m: make(map[[sha256.Size]byte]*list.Element)}
+	k := &scramKeys{key: key, dummy: dummy, max: max, ll: list.New(), m: make(map[[sha256.Size]byte]*list.Element),
+		ul: list.New(), um: make(map[[sha256.Size]byte]*list.Element)}
+	// What a derivation costs, for unknown users to wait as long before
+	// any real user's has been derived.
+	start := time.Now()
+	deriveSCRAM(SCRAMSHA256, "", string(dummy), k.salt(SCRAMSHA256, ""), DefaultSCRAMIterations)
+	k.measure(time.Since(start))
+	return k
 }
 
 // salt is HMAC-SHA-256(key, mechanism, username), cut to 16 bytes.
@@ -79,7 +92,9 @@ func (k *scramKeys) derive(mech, user string, secret []byte) (SCRAMCredentials, 
 		return c, nil
 	}
 	k.mu.Unlock()
+	start := time.Now()
 	c, err := deriveSCRAM(mech, user, string(secret), salt, DefaultSCRAMIterations)
+	k.measure(time.Since(start))
 	if err != nil || k.max < 0 {
 		return c, err
 	}
@@ -95,19 +110,68 @@ func (k *scramKeys) derive(mech, user string, secret []byte) (SCRAMCredentials, 
 	return c, nil
 }
 
-// unknown returns credentials for a user who does not exist: derived like
-// a real user's, then spoilt so that no proof matches them.
+// unknown returns credentials for a user who does not exist, that no
+// proof matches, with a salt made as a real user's. They cost no PBKDF2:
+// a flood of SCRAM starts at made-up names, each cancelled, kept a core
+// of odmr-provider busy (about 1 ms each), and pushed the real users' keys
+// out of the cache. Instead the first start at a name waits (without
+// using the CPU) as long as a derivation has lately taken, as a real
+// user's first start does, and later ones are as fast as a cached key:
+// timing tells no more than it did.
 func (k *scramKeys) unknown(mech, user string) (SCRAMCredentials, error) {
-	c, err := k.derive(mech, user, k.dummy)
-	if err != nil {
-		return c, err
+	if _, err := scramHash(mech); err != nil {
+		return SCRAMCredentials{}, err
 	}
-	stored := make([]byte, len(c.StoredKey))
-	for i, b := range c.StoredKey {
-		stored[i] = ^b
+	m := hmac.New(sha256.New, k.key)
+	writeField(m, []byte("unknown"))
+	writeField(m, []byte(mech))
+	writeField(m, []byte(user))
+	writeField(m, k.dummy)
+	sum := m.Sum(nil)
+	if !k.seenUnknown(sum) {
+		time.Sleep(time.Duration(k.cost.Load()))
 	}
-	c.StoredKey = stored
-	return c, nil
+	size := sha256.Size
+	if mech == SCRAMSHA1 {
+		size = 20
+	}
+	stored := hmac.New(sha256.New, sum)
+	stored.Write([]byte("stored"))
+	server := hmac.New(sha256.New, sum)
+	server.Write([]byte("server"))
+	return SCRAMCredentials{Mechanism: mech, Salt: k.salt(mech, user), Iterations: DefaultSCRAMIterations,
+		StoredKey: stored.Sum(nil)[:size], ServerKey: server.Sum(nil)[:size]}, nil
+}
+
+// seenUnknown reports whether an unknown user's credentials were asked for
+// recently, and remembers them, in a set as large as the cache.
+func (k *scramKeys) seenUnknown(sum []byte) bool {
+	var h [sha256.Size]byte
+	copy(h[:], sum)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e, ok := k.um[h]; ok {
+		k.ul.MoveToFront(e)
+		return true
+	}
+	if k.max < 0 {
+		return false
+	}
+	k.um[h] = k.ul.PushFront(h)
+	for k.ul.Len() > max(k.max, 1) {
+		delete(k.um, k.ul.Remove(k.ul.Back()).([sha256.Size]byte))
+	}
+	return false
+}
+
+// measure folds the duration of a derivation into k.cost.
+func (k *scramKeys) measure(d time.Duration) {
+	old := k.cost.Load()
+	if old == 0 {
+		k.cost.Store(int64(d))
+		return
+	}
+	k.cost.Store(old + (int64(d)-old)/8)
 }
 
 // len reports the entries cached, for tests.

@@ -99,10 +99,14 @@ func (s *session) run(ctx context.Context) (err error) {
 			"failed", s.failed, "deferred", s.deferred, "duration", time.Since(start).Round(time.Millisecond),
 		}
 		if err != nil && !errors.Is(err, errSessionOver) {
-			s.log.Info("odmr: session ended", append(attrs, "err", err)...)
+			attrs = append(attrs, "err", err)
+		} else {
+			err = nil
+		}
+		if s.identity == "" {
+			s.p.logAnon(s.log, slog.LevelInfo, "odmr: session ended", attrs...)
 		} else {
 			s.log.Info("odmr: session ended", attrs...)
-			err = nil
 		}
 	}()
 

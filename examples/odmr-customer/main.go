@@ -65,7 +65,11 @@ Domains: -domains asks for those domains with ATRN. Without it the customer
 sends a bare ATRN, for every domain of the account, and -accept-domains must
 list the domains whose mail it takes. Either way, after the swap a recipient
 outside these domains is refused with 550 5.7.1 and never reaches TARGET: a
-hostile provider cannot relay through your mail server.
+hostile provider cannot relay through your mail server. So is a recipient
+with sender-specified routing (a percent sign, a bang or a quoted @ in
+its local part), which a local server would send on, unless
+-allow-routed-local-parts, and a domain written otherwise than as yours
+(ｅｘａｍｐｌｅ.org).
 
 TLS:
   -tls               TLS from the first byte (implicit TLS); give the port
@@ -101,6 +105,7 @@ Flags:
 type config struct {
 	provider, user, secretFile, domains, hostname string
 	acceptDomains                                 string
+	allowRouted                                   bool
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
 	startTLS, allowInsecureAuth, verbose          bool
@@ -117,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.user, "user", "", "account `NAME` at the provider")
 	fs.StringVar(&c.secretFile, "secret-file", "", "`FILE` holding the secret (default: $ODMR_SECRET)")
 	fs.StringVar(&c.domains, "domains", "", "`DOMAINS` to collect, comma-separated (default: all of the account's, with -accept-domains)")
+	fs.BoolVar(&c.allowRouted, "allow-routed-local-parts", false, "take recipients with %, ! or @ in the local part (only for a -maildir, which never forwards)")
 	fs.StringVar(&c.acceptDomains, "accept-domains", "", "`DOMAINS` whose recipients are taken, besides -domains; required without -domains")
 	fs.StringVar(&c.maildir, "maildir", "", "store mail in the Maildir `DIR`")
 	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
@@ -298,6 +304,7 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.acceptDomains != "" {
 		c.AcceptDomains = strings.Split(cfg.acceptDomains, ",")
 	}
+	c.AllowRoutedLocalParts = cfg.allowRouted
 	switch {
 	case cfg.maildir != "":
 		sink, err := maildir.New(cfg.maildir)

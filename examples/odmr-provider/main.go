@@ -80,7 +80,7 @@ type limitFlags struct {
 
 func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxSessions, "max-sessions", odmr.DefaultMaxSessions, "serve at most `N` ODMR sessions at once (negative: no cap); when full, the oldest unauthenticated session makes room")
-	fs.IntVar(&l.connLogsPerSecond, "conn-logs-per-second", odmr.DefaultConnLogsPerSecond, "log records about refused or evicted connections per second (negative: no limit)")
+	fs.IntVar(&l.connLogsPerSecond, "conn-logs-per-second", odmr.DefaultConnLogsPerSecond, "log records about refused or evicted connections and sessions that never authenticate, per second (negative: no limit)")
 	fs.IntVar(&l.maxSessionsPerNet, "max-sessions-per-network", odmr.DefaultMaxSessionsPerAddr, "serve at most `N` ODMR sessions from one network, as -ipv4-prefix and -ipv6-prefix size it (negative: no cap)")
 	fs.IntVar(&l.ipv4Prefix, "ipv4-prefix", odmr.DefaultIPv4Prefix, "IPv4 networks counted by -max-sessions-per-network and the AUTH limits have `BITS` of prefix (1-32)")
 	fs.IntVar(&l.ipv6Prefix, "ipv6-prefix", odmr.DefaultIPv6Prefix, "IPv6 networks counted by -max-sessions-per-network and the AUTH limits have `BITS` of prefix (1-128)")
