@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,11 +28,12 @@ func TestAgainstTheRunnableProvider(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	accts := filepath.Join(dir, "accounts")
 	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org,example.com\nbob pw example.net\n"), 0o600))
-	odmrAddr, smtpAddr := freeAddr(t), freeAddr(t)
 	// The checks send about 50 ATRNs in a row, more than the default
 	// burst, and on a loaded machine faster than one a second: the rate
 	// limit is off, as in odmrtest's own fixture.
-	cmd := exec.Command(bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test",
+	// Port 0: the program picks its ports and logs them, so no other
+	// test can take one between a choice here and the program's bind.
+	cmd := exec.Command(bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test",
 		"-atrn-interval", "-1s")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
@@ -43,11 +43,16 @@ func TestAgainstTheRunnableProvider(t *testing.T) {
 		cmd.Wait()
 	}()
 	sc := bufio.NewScanner(stderr)
-	for started := 0; started < 2 && sc.Scan(); {
-		if strings.Contains(sc.Text(), "listening") {
-			started++
+	var odmrAddr, smtpAddr string
+	for (odmrAddr == "" || smtpAddr == "") && sc.Scan() {
+		switch l := sc.Text(); {
+		case strings.Contains(l, "ODMR listening"):
+			odmrAddr = listenAddr(t, l)
+		case strings.Contains(l, "SMTP intake listening"):
+			smtpAddr = listenAddr(t, l)
 		}
 	}
+	require.NotEmpty(t, smtpAddr, "the provider exited before listening")
 	go func() {
 		for sc.Scan() {
 		}
@@ -62,10 +67,11 @@ func TestAgainstTheRunnableProvider(t *testing.T) {
 	assert.Contains(t, stdout.String(), "0 failed")
 }
 
-func freeAddr(t *testing.T) string {
+// listenAddr returns the address a "... listening" log record names.
+func listenAddr(t *testing.T, line string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	_, rest, ok := strings.Cut(line, " addr=")
+	require.True(t, ok, "no addr= in %q", line)
+	addr, _, _ := strings.Cut(rest, " ")
+	return addr
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -76,19 +74,12 @@ func TestAuthLimitsProcess(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	accts := filepath.Join(dir, "accounts")
 	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
-	addr := freeAddr(t)
-	cmd := exec.Command(bin, "-accounts", accts, "-listen", addr, "-smtp", "", "-hostname", "prov.test", "-auth-guess-interval", "1h")
+	cmd := exec.Command(bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "", "-hostname", "prov.test", "-auth-guess-interval", "1h")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	defer cmd.Process.Kill()
-	logs := bufio.NewScanner(stderr)
-	for logs.Scan() && !strings.Contains(logs.Text(), "listening") {
-	}
-	go func() {
-		for logs.Scan() {
-		}
-	}()
+	addr := listenAddr(t, watchLog(stderr).wait(t, "ODMR listening"))
 
 	// The customer's usual address.
 	code, msg := cramFrom(t, addr, "127.0.0.200", "alice", "s3cret")

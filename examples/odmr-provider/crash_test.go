@@ -34,19 +34,14 @@ type crashProvider struct {
 
 func startCrashProvider(t *testing.T, bin, accts, spoolDir string) *crashProvider {
 	t.Helper()
-	p := &crashProvider{odmrAddr: freeAddr(t), smtpAddr: freeAddr(t)}
-	p.cmd = exec.Command(bin, "-accounts", accts, "-spool", spoolDir, "-listen", p.odmrAddr, "-smtp", p.smtpAddr, "-hostname", "prov.test")
+	p := &crashProvider{}
+	p.cmd = exec.Command(bin, "-accounts", accts, "-spool", spoolDir, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test")
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, p.cmd.Start())
-	sc := bufio.NewScanner(stderr)
-	for started := 0; started < 2; {
-		require.True(t, sc.Scan(), "provider exited before listening")
-		if strings.Contains(sc.Text(), "listening") {
-			started++
-		}
-	}
-	go io.Copy(io.Discard, stderr)
+	log := watchLog(stderr)
+	p.odmrAddr = listenAddr(t, log.wait(t, "ODMR listening"))
+	p.smtpAddr = listenAddr(t, log.wait(t, "SMTP intake listening"))
 	return p
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,14 +92,24 @@ func buildProvider(t *testing.T) (bin, accts string) {
 	return bin, accts
 }
 
-// logWatch hands the program's log lines to tests that wait for one.
-type logWatch struct{ lines chan string }
+// logWatch hands the program's log lines to tests that wait for one, and
+// keeps the last few to show when the program exits unexpectedly.
+type logWatch struct {
+	lines chan string
+	mu    sync.Mutex
+	tail  []string
+}
 
 func watchLog(r io.Reader) *logWatch {
 	w := &logWatch{lines: make(chan string, 4096)}
 	go func() {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
+			w.mu.Lock()
+			if w.tail = append(w.tail, sc.Text()); len(w.tail) > 20 {
+				w.tail = w.tail[1:]
+			}
+			w.mu.Unlock()
 			select {
 			case w.lines <- sc.Text():
 			default: // nobody is waiting for these
@@ -109,6 +120,24 @@ func watchLog(r io.Reader) *logWatch {
 	return w
 }
 
+// lastLines is what the program logged last.
+func (w *logWatch) lastLines() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.tail, "\n")
+}
+
+// listenAddr returns the address a "... listening" record names: the
+// programs are started on port 0, so that no other test can take a port
+// between a test choosing it and the program binding it.
+func listenAddr(t *testing.T, line string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(line, " addr=")
+	require.True(t, ok, "no addr= in %q", line)
+	addr, _, _ := strings.Cut(rest, " ")
+	return addr
+}
+
 // wait returns the first log line, from now on, that has every one of want.
 func (w *logWatch) wait(t *testing.T, want ...string) string {
 	t.Helper()
@@ -116,7 +145,7 @@ func (w *logWatch) wait(t *testing.T, want ...string) string {
 	for {
 		select {
 		case l, ok := <-w.lines:
-			require.True(t, ok, "program exited before logging %q", want)
+			require.True(t, ok, "program exited before logging %q; its last lines:\n%s", want, w.lastLines())
 			found := true
 			for _, s := range want {
 				found = found && strings.Contains(l, s)
@@ -134,16 +163,15 @@ func (w *logWatch) wait(t *testing.T, want ...string) string {
 // prefix (such as a ulimit), and waits until both listeners are up.
 func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string) (odmrAddr, smtpAddr string, log *logWatch) {
 	t.Helper()
-	odmrAddr, smtpAddr = freeAddr(t), freeAddr(t)
-	args := append([]string{"-c", shellPrefix + `exec "$0" "$@"`, bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test"}, extra...)
+	args := append([]string{"-c", shellPrefix + `exec "$0" "$@"`, bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test"}, extra...)
 	cmd := exec.Command("sh", args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	log = watchLog(stderr)
-	log.wait(t, "ODMR listening")
-	log.wait(t, "SMTP intake listening")
+	odmrAddr = listenAddr(t, log.wait(t, "ODMR listening"))
+	smtpAddr = listenAddr(t, log.wait(t, "SMTP intake listening"))
 	return odmrAddr, smtpAddr, log
 }
 

@@ -45,13 +45,6 @@ func TestMalformedAccountsFileFailsClearly(t *testing.T) {
 	assert.ErrorContains(t, err, "line 2")
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestProviderProcess runs the program as a user would: it queues mail over
 // SMTP, refuses to relay, answers ODMR, and stops cleanly on SIGTERM.
 func TestProviderProcess(t *testing.T) {
@@ -65,18 +58,22 @@ func TestProviderProcess(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	accts := filepath.Join(dir, "accounts")
 	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
-	odmrAddr, smtpAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test")
+	cmd := exec.Command(bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	defer cmd.Process.Kill()
 	logs := bufio.NewScanner(stderr)
-	for started := 0; started < 2 && logs.Scan(); {
-		if strings.Contains(logs.Text(), "listening") {
-			started++
+	var odmrAddr, smtpAddr string
+	for (odmrAddr == "" || smtpAddr == "") && logs.Scan() {
+		switch l := logs.Text(); {
+		case strings.Contains(l, "ODMR listening"):
+			odmrAddr = listenAddr(t, l)
+		case strings.Contains(l, "SMTP intake listening"):
+			smtpAddr = listenAddr(t, l)
 		}
 	}
+	require.NotEmpty(t, smtpAddr, "the program exited before listening")
 
 	c, err := smtp.Dial(smtpAddr)
 	require.NoError(t, err)
