@@ -390,6 +390,7 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 	for s := range p.sessions {
 		s.interruptIdle()
 	}
+	p.logger().Info("odmr: shutting down", "sessions", len(p.sessions))
 	p.mu.Unlock()
 
 	done := make(chan struct{})

@@ -22,7 +22,11 @@ type enqueuer func(ctx context.Context, env odmr.Envelope, body io.Reader) error
 // it is the MX the customers' domains point at. It relays nothing: a
 // recipient outside the accounts' domains gets 550 5.7.1.
 type intake struct {
-	accounts odmr.Accounts
+	// accounts names the domains served: odmr.Accounts, or the
+	// program's accountStore, which SIGHUP reloads.
+	accounts interface {
+		Owner(domain string) (odmr.Account, bool)
+	}
 	enqueue  enqueuer
 	// checkQuota, if set, refuses a recipient whose domain is over quota
 	// (452) before the data is sent.

@@ -134,9 +134,17 @@ func (w *logWatch) wait(t *testing.T, want ...string) string {
 // prefix (such as a ulimit), and waits until both listeners are up.
 func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string) (odmrAddr, smtpAddr string, log *logWatch) {
 	t.Helper()
+	_, odmrAddr, smtpAddr, log = startProviderCmd(t, bin, accts, shellPrefix, extra...)
+	return odmrAddr, smtpAddr, log
+}
+
+// startProviderCmd is startProvider that also returns the process, for
+// tests that signal it.
+func startProviderCmd(t *testing.T, bin, accts, shellPrefix string, extra ...string) (cmd *exec.Cmd, odmrAddr, smtpAddr string, log *logWatch) {
+	t.Helper()
 	odmrAddr, smtpAddr = freeAddr(t), freeAddr(t)
 	args := append([]string{"-c", shellPrefix + `exec "$0" "$@"`, bin, "-accounts", accts, "-listen", odmrAddr, "-smtp", smtpAddr, "-hostname", "prov.test"}, extra...)
-	cmd := exec.Command("sh", args...)
+	cmd = exec.Command("sh", args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -144,7 +152,7 @@ func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string
 	log = watchLog(stderr)
 	log.wait(t, "ODMR listening")
 	log.wait(t, "SMTP intake listening")
-	return odmrAddr, smtpAddr, log
+	return cmd, odmrAddr, smtpAddr, log
 }
 
 // fetch pulls example.org's mail as alice and returns the bodies.
