@@ -27,7 +27,7 @@ type intake struct {
 	accounts interface {
 		Owner(domain string) (odmr.Account, bool)
 	}
-	enqueue  enqueuer
+	enqueue enqueuer
 	// checkQuota, if set, refuses a recipient whose domain is over quota
 	// (452) before the data is sent.
 	checkQuota func(rcpt string) error
