@@ -12,6 +12,10 @@
 //
 // The accounts file has one account a line, NAME SECRET DOMAIN[,DOMAIN...],
 // and # comments.
+//
+// SIGHUP reloads the accounts file and the TLS certificate and key; a
+// file that does not load keeps the old one. SIGTERM and SIGINT stop it:
+// sessions finish the message in flight, within -stop-timeout.
 package main
 
 import (
@@ -357,16 +361,18 @@ func run(args []string) error {
 			p.Close()
 			return err
 		}
+		hostname := p.Hostname
+		if hostname == "" {
+			hostname, _ = os.Hostname()
+		}
 		intakeSrv = smtp.NewServer(&intake{
 			accounts:   accounts,
 			log:        log,
 			enqueue:    enqueue,
 			checkQuota: checkQuota,
+			hostname:   hostname,
 		})
-		intakeSrv.Domain = p.Hostname
-		if intakeSrv.Domain == "" {
-			intakeSrv.Domain, _ = os.Hostname()
-		}
+		intakeSrv.Domain = hostname
 		intakeSrv.MaxMessageBytes = cfg.maxMessageBytes
 		intakeSrv.MaxRecipients = 100
 		intakeSrv.ReadTimeout = 5 * time.Minute
@@ -496,9 +502,8 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 			},
 		}
 		log.Warn("odmr-provider: no -spool: the queue is in memory and will not survive a restart")
-		enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-			_, err := q.Enqueue(env, body)
-			return err
+		enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+			return q.Enqueue(env, body)
 		}
 		return q, enqueue, nil, func() {}, nil
 	}
@@ -540,9 +545,8 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 		log.Error("odmr-provider: damaged messages are held in quarantine; see their .reason files, and -list",
 			"count", len(q), "dir", filepath.Join(cfg.spoolDir, "quarantine"))
 	}
-	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-		_, err := s.Enqueue(ctx, env, body)
-		return err
+	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+		return s.Enqueue(ctx, env, body)
 	}
 	return s, enqueue, s.CheckQuota, func() { s.Close() }, nil
 }
