@@ -58,7 +58,7 @@ func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) er
 
 // deliverEach is the plain delivery loop, one command at a time.
 func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, domains []string) error {
-	for {
+	for !s.draining() {
 		msg, err := batch.Next(ctx)
 		if errors.Is(err, io.EOF) {
 			break
@@ -78,6 +78,17 @@ func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, 
 		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
 	}
 	return nil
+}
+
+// draining reports whether the provider is shutting down, and if so says
+// so once: the delivery loops then take no further message from the batch,
+// finish the ones in flight and say QUIT, and the rest stays queued.
+func (s *session) draining() bool {
+	if !s.p.shutdown.Load() {
+		return false
+	}
+	s.log.Info("odmr: provider shutting down; ending the delivery after the message in flight")
+	return true
 }
 
 // deliverOne sends one message. It returns an error only when the

@@ -41,7 +41,7 @@ func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipe
 	})
 	defer snd.Close()
 	s.log.Debug("odmr: delivering with pipelining", "chunking", chunking)
-	for {
+	for !s.draining() {
 		msg, err := batch.Next(ctx)
 		if errors.Is(err, io.EOF) {
 			break

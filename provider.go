@@ -373,8 +373,13 @@ func (p *Provider) ServeListener(l net.Listener) error {
 
 // Shutdown stops the provider gracefully: it closes the listeners, ends
 // the sessions that have not reached the role swap with a 421 reply, and
-// waits for deliveries under way to finish. If ctx ends first it returns
-// ctx.Err(), and Close ends what is left.
+// waits for deliveries under way to stop. A delivering session takes no
+// further message from its batch: it waits for the customer's replies to
+// the messages already sent (one with DATA; with pipelining, those whose
+// commands went out, BDAT sending ahead as far as its window allows),
+// says QUIT and ends; the rest of the batch stays queued for the next
+// ATRN. If ctx ends first Shutdown returns ctx.Err(), and Close ends what
+// is left, which stays queued unless the customer had acknowledged it.
 func (p *Provider) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.initLocked()
@@ -385,6 +390,7 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 	for s := range p.sessions {
 		s.interruptIdle()
 	}
+	p.logger().Info("odmr: shutting down", "sessions", len(p.sessions))
 	p.mu.Unlock()
 
 	done := make(chan struct{})

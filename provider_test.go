@@ -48,6 +48,9 @@ type fixture struct {
 	q    *MemoryQueue
 	addr string
 	logs *syncBuffer
+	// stopped is closed when ServeListener has returned: Shutdown or
+	// Close has begun.
+	stopped <-chan struct{}
 }
 
 // newFixture starts a provider on loopback with two accounts: alice owns
@@ -73,7 +76,8 @@ func newFixture(t *testing.T, opts ...func(*Provider)) *fixture {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
-	go func() { done <- p.ServeListener(l) }()
+	stopped := make(chan struct{})
+	go func() { done <- p.ServeListener(l); close(stopped) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -84,7 +88,7 @@ func newFixture(t *testing.T, opts ...func(*Provider)) *fixture {
 		// Secrets never reach the log.
 		assert.NotContains(t, logs.String(), testSecret)
 	})
-	return &fixture{p: p, q: q, addr: l.Addr().String(), logs: logs}
+	return &fixture{p: p, q: q, addr: l.Addr().String(), logs: logs, stopped: stopped}
 }
 
 // settle waits for the provider's sessions to end, so that what they log

@@ -113,6 +113,7 @@ func TestStoredSCRAMCredentials(t *testing.T) {
 	c.cmd(250, "EHLO customer.test")
 	// CRAM-MD5 needs the secret itself, which the store no longer has.
 	c.authCRAM("carol", "carols-password", 535)
+	assert.Contains(t, f.logs.String(), "authentication failed: no CRAM-MD5 secret stored for this account")
 	assert.Equal(t, 535, c.authSCRAM(SCRAMSHA256, "carol", "wrong"))
 	// SCRAM-SHA-1 has no stored credentials for carol.
 	assert.Equal(t, 535, c.authSCRAM(SCRAMSHA1, "carol", "carols-password"))

@@ -279,6 +279,10 @@ func (s *session) authFailed(mech, user string, err error) error {
 		reply, why = errAuthThrottled, "refused: too many guesses at this identity"
 	case errors.As(err, &e) && e.Code != ErrAuthFailed.Code:
 		reply, why = e, strings.ToLower(e.Message)
+	case mech == CRAMMD5 && errors.Is(err, ErrNoSecret):
+		// Only the log says so: the reply is the one for a wrong
+		// secret, but the operator learns why the customer cannot get in.
+		why = "failed: no CRAM-MD5 secret stored for this account"
 	}
 	if s.countAuthFailure(mech, user, why) || s.evicted.Load() {
 		if s.evicted.Load() {

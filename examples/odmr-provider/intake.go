@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -14,28 +16,36 @@ import (
 	"github.com/go-odmr/odmr/internal/mailbox"
 )
 
-// enqueuer stores an accepted message; it returns only once the message is
-// safely queued.
-type enqueuer func(ctx context.Context, env odmr.Envelope, body io.Reader) error
+// enqueuer stores an accepted message and returns its queue ID; it returns
+// only once the message is safely queued.
+type enqueuer func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error)
 
 // intake is the SMTP server that accepts mail for the customers' domains:
 // it is the MX the customers' domains point at. It relays nothing: a
 // recipient outside the accounts' domains gets 550 5.7.1.
 type intake struct {
-	accounts odmr.Accounts
-	enqueue  enqueuer
+	// accounts names the domains served: odmr.Accounts, or the
+	// program's accountStore, which SIGHUP reloads.
+	accounts interface {
+		Owner(domain string) (odmr.Account, bool)
+	}
+	enqueue enqueuer
 	// checkQuota, if set, refuses a recipient whose domain is over quota
 	// (452) before the data is sent.
 	checkQuota func(rcpt string) error
 	log        *slog.Logger
+	// hostname names the intake in the Received field it stamps; ""
+	// means "localhost".
+	hostname string
 }
 
 func (in *intake) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &intakeSession{in: in, remote: c.Conn().RemoteAddr().String()}, nil
+	return &intakeSession{in: in, conn: c, remote: c.Conn().RemoteAddr().String()}, nil
 }
 
 type intakeSession struct {
 	in     *intake
+	conn   *smtp.Conn
 	remote string
 	env    odmr.Envelope
 }
@@ -114,15 +124,24 @@ func (s *intakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 func (s *intakeSession) Data(r io.Reader) error {
 	env := s.env
 	env.Size = 0 // the queue measures what it stores
-	body := &crlf.Checker{R: r}
-	if err := s.in.enqueue(context.Background(), env, body); err != nil {
+	now := time.Now()
+	id := newIntakeID(now)
+	_, isTLS := s.conn.TLSConnectionState()
+	host := s.in.hostname
+	if host == "" {
+		host = "localhost"
+	}
+	trace := receivedField(s.conn.Hostname(), s.conn.Conn().RemoteAddr(), host, id, isTLS, env.UTF8, env.To, now)
+	body := &crlf.Checker{R: io.MultiReader(strings.NewReader(trace), r)}
+	qid, err := s.in.enqueue(context.Background(), env, body)
+	if err != nil {
 		if body.Err() != nil {
 			s.in.log.Info("odmr-provider: message refused: bare CR or LF", "remote", s.remote, "from", env.From)
 			return errBareLineEnding
 		}
 		return toSMTPError(s.in.log, err)
 	}
-	s.in.log.Info("odmr-provider: queued", "remote", s.remote, "from", env.From, "to", env.To)
+	s.in.log.Info("odmr-provider: queued", "id", qid, "intake-id", id, "remote", s.remote, "from", env.From, "to", env.To)
 	return nil
 }
 

@@ -26,10 +26,10 @@ func TestIntakeKeepsDSNRequests(t *testing.T) {
 	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
 	got := make(chan odmr.Envelope, 1)
 	srv := smtp.NewServer(&intake{accounts: accounts, log: slog.New(slog.DiscardHandler),
-		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
 			_, err := io.Copy(io.Discard, body)
 			got <- env
-			return err
+			return "1", err
 		}})
 	srv.Domain = "prov.test"
 	srv.EnableDSN = true
@@ -73,10 +73,10 @@ func TestIntakeFullDiskIs452(t *testing.T) {
 	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO} {
 		t.Run(errno.Error(), func(t *testing.T) {
 			srv := smtp.NewServer(&intake{accounts: accounts, log: slog.New(slog.DiscardHandler),
-				enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+				enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
 					io.Copy(io.Discard, body)
 					// As the spool returns it: wrapped, from a write.
-					return fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: filepath.Join("tmp", "x.eml"), Err: errno})
+					return "", fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: filepath.Join("tmp", "x.eml"), Err: errno})
 				}})
 			srv.Domain = "prov.test"
 			l, err := net.Listen("tcp", "127.0.0.1:0")

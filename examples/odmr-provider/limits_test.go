@@ -127,6 +127,18 @@ func (w *logWatch) lastLines() string {
 	return strings.Join(w.tail, "\n")
 }
 
+// seen returns the latest of the last lines logged that has s, or "".
+func (w *logWatch) seen(s string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := len(w.tail) - 1; i >= 0; i-- {
+		if strings.Contains(w.tail[i], s) {
+			return w.tail[i]
+		}
+	}
+	return ""
+}
+
 // listenAddr returns the address a "... listening" record names: the
 // programs are started on port 0, so that no other test can take a port
 // between a test choosing it and the program binding it.
@@ -163,8 +175,16 @@ func (w *logWatch) wait(t *testing.T, want ...string) string {
 // prefix (such as a ulimit), and waits until both listeners are up.
 func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string) (odmrAddr, smtpAddr string, log *logWatch) {
 	t.Helper()
+	_, odmrAddr, smtpAddr, log = startProviderCmd(t, bin, accts, shellPrefix, extra...)
+	return odmrAddr, smtpAddr, log
+}
+
+// startProviderCmd is startProvider that also returns the process, for
+// tests that signal it.
+func startProviderCmd(t *testing.T, bin, accts, shellPrefix string, extra ...string) (cmd *exec.Cmd, odmrAddr, smtpAddr string, log *logWatch) {
+	t.Helper()
 	args := append([]string{"-c", shellPrefix + `exec "$0" "$@"`, bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test"}, extra...)
-	cmd := exec.Command("sh", args...)
+	cmd = exec.Command("sh", args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -172,7 +192,7 @@ func startProvider(t *testing.T, bin, accts, shellPrefix string, extra ...string
 	log = watchLog(stderr)
 	odmrAddr = listenAddr(t, log.wait(t, "ODMR listening"))
 	smtpAddr = listenAddr(t, log.wait(t, "SMTP intake listening"))
-	return odmrAddr, smtpAddr, log
+	return cmd, odmrAddr, smtpAddr, log
 }
 
 // fetch pulls example.org's mail as alice and returns the bodies.

@@ -12,6 +12,10 @@
 //
 // The accounts file has one account a line, NAME SECRET DOMAIN[,DOMAIN...],
 // and # comments.
+//
+// SIGHUP reloads the accounts file and the TLS certificate and key; a
+// file that does not load keeps the old one. SIGTERM and SIGINT stop it:
+// sessions finish the message in flight, within -stop-timeout.
 package main
 
 import (
@@ -63,6 +67,7 @@ type config struct {
 	limits                               limitFlags
 	debugFile                            string
 	auth                                 authFlags
+	stopTimeout                          time.Duration
 }
 
 // limitFlags are the provider's session limits, each defaulting to the
@@ -212,6 +217,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.Int64Var(&c.quotaBytes, "quota-bytes", 0, "most `BYTES` queued per domain, refused with 452 at intake (0: no limit; with -spool)")
 	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool)")
 	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
+	fs.DurationVar(&c.stopTimeout, "stop-timeout", 30*time.Second, "on SIGTERM or SIGINT, wait up to `DURATION` for sessions to finish the message in flight, then close them (mail not acknowledged stays queued)")
 	fs.StringVar(&c.debugFile, "debug", "", "append a transcript of every ODMR session to `FILE` (\"-\" for standard error); AUTH is redacted, but addresses and mail are in it")
 	c.limits.register(fs)
 	c.auth.register(fs)
@@ -249,6 +255,9 @@ func parseFlags(args []string) (*config, error) {
 	if (c.tlsListen != "" || c.requireTLS) && c.tlsCert == "" {
 		return nil, errors.New("-tls-listen and -require-tls need -tls-cert and -tls-key")
 	}
+	if c.stopTimeout <= 0 {
+		return nil, fmt.Errorf("-stop-timeout: want a positive duration, not %v", c.stopTimeout)
+	}
 	if err := c.limits.check(); err != nil {
 		return nil, err
 	}
@@ -278,18 +287,17 @@ func run(args []string) error {
 	}
 
 	// Take SIGINT and SIGTERM from here on, so that one that comes while
-	// the listeners start still stops the program cleanly.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	// the listeners start still stops the program cleanly; SIGHUP, which
+	// would kill it, reloads the accounts and the certificate.
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sig)
 
-	accounts, err := odmr.LoadAccounts(cfg.accounts)
+	loaded, err := loadAccounts(cfg.accounts, log)
 	if err != nil {
 		return err
 	}
-	if len(accounts) == 0 {
-		return fmt.Errorf("%s defines no accounts", cfg.accounts)
-	}
+	accounts := newAccountStore(loaded)
 	queue, enqueue, checkQuota, closeQueue, err := openQueue(cfg, log)
 	if err != nil {
 		return err
@@ -297,12 +305,13 @@ func run(args []string) error {
 	defer closeQueue()
 
 	var tlsConfig *tls.Config
+	var certs *certStore
 	if cfg.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
-		if err != nil {
-			return fmt.Errorf("loading -tls-cert/-tls-key: %w", err)
+		certs = &certStore{certFile: cfg.tlsCert, keyFile: cfg.tlsKey}
+		if err := certs.load(); err != nil {
+			return err
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		tlsConfig = &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}
 	}
 	p := &odmr.Provider{
 		Hostname:          cfg.hostname,
@@ -334,7 +343,7 @@ func run(args []string) error {
 	}
 	errc := make(chan error, 3)
 	go func() { errc <- p.ServeListener(odmrLn) }()
-	log.Info("odmr-provider: ODMR listening", "addr", odmrLn.Addr().String(), "accounts", len(accounts), "starttls", tlsConfig != nil)
+	log.Info("odmr-provider: ODMR listening", "addr", odmrLn.Addr().String(), "accounts", len(loaded), "starttls", tlsConfig != nil)
 	if cfg.tlsListen != "" {
 		tlsLn, err := listen(cfg.tlsListen, "tls-listen")
 		if err != nil {
@@ -352,16 +361,18 @@ func run(args []string) error {
 			p.Close()
 			return err
 		}
+		hostname := p.Hostname
+		if hostname == "" {
+			hostname, _ = os.Hostname()
+		}
 		intakeSrv = smtp.NewServer(&intake{
 			accounts:   accounts,
 			log:        log,
 			enqueue:    enqueue,
 			checkQuota: checkQuota,
+			hostname:   hostname,
 		})
-		intakeSrv.Domain = p.Hostname
-		if intakeSrv.Domain == "" {
-			intakeSrv.Domain, _ = os.Hostname()
-		}
+		intakeSrv.Domain = hostname
 		intakeSrv.MaxMessageBytes = cfg.maxMessageBytes
 		intakeSrv.MaxRecipients = 100
 		intakeSrv.ReadTimeout = 5 * time.Minute
@@ -378,27 +389,57 @@ func run(args []string) error {
 		log.Warn("odmr-provider: no SMTP intake (-smtp \"\"): nothing can be queued")
 	}
 
-	select {
-	case s := <-sig:
-		log.Info("odmr-provider: stopping", "signal", s.String())
-	case err := <-errc:
-		p.Close()
-		if intakeSrv != nil {
-			intakeSrv.Close()
+wait:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				log.Info("odmr-provider: SIGHUP: reloading")
+				reloadAccounts(accounts, cfg.accounts, log)
+				if certs != nil {
+					certs.reload(log)
+				}
+				continue
+			}
+			log.Info("odmr-provider: stopping: no new sessions; those under way finish the message in flight",
+				"signal", s.String(), "stop-timeout", cfg.stopTimeout)
+			break wait
+		case err := <-errc:
+			p.Close()
+			if intakeSrv != nil {
+				intakeSrv.Close()
+			}
+			return err
 		}
-		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if intakeSrv != nil {
-		intakeSrv.Shutdown(ctx)
-	}
-	if err := p.Shutdown(ctx); err != nil {
-		log.Warn("odmr-provider: sessions still running at the deadline; closing them", "err", err)
-		p.Close()
-	}
+	stop(p, intakeSrv, cfg.stopTimeout, log)
 	log.Info("odmr-provider: stopped")
 	return nil
+}
+
+// stop shuts the ODMR sessions and the intake down together, giving them
+// timeout to finish the message each has in flight; then it closes what is
+// left, whose mail stays queued.
+func stop(p *odmr.Provider, intakeSrv *smtp.Server, timeout time.Duration, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan struct{})
+	if intakeSrv != nil {
+		go func() {
+			defer close(done)
+			if err := intakeSrv.Shutdown(ctx); err != nil {
+				log.Warn("odmr-provider: SMTP intake sessions still open at -stop-timeout; closing them", "err", err)
+				intakeSrv.Close()
+			}
+		}()
+	} else {
+		close(done)
+	}
+	if err := p.Shutdown(ctx); err != nil {
+		log.Warn("odmr-provider: ODMR sessions still running at -stop-timeout; closing them", "err", err)
+		p.Close()
+	}
+	<-done
 }
 
 // hashSecret reads a secret and prints SCRAM-SHA-256 and SCRAM-SHA-1
@@ -461,9 +502,8 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 			},
 		}
 		log.Warn("odmr-provider: no -spool: the queue is in memory and will not survive a restart")
-		enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-			_, err := q.Enqueue(env, body)
-			return err
+		enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+			return q.Enqueue(env, body)
 		}
 		return q, enqueue, nil, func() {}, nil
 	}
@@ -505,9 +545,8 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 		log.Error("odmr-provider: damaged messages are held in quarantine; see their .reason files, and -list",
 			"count", len(q), "dir", filepath.Join(cfg.spoolDir, "quarantine"))
 	}
-	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
-		_, err := s.Enqueue(ctx, env, body)
-		return err
+	enqueue := func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+		return s.Enqueue(ctx, env, body)
 	}
 	return s, enqueue, s.CheckQuota, func() { s.Close() }, nil
 }

@@ -42,7 +42,10 @@ func TestMalformedAccountsFileFailsClearly(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "accounts")
 	require.NoError(t, os.WriteFile(p, []byte("# ok\nalice secret\n"), 0o600))
 	err := run([]string{"-accounts", p, "-listen", "127.0.0.1:0", "-smtp", ""})
-	assert.ErrorContains(t, err, "line 2")
+	assert.ErrorContains(t, err, "-accounts: accounts line 2")
+	err = run([]string{"-accounts", filepath.Join(t.TempDir(), "nope"), "-listen", "127.0.0.1:0", "-smtp", ""})
+	assert.ErrorContains(t, err, "-accounts: open ")
+	assert.NotContains(t, err.Error(), "odmr:")
 }
 
 // TestProviderProcess runs the program as a user would: it queues mail over
