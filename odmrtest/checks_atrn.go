@@ -170,9 +170,16 @@ func checkNoMail(p *probe) error {
 	}
 	if pl.atrn.Code == 453 {
 		// Bare ATRN, all the domains, has no mail either.
-		r, err := c.expect("ATRN", "a bare ATRN asks for the same domains, which have no mail", 453)
+		r, err := c.atrnReply("ATRN", p.cfg.Domains)
 		if err != nil {
 			return err
+		}
+		p.decide(r)
+		if r.Code == 450 {
+			return c.rateLimited(p.cfg.Domains)
+		}
+		if r.Code != 453 {
+			return p.failf("ATRN answered %d, want 453: a bare ATRN asks for the same domains, which have no mail", r.Code)
 		}
 		if err := c.quit("453 leaves the session in the authenticated state"); err != nil {
 			return err

@@ -45,8 +45,27 @@ func checkGreetingThenEHLO(p *probe) error {
 	if p.cfg.GreetingWait < 0 {
 		p.note("the probe for a provider that speaks first is off (GreetingWait < 0)")
 	}
-	if !strings.HasPrefix(strings.ToUpper(pl.helo), "EHLO ") {
-		p.note("the provider sent HELO, not EHLO: it cannot see the customer's extensions")
+	if saidHELO(pl) {
+		p.note("the provider sent HELO, not EHLO: RFC5321/EHLO-after-swap judges that")
+	}
+	return nil
+}
+
+// saidHELO reports whether the provider greeted the customer with HELO
+// though the customer did not refuse its EHLO: it then saw none of the
+// customer's extensions.
+func saidHELO(pl *pull) bool {
+	return pl.helo != "" && !pl.refusedEHLO && !strings.HasPrefix(strings.ToUpper(pl.helo), "EHLO ")
+}
+
+func checkEHLOAfterSwap(p *probe) error {
+	pl, err := pullOne(p, d1(p), sinkOptions{})
+	if err != nil {
+		return err
+	}
+	p.decideText(pl.helo)
+	if saidHELO(pl) {
+		return p.failf("the provider sent %q, not EHLO, to a customer that never refused EHLO: it cannot see the customer's extensions (RFC 5321 section 3.2, RFC 2645 section 5.3)", pl.helo)
 	}
 	return nil
 }
@@ -201,6 +220,9 @@ func checkSize(p *probe) error {
 		return p.failf("ATRN answered %d though mail was queued", pl.atrn.Code)
 	}
 	p.decide(pl.atrn)
+	if saidHELO(pl) {
+		return p.skipf("the provider said HELO, so it never saw the SIZE the customer declared; RFC5321/EHLO-after-swap judges that")
+	}
 	if d := pl.find(m); d != nil {
 		return p.failf("the provider sent a %d-byte message to a customer that declared SIZE %d", len(d.data), limit)
 	}
@@ -312,6 +334,7 @@ func checkExampleSession(p *probe) error {
 		p.decide(r)
 		return p.failf("AUTH CRAM-MD5 answered %d, want 235", r.Code)
 	}
+	c.account = p.cfg.Domains
 	pl, err := c.atrn("ATRN "+strings.Join(domains, ","), domains, sinkOptions{ext: []string{"SIZE"}})
 	if err != nil {
 		return err
@@ -603,6 +626,16 @@ func check8BitMIME(p *probe) error {
 	pl, err = c.atrn("ATRN "+d, []string{d}, sinkOptions{ext: []string{"8BITMIME"}})
 	if err != nil {
 		return err
+	}
+	if saidHELO(pl) {
+		// A provider that says HELO sees no 8BITMIME: the first rule
+		// applies. RFC5321/EHLO-after-swap judges the HELO.
+		if dl := pl.find(m8); dl != nil && has8bit(dl.data) {
+			return p.failf("the provider said HELO, so it was offered no 8BITMIME, and sent 8-bit text (RFC 6152 section 3)")
+		}
+		p.note("the provider said HELO and so never saw 8BITMIME; the 8-bit delivery was not checked")
+		p.decide(decisive)
+		return nil
 	}
 	if err := p.expectDelivered(pl, m8, "the customer offers 8BITMIME"); err != nil {
 		return err

@@ -53,6 +53,9 @@ type conn struct {
 	deadline time.Time
 	// eof is set once the provider has closed the connection.
 	eof bool
+	// account holds the domains the account logged in on this
+	// connection may pull: a 450 for them is a rate limit.
+	account []string
 }
 
 // dial opens a connection with the check's deadline and reads the
@@ -324,17 +327,23 @@ func (c *conn) authCRAM(user, secret string) (*reply, []byte, error) {
 
 // login says EHLO and authenticates the configured account.
 func (c *conn) login() error {
+	return c.loginAs(c.p.cfg.User, c.p.cfg.Secret, c.p.cfg.Domains)
+}
+
+// loginAs says EHLO and authenticates user, who may pull domains.
+func (c *conn) loginAs(user, secret string, domains []string) error {
 	if _, err := c.ehlo(); err != nil {
 		return err
 	}
-	r, _, err := c.authCRAM(c.p.cfg.User, c.p.cfg.Secret)
+	r, _, err := c.authCRAM(user, secret)
 	if err != nil {
 		return err
 	}
 	if r.Code != 235 {
 		c.p.decide(r)
-		return c.p.failf("AUTH CRAM-MD5 with the configured account answered %d, want 235", r.Code)
+		return c.p.failf("AUTH CRAM-MD5 as %s answered %d, want 235", user, r.Code)
 	}
+	c.account = domains
 	return nil
 }
 
@@ -355,6 +364,16 @@ func (p *probe) dialLogin() (*conn, error) {
 		return nil, err
 	}
 	return c, c.login()
+}
+
+// dialForeign dials, says EHLO and authenticates the second account,
+// which owns ForeignDomain.
+func (p *probe) dialForeign() (*conn, error) {
+	c, err := p.dial()
+	if err != nil {
+		return nil, err
+	}
+	return c, c.loginAs(p.cfg.ForeignUser, p.cfg.ForeignSecret, []string{p.cfg.ForeignDomain})
 }
 
 // quit sends QUIT, wants 221 and then the connection closed.

@@ -60,6 +60,13 @@ type ProviderConfig struct {
 	// ForeignDomain is a domain the account may not pull; best is one that
 	// belongs to another account of the same provider.
 	ForeignDomain string
+	// ForeignUser and ForeignSecret are a second account, the one that
+	// owns ForeignDomain. With them the suite checks, by pulling
+	// ForeignDomain as that account, that mail the first account must not
+	// get was neither delivered to it nor lost: it is still queued for its
+	// owner. "" means the suite has no second account: those parts of the
+	// checks are skipped or noted.
+	ForeignUser, ForeignSecret string
 
 	// Enqueue queues a message on the provider for the recipients in to,
 	// with the envelope sender from and body as the message (RFC 5322 text

@@ -19,6 +19,8 @@
 //			Secret:        "s3cret",
 //			Domains:       []string{"example.org", "example.com"},
 //			ForeignDomain: "example.net",
+//			ForeignUser:   "bob", // owns example.net: optional
+//			ForeignSecret: "b0b",
 //			Enqueue:       enqueueOnMyProvider,
 //		})
 //	}

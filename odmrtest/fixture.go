@@ -21,6 +21,8 @@ const (
 	FixtureSecret = "odmrtest-alice-secret"
 	// FixtureForeignUser owns FixtureForeignDomain.
 	FixtureForeignUser = "bob"
+	// FixtureForeignSecret is FixtureForeignUser's CRAM-MD5 secret.
+	FixtureForeignSecret = "odmrtest-bob-secret"
 	// FixtureForeignDomain belongs to FixtureForeignUser.
 	FixtureForeignDomain = "example.net"
 	// FixtureHostname is the provider's host name.
@@ -45,7 +47,7 @@ func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, Pr
 	q := &odmr.MemoryQueue{}
 	accounts := odmr.Accounts{
 		FixtureUser:        {Name: FixtureUser, Secret: FixtureSecret, Domains: slices.Clone(FixtureDomains)},
-		FixtureForeignUser: {Name: FixtureForeignUser, Secret: "odmrtest-bob-secret", Domains: []string{FixtureForeignDomain}},
+		FixtureForeignUser: {Name: FixtureForeignUser, Secret: FixtureForeignSecret, Domains: []string{FixtureForeignDomain}},
 	}
 	p := &odmr.Provider{
 		Hostname:      FixtureHostname,
@@ -85,6 +87,8 @@ func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, Pr
 		Secret:           FixtureSecret,
 		Domains:          slices.Clone(FixtureDomains),
 		ForeignDomain:    FixtureForeignDomain,
+		ForeignUser:      FixtureForeignUser,
+		ForeignSecret:    FixtureForeignSecret,
 		Enqueue:          MemoryEnqueuer(q),
 		NoMail:           NoMail453,
 		ReplaysPipelined: true,

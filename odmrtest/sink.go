@@ -112,6 +112,9 @@ type sinkOptions struct {
 	// maxSize, if positive, is the SIZE the customer declared: a MAIL
 	// whose SIZE parameter exceeds it gets 552 (RFC 1870 section 6.2).
 	maxSize int
+	// mailReply, if set, picks the reply to the n-th MAIL of the
+	// session, counted from 1; "" means accept.
+	mailReply func(n int) string
 	// rcptReply, if set, picks the reply to a RCPT; "" means accept.
 	rcptReply func(rcpt string) string
 	// dataReply, if set, picks the reply after the data of a message of
@@ -137,6 +140,7 @@ type pull struct {
 	foreign     int  // messages the suite did not queue, answered 451
 	refusedSize int  // MAIL commands refused for their SIZE parameter
 	dataRefused int  // DATA or BDAT commands refused for want of recipients
+	mails       int  // MAIL commands seen
 	bdat        bool // the provider used BDAT
 	refusedEHLO bool // the sink answered EHLO with ehloReply
 	cut         bool // the sink closed the connection in the middle
@@ -177,19 +181,29 @@ func (c *conn) atrn(line string, domains []string, o sinkOptions) (*pull, error)
 	if err != nil {
 		return nil, err
 	}
-	for try := 0; r.Code == 450 && c.permitted(domains) && !o.greeted && try < 4 && c.p.cfg.RateLimitWait > 0; try++ {
+	for try := 0; r.Code == 450 && c.permitted(domains) && try < 4 && c.p.cfg.RateLimitWait > 0; try++ {
 		// A rate limit (section 5.2.1); the session is still authenticated.
+		if o.greeted {
+			// The greeting sent after the ATRN reached the provider as a
+			// command of the authenticated state: read its refusal.
+			if _, err := c.readReply(); err != nil {
+				return nil, err
+			}
+		}
 		if err := c.wait(c.p.cfg.RateLimitWait); err != nil {
 			return nil, err
 		}
-		if r, err = c.cmd(line); err != nil {
+		if err := c.write(send); err != nil {
+			return nil, err
+		}
+		if r, err = c.readReply(); err != nil {
 			return nil, err
 		}
 	}
 	c.p.decide(r)
 	pl := &pull{atrn: r}
 	if r.Code == 450 && c.permitted(domains) {
-		return pl, c.p.failf("ATRN for %s, which the account may pull, was refused with 450: the provider refuses frequent requests, as section 5.2.1 allows; relax its ATRN rate limit for the suite's account, or set RateLimitWait (-rate-limit-wait)", strings.Join(domains, ","))
+		return pl, c.rateLimited(domains)
 	}
 	if r.Code != 250 {
 		return pl, nil
@@ -198,6 +212,27 @@ func (c *conn) atrn(line string, domains []string, o sinkOptions) (*pull, error)
 		return pl, c.p.failf("the 250 to ATRN has %d lines; customers such as fetchmail read one line and lose sync (RFC 2645 section 5.2.1 shows one)", len(r.Lines))
 	}
 	return pl, c.serve(pl, domains, o)
+}
+
+// rateLimited is the failure for a 450 to an ATRN for domains the
+// account may pull, after the retries RateLimitWait allows.
+func (c *conn) rateLimited(domains []string) error {
+	return c.p.failf("ATRN for %s, which the account may pull, was refused with 450: the provider refuses frequent requests, as section 5.2.1 allows; relax its ATRN rate limit for the suite's account, or set RateLimitWait (-rate-limit-wait)", strings.Join(domains, ","))
+}
+
+// atrnReply sends line, an ATRN for domains, and returns the reply; a
+// 450 for domains the account may pull is taken as a rate limit and the
+// ATRN sent again after RateLimitWait, as atrn does. It is for ATRNs
+// whose answer is not 250.
+func (c *conn) atrnReply(line string, domains []string) (*reply, error) {
+	r, err := c.cmd(line)
+	for try := 0; err == nil && r.Code == 450 && c.permitted(domains) && try < 4 && c.p.cfg.RateLimitWait > 0; try++ {
+		if err := c.wait(c.p.cfg.RateLimitWait); err != nil {
+			return nil, err
+		}
+		r, err = c.cmd(line)
+	}
+	return r, err
 }
 
 // wait sleeps for d, or until the check is cancelled; the connection's
@@ -218,7 +253,7 @@ func (c *conn) wait(d time.Duration) error {
 // permitted reports whether every domain is one the account may pull.
 func (c *conn) permitted(domains []string) bool {
 	for _, d := range domains {
-		if !inDomains("@"+d, c.p.cfg.Domains) {
+		if !inDomains("@"+d, c.account) {
 			return false
 		}
 	}
@@ -316,6 +351,15 @@ func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
 					return err
 				}
 				continue
+			}
+			pl.mails++
+			if o.mailReply != nil {
+				if answer := o.mailReply(pl.mails); answer != "" {
+					if err := c.write(answer + "\r\n"); err != nil {
+						return err
+					}
+					continue
+				}
 			}
 			tx = &delivery{from: path, params: params}
 			if err := c.writeReply(250, "2.1.0 Sender OK"); err != nil {
@@ -666,6 +710,25 @@ func (p *probe) intact(m *message, d *delivery) error {
 }
 
 var headerBlockRE = regexp.MustCompile(`^([!-9;-~]+:[^\r\n]*\r\n([ \t][^\r\n]*\r\n)*)+$`)
+
+// expectDeliveredTo fails unless m arrived intact in pl for exactly
+// rcpts, some of its recipients.
+func (p *probe) expectDeliveredTo(pl *pull, m *message, rcpts []string, why string) error {
+	if pl.atrn.Code != 250 {
+		return p.failf("ATRN answered %d though a message was queued for the domains: %s", pl.atrn.Code, why)
+	}
+	d := pl.find(m)
+	if d == nil {
+		return p.failf("the message queued for %s did not arrive for %s: %s", strings.Join(m.to, ", "), strings.Join(rcpts, ", "), why)
+	}
+	if err := p.intact(m, d); err != nil {
+		return err
+	}
+	if !sameSet(d.rcpts, rcpts) {
+		return p.failf("message %s arrived for %s, want %s: %s", m.token, strings.Join(d.rcpts, ", "), strings.Join(rcpts, ", "), why)
+	}
+	return nil
+}
 
 // expectDelivered fails unless m arrived intact in pl.
 func (p *probe) expectDelivered(pl *pull, m *message, why string) error {

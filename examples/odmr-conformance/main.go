@@ -7,7 +7,12 @@
 // Usage:
 //
 //	odmr-conformance -addr HOST:PORT -user NAME -secret-file FILE \
-//	    -domains D1,D2 -foreign-domain D3 [-smtp HOST:PORT] [flags]
+//	    -domains D1,D2 -foreign-domain D3 [-foreign-user NAME] [-smtp HOST:PORT] [flags]
+//
+// With -foreign-user (and -foreign-secret-file or $ODMR_FOREIGN_SECRET),
+// a second account that owns -foreign-domain, the checker also pulls that
+// account's mail, to show that mail for two customers reached neither
+// the wrong one nor was lost.
 //
 // The secret may come from the environment variable ODMR_SECRET instead of
 // a file. The account must be able to pull the domains of -domains and
@@ -55,6 +60,7 @@ const (
 
 type options struct {
 	addr, user, secretFile, domains, foreign, smtpAddr, hostname, noMail, skip string
+	foreignUser, foreignSecretFile                                             string
 	timeout, rateLimitWait                                                     time.Duration
 	retryHeld, insecureAuth, replaysPipelined, list                            bool
 }
@@ -68,6 +74,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.secretFile, "secret-file", "", "`FILE` holding the account's secret; default: $ODMR_SECRET")
 	fs.StringVar(&o.domains, "domains", "", "comma-separated `DOMAINS` the account may pull (required)")
 	fs.StringVar(&o.foreign, "foreign-domain", "", "a `DOMAIN` the account may not pull (required)")
+	fs.StringVar(&o.foreignUser, "foreign-user", "", "`NAME` of a second account, the owner of -foreign-domain: the checker pulls its mail to show that none leaked and none was lost")
+	fs.StringVar(&o.foreignSecretFile, "foreign-secret-file", "", "`FILE` holding the second account's secret; default: $ODMR_FOREIGN_SECRET")
 	fs.StringVar(&o.smtpAddr, "smtp", "", "`HOST:PORT` of the provider's SMTP intake, to queue test messages; without it the checks that need mail are skipped")
 	fs.StringVar(&o.hostname, "hostname", "", "`NAME` the checker gives in EHLO and in its greeting (default customer.example)")
 	fs.StringVar(&o.noMail, "no-mail", "453", "how the provider answers ATRN with no mail queued: `453`, 250 (250, then EHLO and QUIT) or either")
@@ -109,7 +117,15 @@ func (o *options) config() (odmrtest.ProviderConfig, error) {
 	if err != nil {
 		return odmrtest.ProviderConfig{}, err
 	}
+	var foreignSecret string
+	if o.foreignUser != "" {
+		if foreignSecret, err = readSecret("-foreign-secret-file", o.foreignSecretFile, "ODMR_FOREIGN_SECRET"); err != nil {
+			return odmrtest.ProviderConfig{}, err
+		}
+	}
 	cfg := odmrtest.ProviderConfig{
+		ForeignUser:      o.foreignUser,
+		ForeignSecret:    foreignSecret,
 		User:             o.user,
 		Secret:           secret,
 		ForeignDomain:    o.foreign,
@@ -155,19 +171,25 @@ func (o *options) config() (odmrtest.ProviderConfig, error) {
 // secret reads the secret from -secret-file or $ODMR_SECRET. A secret on
 // the command line would show in ps.
 func (o *options) secret() (string, error) {
-	if o.secretFile == "" {
-		if s := os.Getenv("ODMR_SECRET"); s != "" {
+	return readSecret("-secret-file", o.secretFile, "ODMR_SECRET")
+}
+
+// readSecret reads a secret from file, named by flag, or else from the
+// environment variable env.
+func readSecret(flag, file, env string) (string, error) {
+	if file == "" {
+		if s := os.Getenv(env); s != "" {
 			return s, nil
 		}
-		return "", errors.New("-secret-file FILE or the environment variable ODMR_SECRET is required")
+		return "", fmt.Errorf("%s FILE or the environment variable %s is required", flag, env)
 	}
-	b, err := os.ReadFile(o.secretFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
-		return "", fmt.Errorf("-secret-file: %w", err)
+		return "", fmt.Errorf("%s: %w", flag, err)
 	}
 	s := strings.TrimRight(string(b), "\r\n")
 	if s == "" {
-		return "", fmt.Errorf("-secret-file %s is empty", o.secretFile)
+		return "", fmt.Errorf("%s %s is empty", flag, file)
 	}
 	return s, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -86,6 +87,7 @@ func baseArgs(t *testing.T, cfg odmrtest.ProviderConfig) []string {
 		"-addr", providerAddr(t, cfg), "-user", cfg.User, "-secret-file", secretFile(t, cfg.Secret),
 		"-domains", strings.Join(cfg.Domains, ","), "-foreign-domain", cfg.ForeignDomain,
 		"-replays-pipelined", "-timeout", "10s",
+		"-foreign-user", cfg.ForeignUser, "-foreign-secret-file", secretFile(t, cfg.ForeignSecret),
 	}
 }
 
@@ -103,6 +105,24 @@ func TestCheckerWithoutIntakeSkipsMailChecks(t *testing.T) {
 		case c.NeedsEnqueue && !strings.Contains(line, " SKIP"):
 			t.Errorf("%s needs mail and ran without -smtp: %s", c.ID(), line)
 		}
+	}
+}
+
+// TestCheckerSecondAccount checks that -foreign-user makes the checker
+// pull the second account's mail: the check that needs it runs and
+// passes, and without the flag it is skipped.
+func TestCheckerSecondAccount(t *testing.T) {
+	p, cfg := odmrtest.NewProvider(t)
+	smtpAddr := intake(t, p.Queue.(*odmr.MemoryQueue))
+	args := append(baseArgs(t, cfg), "-smtp", smtpAddr, "-skip", "")
+	_, out := runChecker(t, args...)
+	if line := lineOf(out, "5.2.1/other-customers-mail-stays-queued"); !strings.Contains(line, " PASS") {
+		t.Errorf("with -foreign-user: %q, want PASS", line)
+	}
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "-foreign-user" || a == cfg.ForeignUser })
+	_, out = runChecker(t, args...)
+	if line := lineOf(out, "5.2.1/other-customers-mail-stays-queued"); !strings.Contains(line, " SKIP") {
+		t.Errorf("without -foreign-user: %q, want SKIP", line)
 	}
 }
 
@@ -160,12 +180,15 @@ func TestCheckerFailsWrongSecret(t *testing.T) {
 
 func TestCheckerUsage(t *testing.T) {
 	t.Setenv("ODMR_SECRET", "")
+	t.Setenv("ODMR_FOREIGN_SECRET", "")
 	for _, args := range [][]string{
 		{},
 		{"-addr", "127.0.0.1:1", "-user", "u", "-domains", "a.example", "-foreign-domain", "b.example"},
 		{"-addr", "127.0.0.1:1", "-user", "u", "-domains", "a.example", "-foreign-domain", "a.example", "-secret-file", secretFile(t, "x")},
 		{"-no-mail", "maybe", "-addr", "127.0.0.1:1", "-user", "u", "-domains", "a.example", "-foreign-domain", "b.example", "-secret-file", secretFile(t, "x")},
 		{"extra"},
+		// A second account without its secret.
+		{"-foreign-user", "bob", "-addr", "127.0.0.1:1", "-user", "u", "-domains", "a.example", "-foreign-domain", "b.example", "-secret-file", secretFile(t, "x")},
 	} {
 		if code, _ := runChecker(t, args...); code != exitUsage {
 			t.Errorf("%q: exit %d, want 2", args, code)
