@@ -145,6 +145,10 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	res.Bytes += rcv.bytes
 	res.Refused += rcv.refused
 	res.RefusedRecipients += rcv.refusedRcpts
+	res.LocalRefused += rcv.localRefused
+	if res.LocalErr == nil {
+		res.LocalErr = rcv.localErr
+	}
 
 	connErr := conn.err()
 	var ne net.Error
@@ -277,6 +281,8 @@ type receiver struct {
 	bytes        int64
 	refused      int
 	refusedRcpts int
+	localRefused int
+	localErr     error
 }
 
 // NewSession is called by go-smtp at the provider's EHLO.
@@ -531,6 +537,7 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		env.DSN = dsn.Clone()
 		if err := rc.CheckRecipient(s.sinkContext(), env, to); err != nil {
 			s.refusedRcpt()
+			s.localRefused(err)
 			s.r.log.Info("odmr: recipient refused", "from", env.From, "to", to, "err", err)
 			return s.r.reply(err, "CheckRecipient", "to", to)
 		}
@@ -591,6 +598,7 @@ func (s *recvSession) Data(r io.Reader) error {
 		return nil
 	case body.err == nil:
 		s.refused()
+		s.localRefused(err)
 		return s.r.reply(err, "Deliver", "id", env.ID, "from", env.From)
 	case errors.As(body.err, &se):
 		// Too large, or a bare line ending: a reply of its own.
@@ -729,6 +737,16 @@ func logValue(s string) string {
 	}
 	q := strconv.QuoteToGraphic(s)
 	return q[1 : len(q)-1]
+}
+
+// localRefused counts a refusal of the sink.
+func (s *recvSession) localRefused(err error) {
+	s.r.mu.Lock()
+	s.r.localRefused++
+	if s.r.localErr == nil {
+		s.r.localErr = err
+	}
+	s.r.mu.Unlock()
 }
 
 func (s *recvSession) refused() {

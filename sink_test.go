@@ -153,7 +153,11 @@ func TestRelayPassesTheSessionToALocalServer(t *testing.T) {
 	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	assert.False(t, res.NoMail)
-	assert.Zero(t, res.Messages, "a relay does not count messages")
+	// The relay counts what the local server took.
+	assert.Equal(t, 2, res.Messages)
+	assert.Equal(t, 3, res.Recipients)
+	assert.Equal(t, int64(len(b1)+len(b2)), res.Bytes)
+	assert.Zero(t, res.LocalRefused)
 
 	got := mta.received()
 	require.Len(t, got, 2)
@@ -173,9 +177,14 @@ func TestRelayRefusalsOfTheLocalServerReachTheProvider(t *testing.T) {
 	}}
 	c := custCustomer(addr, nil, "example.org")
 	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
-	_, err := c.Fetch(context.Background())
+	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	require.Len(t, mta.received(), 1)
+	assert.Equal(t, 1, res.Messages)
+	assert.Equal(t, 1, res.Recipients)
+	assert.Equal(t, 1, res.RefusedRecipients)
+	assert.Equal(t, 1, res.LocalRefused)
+	assert.ErrorContains(t, res.LocalErr, "User unknown")
 	failed := q.Failed()
 	require.Len(t, failed, 1)
 	assert.Equal(t, "nobody@example.org", failed[0].Recipient)
@@ -197,6 +206,7 @@ func TestRelayToAnUnreachableServerLeavesMailQueued(t *testing.T) {
 	_, err = c.Fetch(context.Background())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "relay")
+	assert.ErrorIs(t, err, odmr.ErrLocalDelivery)
 	assert.Equal(t, 1, q.Len())
 	assert.Empty(t, q.Failed())
 }
@@ -244,6 +254,8 @@ func TestSMTPSinkLocalServerDownIsTemporary(t *testing.T) {
 	res, err := custCustomer(addr, odmr.NewSMTPSink(down), "example.org").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.RefusedRecipients)
+	assert.Equal(t, 1, res.LocalRefused, "a refusal of the local target")
+	assert.ErrorContains(t, res.LocalErr, "connection refused")
 	assert.Equal(t, 1, q.Len(), "the mail stays with the provider")
 	assert.Empty(t, q.Failed())
 }
