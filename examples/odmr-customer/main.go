@@ -41,7 +41,10 @@ const (
 	exitAuth      = 3 // authentication refused or impossible
 	exitRefused   = 4 // ATRN refused (450), or the provider does not do ATRN
 	exitUsage     = 5 // bad flags or configuration
+	exitLocal     = 6 // the local target did not take all the mail
 	exitTemporary = 8 // the provider is busy or cannot serve now (451, 421, 454)
+	// A fetch stopped by a signal exits 128 plus the signal's number, as
+	// a shell reports it: 130 for SIGINT, 143 for SIGTERM.
 )
 
 const usageText = `Usage: odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
@@ -81,6 +84,19 @@ TLS:
                      PEM client certificate and key, for SASL EXTERNAL
 The provider's certificate is always verified, for the host of -provider.
 
+Daemon mode:
+  -every DURATION    fetch, wait DURATION, fetch again, like fetchmail -d,
+                     until SIGTERM or SIGINT; a line per run says how it
+                     ended and when the next one starts. After a failure
+                     (any status but 0, 1 and 5) the wait doubles with
+                     each failure in a row, from 2*DURATION up to
+                     -max-backoff, and is drawn at random between half
+                     and all of that, so that customers do not return to
+                     a provider all at once; a success resets it. A
+                     usage error (5) ends the daemon. A signal stops the
+                     fetch under way (the mail not yet taken stays at
+                     the provider) and the program exits 0.
+
 TARGET is exactly one of:
   -maildir DIR       store each message in the Maildir DIR (created if missing)
   -lmtp ADDR         deliver to an LMTP server (host:port or a socket path),
@@ -90,14 +106,22 @@ TARGET is exactly one of:
                      as fetchmail does; its replies go to the provider
 
 Exit status:
-  0  mail was collected (messages refused locally are logged)
+  0  mail was collected, and the local target took all of it (recipients
+     outside your domains, refused by the customer itself, are logged)
   1  no mail was waiting
   2  connection, TLS (the provider's certificate) or protocol failure
   3  authentication refused (535, 530), or no usable mechanism
   4  ATRN refused (450: a domain not yours, or asking too often), or the
      provider does not offer ATRN
   5  usage or configuration error
+  6  the local target did not take all the mail: it refused messages or
+     recipients (a full disk, an unknown user, a 4xx or 5xx reply), or it
+     could not be reached; the provider keeps what was refused
+     temporarily and tries again, and bounces what was refused for good
   8  temporary failure at the provider (451, 421, 454): try again later
+  130, 143
+     interrupted by SIGINT (Ctrl-C) or stopped by SIGTERM; the mail not
+     yet taken stays at the provider (with -every: 0, a clean stop)
 
 Flags:
 `
@@ -112,6 +136,7 @@ type config struct {
 	implicitTLS, debug, noDSN                     bool
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
+	every, maxBackoff                             time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -138,6 +163,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the client certificate's private key")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
 	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
+	fs.DurationVar(&c.every, "every", 0, "run as a daemon: fetch every `DURATION` until SIGTERM or SIGINT, backing off after failures (0: fetch once and exit)")
+	fs.DurationVar(&c.maxBackoff, "max-backoff", time.Hour, "with -every: the longest wait after failures in a row, at least -every")
 	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
 	fs.BoolVar(&c.debug, "debug", false, "print the session's transcript (C: and P: lines) to stderr, AUTH redacted")
 	fs.Usage = func() {
@@ -156,6 +183,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-user NAME is required (or -cert FILE -key FILE for EXTERNAL)")
 	case c.timeout <= 0:
 		return nil, errors.New("-timeout must be positive")
+	case c.every < 0:
+		return nil, errors.New("-every must not be negative")
+	case c.every > 0 && c.maxBackoff < c.every:
+		return nil, errors.New("-max-backoff must be at least -every")
 	case c.implicitTLS && c.startTLS:
 		return nil, errors.New("give -tls or -starttls, not both")
 	case c.certFile != "" && c.keyFile == "":
@@ -326,37 +357,97 @@ func run(args []string, stderr io.Writer) int {
 		c.Handler = odmr.Relay(cfg.relay)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext(context.Background())
 	defer stop()
+	fetch := func(ctx context.Context) int { return fetchOnce(ctx, c, cfg, stderr) }
+	if cfg.every > 0 {
+		d := &daemon{every: cfg.every, maxBackoff: cfg.maxBackoff, out: stderr}
+		code := d.run(ctx, fetch)
+		if sig := caughtSignal(ctx); sig != nil {
+			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+		}
+		return code
+	}
+	code := fetch(ctx)
+	if sig := caughtSignal(ctx); sig != nil {
+		if sig == syscall.SIGINT {
+			fmt.Fprintln(stderr, "odmr-customer: interrupted")
+		} else {
+			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+		}
+		return 128 + int(sig.(syscall.Signal))
+	}
+	return code
+}
+
+// fetchOnce runs one fetch, prints its outcome and returns its exit
+// status.
+func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Writer) int {
 	res, err := c.Fetch(ctx)
 	code := exitCode(res, err)
+	how := res.Mechanism
+	if res.TLS != nil {
+		how += ", " + tls.VersionName(res.TLS.Version)
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "odmr-customer: %v\n", err)
 	case res.NoMail:
 		fmt.Fprintf(stderr, "odmr-customer: no mail waiting at %s\n", cfg.provider)
 	case c.Handler != nil:
-		fmt.Fprintf(stderr, "odmr-customer: session with %s relayed to %s in %v\n",
-			cfg.provider, cfg.relay, res.Duration.Round(time.Millisecond))
+		fmt.Fprintf(stderr, "odmr-customer: relayed %d message(s) for %d recipient(s), %d bytes, to %s in %v (%s)\n",
+			res.Messages, res.Recipients, res.Bytes, cfg.relay, res.Duration.Round(time.Millisecond), how)
 	default:
-		how := res.Mechanism
-		if res.TLS != nil {
-			how += ", " + tls.VersionName(res.TLS.Version)
-		}
 		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v (%s)\n",
 			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond), how)
-		if res.Refused > 0 || res.RefusedRecipients > 0 {
-			fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
-				res.Refused, res.RefusedRecipients)
-		}
+	}
+	if res.Refused > 0 || res.RefusedRecipients > 0 {
+		fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
+			res.Refused, res.RefusedRecipients)
+	}
+	if res.LocalRefused > 0 {
+		fmt.Fprintf(stderr, "odmr-customer: the local target did not take %d message(s) or recipient(s): %v\n",
+			res.LocalRefused, res.LocalErr)
 	}
 	return code
+}
+
+// signalContext returns a context that SIGINT and SIGTERM cancel, with
+// the signal as its cause, and a function that stops listening.
+func signalContext(parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		select {
+		case sig := <-ch:
+			cancel(signalError{sig})
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); cancel(nil) }
+}
+
+// signalError is the cause of a context a signal cancelled.
+type signalError struct{ sig os.Signal }
+
+func (e signalError) Error() string { return "odmr-customer: " + e.sig.String() }
+
+// caughtSignal returns the signal that cancelled ctx, or nil.
+func caughtSignal(ctx context.Context) os.Signal {
+	var se signalError
+	if errors.As(context.Cause(ctx), &se) {
+		return se.sig
+	}
+	return nil
 }
 
 // exitCode maps the outcome of a fetch to the exit status.
 func exitCode(res *odmr.FetchResult, err error) int {
 	var e *odmr.Error
 	switch {
+	case err == nil && res.LocalRefused > 0, errors.Is(err, odmr.ErrLocalDelivery):
+		return exitLocal
 	case err == nil && res.NoMail:
 		return exitNoMail
 	case err == nil:

@@ -78,6 +78,9 @@ func TestCustomerCommandExitCode(t *testing.T) {
 		{odmr.FetchResult{}, odmr.ErrProtocol, exitFailure},
 		{odmr.FetchResult{}, errors.New("odmr: connecting: refused"), exitFailure},
 		{odmr.FetchResult{}, reply(554), exitFailure},
+		{odmr.FetchResult{Messages: 1, LocalRefused: 1}, nil, exitLocal},
+		{odmr.FetchResult{LocalRefused: 1}, nil, exitLocal},
+		{odmr.FetchResult{}, fmt.Errorf("odmr: relay: x: %w", odmr.ErrLocalDelivery), exitLocal},
 	} {
 		assert.Equal(t, tc.want, exitCode(&tc.res, tc.err), "%v", tc.err)
 	}
