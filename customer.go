@@ -44,8 +44,8 @@ var (
 	// customer may use: none it implements, or only PLAIN and LOGIN on a
 	// connection without TLS while AllowInsecureAuth is off.
 	ErrNoAuthMechanism = errors.New("odmr: provider offers no usable authentication mechanism")
-	// ErrNoStartTLS: the customer has a TLSConfig but the provider does not
-	// offer STARTTLS. The customer quits without sending anything else.
+	// ErrNoStartTLS: the customer has a TLSConfig, without
+	// OpportunisticTLS, but the provider does not offer STARTTLS. The customer quits without sending anything else.
 	ErrNoStartTLS = errors.New("odmr: provider does not offer STARTTLS")
 	// ErrProtocol: the provider broke the protocol: a malformed or
 	// unexpected reply.
@@ -113,8 +113,19 @@ type Customer struct {
 	// the config sets InsecureSkipVerify), and a failure is an error naming
 	// the host that wraps crypto/tls's error. A client certificate in the
 	// config (Certificates or GetClientCertificate) lets the customer
-	// authenticate with SASL EXTERNAL. nil means no STARTTLS.
+	// authenticate with SASL EXTERNAL. nil means no STARTTLS, unless
+	// OpportunisticTLS.
 	TLSConfig *tls.Config
+	// OpportunisticTLS makes STARTTLS depend on the provider: the customer
+	// upgrades the connection whenever the provider offers STARTTLS, with
+	// TLSConfig (nil means crypto/tls's defaults, which verify the
+	// provider's certificate for the host of Addr), and goes on in clear
+	// text, with a warning in the log, when it does not. A handshake or a
+	// certificate that fails is an error all the same: the customer never
+	// falls back to clear text once it has asked for TLS. False means
+	// STARTTLS only with a TLSConfig, and then required. It does nothing
+	// with ImplicitTLS.
+	OpportunisticTLS bool
 
 	// Username and Secret are the credentials for AUTH. Username may be
 	// empty when TLSConfig holds a client certificate: only EXTERNAL can
@@ -523,16 +534,21 @@ func (s *customerSession) initial(domains []string, res *FetchResult) (bool, err
 	if err != nil {
 		return false, err
 	}
-	if c.TLSConfig != nil && !s.secure {
-		if _, ok := ext["STARTTLS"]; !ok {
+	if (c.TLSConfig != nil || c.OpportunisticTLS) && !s.secure {
+		_, offered := ext["STARTTLS"]
+		switch {
+		case !offered && c.OpportunisticTLS:
+			s.log.Warn("odmr: the provider does not offer STARTTLS; the session runs in clear text")
+		case !offered:
 			s.quit()
 			return false, ErrNoStartTLS
-		}
-		if err := s.startTLS(cmdTimeout); err != nil {
-			return false, err
-		}
-		if ext, err = s.ehlo(cmdTimeout); err != nil {
-			return false, err
+		default:
+			if err := s.startTLS(cmdTimeout); err != nil {
+				return false, err
+			}
+			if ext, err = s.ehlo(cmdTimeout); err != nil {
+				return false, err
+			}
 		}
 	}
 	if s.secure {

@@ -7,7 +7,8 @@
 //
 //	odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
 //	    [-domains a.example,b.example] (-maildir DIR | -lmtp ADDR | -smtp ADDR | -relay HOST:PORT)
-//	    [-tls | -starttls] [-ca FILE] [-cert FILE -key FILE] [-debug]
+//	    [-tls | -starttls | -no-tls] [-ca FILE] [-cert FILE -key FILE] [-debug]
+//	    [-every DURATION]
 //
 // Run it from cron or a network hook each time the link comes up. The
 // exit status tells what happened; see -h.
@@ -75,14 +76,19 @@ its local part), which a local server would send on, unless
 (ｅｘａｍｐｌｅ.org).
 
 TLS:
+  (default)          STARTTLS whenever the provider offers it, before AUTH;
+                     clear text, with a warning, when it does not
   -tls               TLS from the first byte (implicit TLS); give the port
-  -starttls          plain connection upgraded with STARTTLS before AUTH;
-                     fails if the provider does not offer it
+  -starttls          STARTTLS required: fails if the provider does not
+                     offer it
+  -no-tls            never TLS, even when the provider offers STARTTLS
   -ca FILE           PEM certificates to trust for the provider instead of
-                     the system's roots (with -tls or -starttls)
+                     the system's roots
   -cert FILE -key FILE
                      PEM client certificate and key, for SASL EXTERNAL
-The provider's certificate is always verified, for the host of -provider.
+The provider's certificate is always verified, for the host of -provider;
+when it does not verify the fetch fails (status 2), never falls back to
+clear text: give -ca FILE with the CA that signed it, or -no-tls.
 
 Daemon mode:
   -every DURATION    fetch, wait DURATION, fetch again, like fetchmail -d,
@@ -132,7 +138,7 @@ type config struct {
 	allowRouted                                   bool
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
-	startTLS, allowInsecureAuth, verbose          bool
+	startTLS, noTLS, allowInsecureAuth, verbose   bool
 	implicitTLS, debug, noDSN                     bool
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
@@ -156,10 +162,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: the local server does not offer DSN, so do not offer it to the provider")
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
 	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
-	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate")
+	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate (default: STARTTLS when offered)")
+	fs.BoolVar(&c.noTLS, "no-tls", false, "never use TLS, even when the provider offers STARTTLS")
 	fs.BoolVar(&c.implicitTLS, "tls", false, "connect with TLS from the first byte (implicit TLS), verifying the provider's certificate")
 	fs.StringVar(&c.caFile, "ca", "", "PEM `FILE` of the certificates to trust for the provider (default: the system's roots)")
-	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and -tls or -starttls)")
+	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and TLS)")
 	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the client certificate's private key")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
 	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
@@ -189,14 +196,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-max-backoff must be at least -every")
 	case c.implicitTLS && c.startTLS:
 		return nil, errors.New("give -tls or -starttls, not both")
+	case c.noTLS && (c.implicitTLS || c.startTLS):
+		return nil, errors.New("-no-tls contradicts -tls and -starttls")
 	case c.certFile != "" && c.keyFile == "":
 		return nil, errors.New("-cert FILE needs -key FILE")
 	case c.keyFile != "" && c.certFile == "":
 		return nil, errors.New("-key FILE needs -cert FILE")
-	case c.certFile != "" && !c.implicitTLS && !c.startTLS:
-		return nil, errors.New("-cert needs -tls or -starttls: a client certificate is sent only under TLS")
-	case c.caFile != "" && !c.implicitTLS && !c.startTLS:
-		return nil, errors.New("-ca needs -tls or -starttls")
+	case c.certFile != "" && c.noTLS:
+		return nil, errors.New("-cert contradicts -no-tls: a client certificate is sent only under TLS")
+	case c.caFile != "" && c.noTLS:
+		return nil, errors.New("-ca contradicts -no-tls")
 	}
 	n := 0
 	for _, t := range []string{c.maildir, c.lmtp, c.smtp, c.relay} {
@@ -244,9 +253,9 @@ func readSecret(c *config, log *slog.Logger) (string, error) {
 	return s, nil
 }
 
-// tlsConfig builds the TLS configuration of the flags; nil without TLS.
+// tlsConfig builds the TLS configuration of the flags; nil with -no-tls.
 func tlsConfig(c *config) (*tls.Config, error) {
-	if !c.implicitTLS && !c.startTLS {
+	if c.noTLS {
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -316,6 +325,7 @@ func run(args []string, stderr io.Writer) int {
 		Addr:              cfg.provider,
 		ImplicitTLS:       cfg.implicitTLS,
 		TLSConfig:         tlsCfg,
+		OpportunisticTLS:  !cfg.implicitTLS && !cfg.startTLS && !cfg.noTLS,
 		Username:          cfg.user,
 		Secret:            secret,
 		Hostname:          cfg.hostname,
@@ -392,6 +402,14 @@ func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Wri
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "odmr-customer: %v\n", err)
+		var ve *tls.CertificateVerificationError
+		if errors.As(err, &ve) {
+			hint := "give -ca FILE with the certificate of the CA that signed it"
+			if c.OpportunisticTLS {
+				hint += ", or -no-tls to refuse the STARTTLS the provider offers and run in clear text"
+			}
+			fmt.Fprintf(stderr, "odmr-customer: the provider's certificate does not verify: %s\n", hint)
+		}
 	case res.NoMail:
 		fmt.Fprintf(stderr, "odmr-customer: no mail waiting at %s\n", cfg.provider)
 	case c.Handler != nil:
