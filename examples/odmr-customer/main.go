@@ -159,7 +159,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
 	fs.StringVar(&c.smtp, "smtp", "", "deliver to the SMTP server at `ADDR`")
 	fs.StringVar(&c.relay, "relay", "", "relay the session to the SMTP server at `HOST:PORT`")
-	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: the local server does not offer DSN, so do not offer it to the provider")
+	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: never offer DSN to the provider (default: offered when the local server's EHLO or LHLO lists DSN, asked once per fetch)")
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
 	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
 	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate (default: STARTTLS when offered)")
