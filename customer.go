@@ -44,8 +44,8 @@ var (
 	// customer may use: none it implements, or only PLAIN and LOGIN on a
 	// connection without TLS while AllowInsecureAuth is off.
 	ErrNoAuthMechanism = errors.New("odmr: provider offers no usable authentication mechanism")
-	// ErrNoStartTLS: the customer has a TLSConfig but the provider does not
-	// offer STARTTLS. The customer quits without sending anything else.
+	// ErrNoStartTLS: the customer has a TLSConfig, without
+	// OpportunisticTLS, but the provider does not offer STARTTLS. The customer quits without sending anything else.
 	ErrNoStartTLS = errors.New("odmr: provider does not offer STARTTLS")
 	// ErrProtocol: the provider broke the protocol: a malformed or
 	// unexpected reply.
@@ -55,7 +55,25 @@ var (
 	// recipients from those of others after the swap. Fetch returns it
 	// before it connects.
 	ErrNoAcceptDomains = errors.New("odmr: a bare ATRN needs AcceptDomains: the domains the customer takes mail for")
+	// ErrLocalDelivery: the local mail server a [Handler] passes the
+	// session to could not be reached, or failed in the middle of it. The
+	// mail it had not taken stays queued at the provider. The errors of
+	// [Relay] about its local server match it.
+	ErrLocalDelivery = errors.New("odmr: the local mail server could not take the mail")
 )
+
+// localError is an error of the local side of a delivery; it matches
+// ErrLocalDelivery.
+type localError struct{ err error }
+
+func (e *localError) Error() string        { return e.err.Error() }
+func (e *localError) Unwrap() error        { return e.err }
+func (e *localError) Is(target error) bool { return target == ErrLocalDelivery }
+
+// localErrorf formats an error of the local side of a delivery.
+func localErrorf(format string, args ...any) error {
+	return &localError{fmt.Errorf(format, args...)}
+}
 
 // Customer is the side of ODMR that collects mail (RFC 2645 section 4): it
 // connects to a provider, authenticates, asks for its domains with ATRN
@@ -95,8 +113,19 @@ type Customer struct {
 	// the config sets InsecureSkipVerify), and a failure is an error naming
 	// the host that wraps crypto/tls's error. A client certificate in the
 	// config (Certificates or GetClientCertificate) lets the customer
-	// authenticate with SASL EXTERNAL. nil means no STARTTLS.
+	// authenticate with SASL EXTERNAL. nil means no STARTTLS, unless
+	// OpportunisticTLS.
 	TLSConfig *tls.Config
+	// OpportunisticTLS makes STARTTLS depend on the provider: the customer
+	// upgrades the connection whenever the provider offers STARTTLS, with
+	// TLSConfig (nil means crypto/tls's defaults, which verify the
+	// provider's certificate for the host of Addr), and goes on in clear
+	// text, with a warning in the log, when it does not. A handshake or a
+	// certificate that fails is an error all the same: the customer never
+	// falls back to clear text once it has asked for TLS. False means
+	// STARTTLS only with a TLSConfig, and then required. It does nothing
+	// with ImplicitTLS.
+	OpportunisticTLS bool
 
 	// Username and Secret are the credentials for AUTH. Username may be
 	// empty when TLSConfig holds a client certificate: only EXTERNAL can
@@ -238,7 +267,8 @@ func (f HandlerFunc) ServeReversed(ctx context.Context, conn net.Conn) error {
 var _ Handler = HandlerFunc(nil)
 
 // FetchResult reports what one [Customer.Fetch] did. The counts are those
-// of the customer's own SMTP server: with a Handler they stay zero.
+// of the customer's own SMTP server, or of [Relay], which counts what the
+// local server took; with another Handler they stay zero.
 type FetchResult struct {
 	// Domains are the domains requested, in canonical form; none for a
 	// bare ATRN.
@@ -265,6 +295,16 @@ type FetchResult struct {
 	// or bounces that mail, depending on the reply.
 	Refused           int
 	RefusedRecipients int
+	// LocalRefused counts the refusals, among Refused and
+	// RefusedRecipients, that came from the local target rather than from
+	// the customer's own checks: a recipient the Sink's CheckRecipient
+	// refused, a message its Deliver refused or failed to take, or, with
+	// [Relay], a reply of the local server that refused a recipient or a
+	// message. A temporary one leaves the mail at the provider, which
+	// tries again later; a permanent one makes it bounce the mail.
+	// LocalErr is the first of their errors, nil when there is none.
+	LocalRefused int
+	LocalErr     error
 	// Duration is the time the fetch took.
 	Duration time.Duration
 }
@@ -360,7 +400,9 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	}
 	rc := &idleConn{Conn: rconn, ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
 	if c.Handler != nil {
-		err = c.Handler.ServeReversed(ctx, rc)
+		hc := &handlerCounts{}
+		err = c.Handler.ServeReversed(context.WithValue(ctx, handlerCountsKey{}, hc), rc)
+		hc.addTo(res)
 	} else {
 		err = c.receive(ctx, rc, res, log)
 	}
@@ -368,7 +410,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		return res, err
 	}
 	log.Info("odmr: fetch done", "messages", res.Messages, "recipients", res.Recipients,
-		"bytes", res.Bytes, "refused", res.Refused, "no_mail", res.NoMail)
+		"bytes", res.Bytes, "refused", res.Refused, "refused_locally", res.LocalRefused, "no_mail", res.NoMail)
 	return res, nil
 }
 
@@ -492,16 +534,21 @@ func (s *customerSession) initial(domains []string, res *FetchResult) (bool, err
 	if err != nil {
 		return false, err
 	}
-	if c.TLSConfig != nil && !s.secure {
-		if _, ok := ext["STARTTLS"]; !ok {
+	if (c.TLSConfig != nil || c.OpportunisticTLS) && !s.secure {
+		_, offered := ext["STARTTLS"]
+		switch {
+		case !offered && c.OpportunisticTLS:
+			s.log.Warn("odmr: the provider does not offer STARTTLS; the session runs in clear text")
+		case !offered:
 			s.quit()
 			return false, ErrNoStartTLS
-		}
-		if err := s.startTLS(cmdTimeout); err != nil {
-			return false, err
-		}
-		if ext, err = s.ehlo(cmdTimeout); err != nil {
-			return false, err
+		default:
+			if err := s.startTLS(cmdTimeout); err != nil {
+				return false, err
+			}
+			if ext, err = s.ehlo(cmdTimeout); err != nil {
+				return false, err
+			}
 		}
 	}
 	if s.secure {

@@ -801,3 +801,37 @@ func TestCustomerDebugTranscriptRedactsSASL(t *testing.T) {
 		})
 	}
 }
+
+func TestCustomerOpportunisticTLS(t *testing.T) {
+	t.Run("offered: STARTTLS, verified", func(t *testing.T) {
+		e := ctlsProvider(t, false, withTLS)
+		c := ctlsCustomer(e, &ctlsSink{}, nil)
+		c.OpportunisticTLS = true
+		c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+		res, err := c.Fetch(context.Background())
+		require.NoError(t, err)
+		require.NotNil(t, res.TLS)
+		assert.Equal(t, []string{"EHLO customer.test", "STARTTLS", "EHLO customer.test"}, clientLines(e.debug.String())[:3])
+	})
+	t.Run("offered, a certificate that does not verify: no fallback", func(t *testing.T) {
+		e := ctlsProvider(t, false, withTLS)
+		c := ctlsCustomer(e, &ctlsSink{}, nil)
+		c.OpportunisticTLS = true // and the system's roots
+		_, err := c.Fetch(context.Background())
+		var ve *tls.CertificateVerificationError
+		require.ErrorAs(t, err, &ve)
+		assert.Equal(t, []string{"EHLO customer.test", "STARTTLS"}, clientLines(e.debug.String()))
+		assert.Equal(t, 1, e.q.Len())
+	})
+	t.Run("not offered: clear text, with a warning", func(t *testing.T) {
+		e := ctlsProvider(t, false)
+		var logs syncBuffer
+		c := ctlsCustomer(e, &ctlsSink{}, &logs)
+		c.OpportunisticTLS = true
+		res, err := c.Fetch(context.Background())
+		require.NoError(t, err)
+		assert.Nil(t, res.TLS)
+		assert.Equal(t, 1, res.Messages)
+		assert.Contains(t, logs.String(), `level=WARN msg="odmr: the provider does not offer STARTTLS; the session runs in clear text"`)
+	})
+}

@@ -32,6 +32,20 @@ type DSNSink interface {
 	PassesDSN() bool
 }
 
+// DSNProber is an optional interface of a [DSNSink] whose target may or
+// may not honour DSN requests, as a local server that does not offer DSN
+// would drop them. Once per fetch, when PassesDSN is true, the customer
+// asks ProbeDSN, before it greets the provider, and offers DSN only when
+// it returns true; when it returns an error, DSN is not offered and the
+// error is logged. ctx bounds the probe.
+type DSNProber interface {
+	ProbeDSN(ctx context.Context) (bool, error)
+}
+
+// dsnProbeTimeout bounds a DSNProber's probe: the provider is waiting for
+// the customer's greeting meanwhile.
+const dsnProbeTimeout = 30 * time.Second
+
 // RecipientChecker is an optional interface of a [MessageSink]. A sink
 // that implements it is asked about each recipient at RCPT time, so the
 // provider learns which recipients failed and why, one by one: a message
@@ -122,6 +136,18 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	srv.EnableSMTPUTF8 = true
 	if ds, ok := c.Sink.(DSNSink); ok && ds.PassesDSN() {
 		srv.EnableDSN = true
+		if p, ok := c.Sink.(DSNProber); ok {
+			pctx, cancel := context.WithTimeout(ctx, dsnProbeTimeout)
+			offered, err := p.ProbeDSN(pctx)
+			cancel()
+			switch {
+			case err != nil:
+				log.Warn("odmr: could not ask the local server whether it offers DSN; not offering DSN to the provider", "err", err)
+			case !offered:
+				log.Info("odmr: the local server does not offer DSN; not offering it to the provider, which answers the requests")
+			}
+			srv.EnableDSN = offered && err == nil
+		}
 	}
 	srv.MaxLineLength = maxLineLength
 	srv.ErrorLog = smtpLogger{log}
@@ -145,6 +171,10 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 	res.Bytes += rcv.bytes
 	res.Refused += rcv.refused
 	res.RefusedRecipients += rcv.refusedRcpts
+	res.LocalRefused += rcv.localRefused
+	if res.LocalErr == nil {
+		res.LocalErr = rcv.localErr
+	}
 
 	connErr := conn.err()
 	var ne net.Error
@@ -277,6 +307,8 @@ type receiver struct {
 	bytes        int64
 	refused      int
 	refusedRcpts int
+	localRefused int
+	localErr     error
 }
 
 // NewSession is called by go-smtp at the provider's EHLO.
@@ -531,6 +563,7 @@ func (s *recvSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		env.DSN = dsn.Clone()
 		if err := rc.CheckRecipient(s.sinkContext(), env, to); err != nil {
 			s.refusedRcpt()
+			s.localRefused(err)
 			s.r.log.Info("odmr: recipient refused", "from", env.From, "to", to, "err", err)
 			return s.r.reply(err, "CheckRecipient", "to", to)
 		}
@@ -591,6 +624,7 @@ func (s *recvSession) Data(r io.Reader) error {
 		return nil
 	case body.err == nil:
 		s.refused()
+		s.localRefused(err)
 		return s.r.reply(err, "Deliver", "id", env.ID, "from", env.From)
 	case errors.As(body.err, &se):
 		// Too large, or a bare line ending: a reply of its own.
@@ -729,6 +763,16 @@ func logValue(s string) string {
 	}
 	q := strconv.QuoteToGraphic(s)
 	return q[1 : len(q)-1]
+}
+
+// localRefused counts a refusal of the sink.
+func (s *recvSession) localRefused(err error) {
+	s.r.mu.Lock()
+	s.r.localRefused++
+	if s.r.localErr == nil {
+		s.r.localErr = err
+	}
+	s.r.mu.Unlock()
 }
 
 func (s *recvSession) refused() {

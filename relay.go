@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -33,7 +34,11 @@ const relayGrace = 30 * time.Second
 // The relay ends when both sides have closed; a side that closes its
 // writing half has that passed on to the other. If the local server
 // cannot be reached the provider is told with 421, and its mail stays
-// queued. The relay sees no messages, so a [FetchResult] counts none.
+// queued, and the error matches [ErrLocalDelivery], as does a failure of
+// the local server in the middle of the session. Run by a Customer, the
+// relay counts in the [FetchResult] the messages, recipients and bytes the
+// local server took and the refusals, its own and the local server's;
+// passing bytes through, it sees no messages and counts none.
 func Relay(addr string) Handler {
 	return &relay{addr: addr}
 }
@@ -61,7 +66,7 @@ func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 	if err != nil {
 		// The provider waits for a greeting: tell it to try later.
 		io.WriteString(conn, "421 4.3.0 Local mail server unavailable, try again later\r\n")
-		return fmt.Errorf("odmr: relay: connecting to %s: %w", r.addr, err)
+		return localErrorf("odmr: relay: connecting to %s: %w", r.addr, err)
 	}
 	defer local.Close()
 	stop := context.AfterFunc(ctx, func() { local.SetDeadline(time.Unix(1, 0)) })
@@ -114,7 +119,51 @@ func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 	case errBack != nil && !errors.Is(errBack, net.ErrClosed) && !(errTo == nil && errors.As(errBack, &ne) && ne.Timeout()):
 		// (A timeout after the provider finished is the grace period
 		// running out, not a failure.)
-		return fmt.Errorf("odmr: relay: local server side: %w", errBack)
+		return localErrorf("odmr: relay: local server side: %w", errBack)
 	}
 	return nil
+}
+
+// handlerCountsKey is the context key of the handlerCounts a Customer
+// gives its Handler; Relay fills them in.
+type handlerCountsKey struct{}
+
+// handlerCounts are what a Relay run by a Customer counts, for the
+// FetchResult.
+type handlerCounts struct {
+	mu                    sync.Mutex
+	messages, recipients  int
+	bytes                 int64
+	refused, refusedRcpts int
+	localRefused          int
+	localErr              error
+}
+
+func countsFromContext(ctx context.Context) *handlerCounts {
+	if hc, ok := ctx.Value(handlerCountsKey{}).(*handlerCounts); ok {
+		return hc
+	}
+	return &handlerCounts{}
+}
+
+// addTo adds the counts to res.
+func (hc *handlerCounts) addTo(res *FetchResult) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	res.Messages += hc.messages
+	res.Recipients += hc.recipients
+	res.Bytes += hc.bytes
+	res.Refused += hc.refused
+	res.RefusedRecipients += hc.refusedRcpts
+	res.LocalRefused += hc.localRefused
+	if res.LocalErr == nil {
+		res.LocalErr = hc.localErr
+	}
+}
+
+// count runs f with the counts locked.
+func (hc *handlerCounts) count(f func(hc *handlerCounts)) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	f(hc)
 }

@@ -53,7 +53,8 @@ func (r *relay) serveFiltered(ctx context.Context, conn, local net.Conn, accept 
 	routing, _ := ctx.Value(routedLocalPartsKey{}).(bool)
 	pr := bufio.NewReaderSize(conn, 4096)
 	lr := bufio.NewReaderSize(local, 4096)
-	f := &relayFilter{conn: conn, local: local, lw: bufio.NewWriterSize(local, 32<<10), pr: pr, lr: lr, accept: accept, routing: routing}
+	f := &relayFilter{conn: conn, local: local, lw: bufio.NewWriterSize(local, 32<<10), pr: pr, lr: lr, accept: accept, routing: routing,
+		counts: countsFromContext(ctx)}
 	// The local server's greeting is the customer's.
 	if err := f.passReply(""); err != nil {
 		return err
@@ -79,8 +80,10 @@ func (r *relay) serveFiltered(ctx context.Context, conn, local net.Conn, accept 
 		case verb == "RCPT" && strings.HasPrefix(rcptPath(arg), "@"):
 			// A source route (RFC 5321 appendix C): the local server
 			// might follow it.
+			f.counts.count(func(hc *handlerCounts) { hc.refusedRcpts++ })
 			err = f.reply("550 5.7.1 Relaying denied: no source routes")
 		case verb == "RCPT" && recipientRefusal(rcptPath(arg), accept, f.routing) != "":
+			f.counts.count(func(hc *handlerCounts) { hc.refusedRcpts++ })
 			err = f.reply("550 5.7.1 " + recipientRefusal(rcptPath(arg), accept, f.routing))
 		case verb == "BDAT":
 			err = f.bdat(line, arg)
@@ -104,6 +107,40 @@ type relayFilter struct {
 	pr, lr      *bufio.Reader
 	accept      []string
 	routing     bool // Customer.AllowRoutedLocalParts
+
+	counts *handlerCounts
+	rcpts  int    // recipients the local server took in this transaction
+	size   int64  // bytes of the message under way
+	last   *Error // the local server's last reply
+}
+
+// counted counts the local server's reply code to verb: recipients and
+// messages it took or refused.
+func (f *relayFilter) counted(verb string, code int, end bool) {
+	refusal := func(hc *handlerCounts) {
+		hc.localRefused++
+		if hc.localErr == nil {
+			hc.localErr = f.last
+		}
+	}
+	switch {
+	case verb == "MAIL" || verb == "RSET" || verb == "EHLO" || verb == "HELO":
+		f.rcpts, f.size = 0, 0
+	case verb == "RCPT" && code < 400:
+		f.rcpts++
+	case verb == "RCPT":
+		f.counts.count(func(hc *handlerCounts) { hc.refusedRcpts++; refusal(hc) })
+	case (verb == "DATA" || verb == "BDAT") && code >= 400 && f.rcpts > 0:
+		f.counts.count(func(hc *handlerCounts) { hc.refused++; refusal(hc) })
+		f.rcpts, f.size = 0, 0
+	case (verb == "DATA" || verb == "BDAT") && end && code < 400:
+		f.counts.count(func(hc *handlerCounts) {
+			hc.messages++
+			hc.recipients += f.rcpts
+			hc.bytes += f.size
+		})
+		f.rcpts, f.size = 0, 0
+	}
 }
 
 // readCommand reads a command line from the provider, without its line
@@ -154,11 +191,15 @@ func (f *relayFilter) reply(s string) error {
 // provider; after 354 to DATA, the message too, and the reply to its end.
 func (f *relayFilter) pass(line, verb string) error {
 	if _, err := io.WriteString(f.lw, line+"\r\n"); err != nil {
-		return fmt.Errorf("odmr: relay: local server side: %w", err)
+		return localErrorf("odmr: relay: local server side: %w", err)
 	}
 	code, err := f.passReplyCode(verb)
-	if err != nil || verb != "DATA" || code != 354 {
+	if err != nil {
 		return err
+	}
+	if verb != "DATA" || code != 354 {
+		f.counted(verb, code, false)
+		return nil
 	}
 	for {
 		l, err := readBoundedLine(f.pr, maxLineLength)
@@ -170,10 +211,18 @@ func (f *relayFilter) pass(line, verb string) error {
 			return errRelayBareLineEnding
 		}
 		if _, err := f.lw.Write(l); err != nil {
-			return fmt.Errorf("odmr: relay: local server side: %w", err)
+			return localErrorf("odmr: relay: local server side: %w", err)
 		}
 		if string(l) == ".\r\n" {
-			return f.passReply("")
+			code, err := f.passReplyCode("")
+			if err == nil {
+				f.counted("DATA", code, true)
+			}
+			return err
+		}
+		f.size += int64(len(l))
+		if l[0] == '.' {
+			f.size-- // dot-stuffing
 		}
 	}
 }
@@ -190,12 +239,18 @@ func (f *relayFilter) bdat(line, arg string) error {
 		return fmt.Errorf("odmr: relay: malformed BDAT from the provider")
 	}
 	if _, err := io.WriteString(f.lw, line+"\r\n"); err != nil {
-		return fmt.Errorf("odmr: relay: local server side: %w", err)
+		return localErrorf("odmr: relay: local server side: %w", err)
 	}
 	if _, err := io.CopyN(f.lw, f.pr, size); err != nil {
 		return fmt.Errorf("odmr: relay: in a BDAT chunk: %w", err)
 	}
-	return f.passReply("")
+	f.size += size
+	code, err := f.passReplyCode("")
+	if err == nil {
+		last := slices.Contains(strings.Fields(strings.ToUpper(arg))[1:], "LAST")
+		f.counted("BDAT", code, last)
+	}
+	return err
 }
 
 func (f *relayFilter) passReply(verb string) error {
@@ -207,18 +262,18 @@ func (f *relayFilter) passReply(verb string) error {
 // extensions from an EHLO reply, and sends it to the provider.
 func (f *relayFilter) passReplyCode(verb string) (int, error) {
 	if err := f.lw.Flush(); err != nil {
-		return 0, fmt.Errorf("odmr: relay: local server side: %w", err)
+		return 0, localErrorf("odmr: relay: local server side: %w", err)
 	}
 	f.local.SetReadDeadline(time.Now().Add(relayReplyTimeout))
 	var lines []string
 	for {
 		l, err := readBoundedLine(f.lr, relayMaxReplyLine)
 		if err != nil {
-			return 0, fmt.Errorf("odmr: relay: local server side: %w", err)
+			return 0, localErrorf("odmr: relay: local server side: %w", err)
 		}
 		s := strings.TrimRight(string(l), "\r\n")
 		if len(s) < 3 || len(lines) >= relayMaxReply {
-			return 0, fmt.Errorf("odmr: relay: local server side: malformed reply %q", oneLine(s))
+			return 0, localErrorf("odmr: relay: local server side: malformed reply %q", oneLine(s))
 		}
 		lines = append(lines, s)
 		if len(s) == 3 || s[3] != '-' {
@@ -226,6 +281,13 @@ func (f *relayFilter) passReplyCode(verb string) (int, error) {
 		}
 	}
 	code, _ := strconv.Atoi(lines[0][:3])
+	if code >= 400 {
+		text := make([]string, len(lines))
+		for i, l := range lines {
+			text[i] = l[min(4, len(l)):]
+		}
+		f.last = parseReplyText(code, strings.Join(text, " "))
+	}
 	if verb == "EHLO" && code == 250 {
 		kept := lines[:1]
 		for _, l := range lines[1:] {

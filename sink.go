@@ -54,9 +54,11 @@ type SMTPSink struct {
 	OnPartialDelivery func(env Envelope, failed []RecipientResult)
 	// NoDSN stops the sink from passing delivery status notification
 	// requests on (RFC 3461), and so the customer from offering DSN to
-	// the provider. Set it when the local server does not offer DSN: its
-	// client would drop the requests, and a NOTIFY=SUCCESS would go
-	// unanswered; without DSN, the provider answers it.
+	// the provider. Without it the sink asks the local server, once per
+	// fetch (see [DSNProber]), and the customer offers DSN only when the
+	// server's EHLO or LHLO reply lists it: its client would otherwise
+	// drop the requests, and a NOTIFY=SUCCESS would go unanswered;
+	// without DSN, the provider answers it. Set NoDSN to skip the probe.
 	NoDSN bool
 }
 
@@ -71,7 +73,21 @@ var (
 	_ MessageSink      = (*SMTPSink)(nil)
 	_ RecipientChecker = (*SMTPSink)(nil)
 	_ DSNSink          = (*SMTPSink)(nil)
+	_ DSNProber        = (*SMTPSink)(nil)
 )
+
+// ProbeDSN connects to the local server and reports whether its EHLO or
+// LHLO reply offers DSN.
+func (s *SMTPSink) ProbeDSN(ctx context.Context) (bool, error) {
+	c, err := s.connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	ok, _ := c.Extension("DSN")
+	c.Quit()
+	return ok, nil
+}
 
 // PassesDSN reports whether the sink passes DSN requests on: unless NoDSN
 // is set.

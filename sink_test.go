@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/textproto"
 	"path/filepath"
@@ -153,7 +154,11 @@ func TestRelayPassesTheSessionToALocalServer(t *testing.T) {
 	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	assert.False(t, res.NoMail)
-	assert.Zero(t, res.Messages, "a relay does not count messages")
+	// The relay counts what the local server took.
+	assert.Equal(t, 2, res.Messages)
+	assert.Equal(t, 3, res.Recipients)
+	assert.Equal(t, int64(len(b1)+len(b2)), res.Bytes)
+	assert.Zero(t, res.LocalRefused)
 
 	got := mta.received()
 	require.Len(t, got, 2)
@@ -173,9 +178,14 @@ func TestRelayRefusalsOfTheLocalServerReachTheProvider(t *testing.T) {
 	}}
 	c := custCustomer(addr, nil, "example.org")
 	c.Handler = odmr.Relay(startLocalMTA(t, mta, false, "tcp"))
-	_, err := c.Fetch(context.Background())
+	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	require.Len(t, mta.received(), 1)
+	assert.Equal(t, 1, res.Messages)
+	assert.Equal(t, 1, res.Recipients)
+	assert.Equal(t, 1, res.RefusedRecipients)
+	assert.Equal(t, 1, res.LocalRefused)
+	assert.ErrorContains(t, res.LocalErr, "User unknown")
 	failed := q.Failed()
 	require.Len(t, failed, 1)
 	assert.Equal(t, "nobody@example.org", failed[0].Recipient)
@@ -197,6 +207,7 @@ func TestRelayToAnUnreachableServerLeavesMailQueued(t *testing.T) {
 	_, err = c.Fetch(context.Background())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "relay")
+	assert.ErrorIs(t, err, odmr.ErrLocalDelivery)
 	assert.Equal(t, 1, q.Len())
 	assert.Empty(t, q.Failed())
 }
@@ -244,6 +255,8 @@ func TestSMTPSinkLocalServerDownIsTemporary(t *testing.T) {
 	res, err := custCustomer(addr, odmr.NewSMTPSink(down), "example.org").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.RefusedRecipients)
+	assert.Equal(t, 1, res.LocalRefused, "a refusal of the local target")
+	assert.ErrorContains(t, res.LocalErr, "connection refused")
 	assert.Equal(t, 1, q.Len(), "the mail stays with the provider")
 	assert.Empty(t, q.Failed())
 }
@@ -426,4 +439,48 @@ func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
 	got = mta.received()
 	require.Len(t, got, 2)
 	assert.Nil(t, got[1].env.DSN)
+}
+
+func TestSMTPSinkOffersDSNOnlyWhenTheLocalServerDoes(t *testing.T) {
+	custNoLeaks(t)
+	q := &odmr.MemoryQueue{}
+	dsn := &odmr.DSN{Return: odmr.ReturnHeaders, Recipients: map[string]odmr.RecipientDSN{
+		"u1@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess}},
+	}}
+	_, err := q.Enqueue(odmr.Envelope{From: "a@sender.test", To: []string{"u1@example.org"}, DSN: dsn},
+		strings.NewReader("Subject: dsn\r\n\r\nHi.\r\n"))
+	require.NoError(t, err)
+	// A local server without DSN, and a sink left at its defaults.
+	mta := &localMTA{}
+	srv := smtp.NewServer(mta)
+	srv.Domain = "local.example.org"
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(l) }()
+	t.Cleanup(func() { smtptest.Shutdown(t, srv); <-done })
+
+	sink := odmr.NewSMTPSink(l.Addr().String())
+	ok, err := sink.ProbeDSN(context.Background())
+	require.NoError(t, err)
+	assert.False(t, ok)
+
+	var logs lockedBuffer
+	c := custCustomer(custProvider(t, q), sink, "example.org")
+	c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	res, err := c.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Messages)
+	got := mta.received()
+	require.Len(t, got, 1)
+	assert.Nil(t, got[0].env.DSN, "not offered to the provider, so not passed on")
+	assert.Contains(t, logs.String(), "the local server does not offer DSN")
+
+	// A server that does offer it.
+	sink = odmr.NewSMTPSink(startLocalMTA(t, &localMTA{}, true, "tcp"))
+	sink.LMTP = true
+	ok, err = sink.ProbeDSN(context.Background())
+	require.NoError(t, err)
+	assert.True(t, ok)
 }

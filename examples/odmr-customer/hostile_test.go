@@ -146,8 +146,9 @@ func TestProgramRefusesRelayIntoMaildir(t *testing.T) {
 // recordingBackend is a local MTA that records the recipients it is
 // given.
 type recordingBackend struct {
-	mu    sync.Mutex
-	rcpts []string
+	mu     sync.Mutex
+	rcpts  []string
+	refuse string // a recipient refused with 450
 }
 
 func (b *recordingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
@@ -159,8 +160,11 @@ type recordingSession struct{ b *recordingBackend }
 func (s *recordingSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *recordingSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if to == s.b.refuse {
+		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "Mailbox unavailable"}
+	}
 	s.b.rcpts = append(s.b.rcpts, to)
-	s.b.mu.Unlock()
 	return nil
 }
 func (s *recordingSession) Data(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err }

@@ -7,7 +7,8 @@
 //
 //	odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
 //	    [-domains a.example,b.example] (-maildir DIR | -lmtp ADDR | -smtp ADDR | -relay HOST:PORT)
-//	    [-tls | -starttls] [-ca FILE] [-cert FILE -key FILE] [-debug]
+//	    [-tls | -starttls | -no-tls] [-ca FILE] [-cert FILE -key FILE] [-debug]
+//	    [-every DURATION]
 //
 // Run it from cron or a network hook each time the link comes up. The
 // exit status tells what happened; see -h.
@@ -41,7 +42,10 @@ const (
 	exitAuth      = 3 // authentication refused or impossible
 	exitRefused   = 4 // ATRN refused (450), or the provider does not do ATRN
 	exitUsage     = 5 // bad flags or configuration
+	exitLocal     = 6 // the local target did not take all the mail
 	exitTemporary = 8 // the provider is busy or cannot serve now (451, 421, 454)
+	// A fetch stopped by a signal exits 128 plus the signal's number, as
+	// a shell reports it: 130 for SIGINT, 143 for SIGTERM.
 )
 
 const usageText = `Usage: odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
@@ -72,14 +76,32 @@ its local part), which a local server would send on, unless
 (ｅｘａｍｐｌｅ.org).
 
 TLS:
+  (default)          STARTTLS whenever the provider offers it, before AUTH;
+                     clear text, with a warning, when it does not
   -tls               TLS from the first byte (implicit TLS); give the port
-  -starttls          plain connection upgraded with STARTTLS before AUTH;
-                     fails if the provider does not offer it
+  -starttls          STARTTLS required: fails if the provider does not
+                     offer it
+  -no-tls            never TLS, even when the provider offers STARTTLS
   -ca FILE           PEM certificates to trust for the provider instead of
-                     the system's roots (with -tls or -starttls)
+                     the system's roots
   -cert FILE -key FILE
                      PEM client certificate and key, for SASL EXTERNAL
-The provider's certificate is always verified, for the host of -provider.
+The provider's certificate is always verified, for the host of -provider;
+when it does not verify the fetch fails (status 2), never falls back to
+clear text: give -ca FILE with the CA that signed it, or -no-tls.
+
+Daemon mode:
+  -every DURATION    fetch, wait DURATION, fetch again, like fetchmail -d,
+                     until SIGTERM or SIGINT; a line per run says how it
+                     ended and when the next one starts. After a failure
+                     (any status but 0, 1 and 5) the wait doubles with
+                     each failure in a row, from 2*DURATION up to
+                     -max-backoff, and is drawn at random between half
+                     and all of that, so that customers do not return to
+                     a provider all at once; a success resets it. A
+                     usage error (5) ends the daemon. A signal stops the
+                     fetch under way (the mail not yet taken stays at
+                     the provider) and the program exits 0.
 
 TARGET is exactly one of:
   -maildir DIR       store each message in the Maildir DIR (created if missing)
@@ -90,14 +112,22 @@ TARGET is exactly one of:
                      as fetchmail does; its replies go to the provider
 
 Exit status:
-  0  mail was collected (messages refused locally are logged)
+  0  mail was collected, and the local target took all of it (recipients
+     outside your domains, refused by the customer itself, are logged)
   1  no mail was waiting
   2  connection, TLS (the provider's certificate) or protocol failure
   3  authentication refused (535, 530), or no usable mechanism
   4  ATRN refused (450: a domain not yours, or asking too often), or the
      provider does not offer ATRN
   5  usage or configuration error
+  6  the local target did not take all the mail: it refused messages or
+     recipients (a full disk, an unknown user, a 4xx or 5xx reply), or it
+     could not be reached; the provider keeps what was refused
+     temporarily and tries again, and bounces what was refused for good
   8  temporary failure at the provider (451, 421, 454): try again later
+  130, 143
+     interrupted by SIGINT (Ctrl-C) or stopped by SIGTERM; the mail not
+     yet taken stays at the provider (with -every: 0, a clean stop)
 
 Flags:
 `
@@ -108,10 +138,11 @@ type config struct {
 	allowRouted                                   bool
 	maildir, lmtp, smtp, relay                    string
 	timeout                                       time.Duration
-	startTLS, allowInsecureAuth, verbose          bool
+	startTLS, noTLS, allowInsecureAuth, verbose   bool
 	implicitTLS, debug, noDSN                     bool
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
+	every, maxBackoff                             time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -128,16 +159,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.lmtp, "lmtp", "", "deliver to the LMTP server at `ADDR`")
 	fs.StringVar(&c.smtp, "smtp", "", "deliver to the SMTP server at `ADDR`")
 	fs.StringVar(&c.relay, "relay", "", "relay the session to the SMTP server at `HOST:PORT`")
-	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: the local server does not offer DSN, so do not offer it to the provider")
+	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: never offer DSN to the provider (default: offered when the local server's EHLO or LHLO lists DSN, asked once per fetch)")
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
 	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
-	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate")
+	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate (default: STARTTLS when offered)")
+	fs.BoolVar(&c.noTLS, "no-tls", false, "never use TLS, even when the provider offers STARTTLS")
 	fs.BoolVar(&c.implicitTLS, "tls", false, "connect with TLS from the first byte (implicit TLS), verifying the provider's certificate")
 	fs.StringVar(&c.caFile, "ca", "", "PEM `FILE` of the certificates to trust for the provider (default: the system's roots)")
-	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and -tls or -starttls)")
+	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and TLS)")
 	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the client certificate's private key")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
 	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
+	fs.DurationVar(&c.every, "every", 0, "run as a daemon: fetch every `DURATION` until SIGTERM or SIGINT, backing off after failures (0: fetch once and exit)")
+	fs.DurationVar(&c.maxBackoff, "max-backoff", time.Hour, "with -every: the longest wait after failures in a row, at least -every")
 	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
 	fs.BoolVar(&c.debug, "debug", false, "print the session's transcript (C: and P: lines) to stderr, AUTH redacted")
 	fs.Usage = func() {
@@ -156,16 +190,22 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-user NAME is required (or -cert FILE -key FILE for EXTERNAL)")
 	case c.timeout <= 0:
 		return nil, errors.New("-timeout must be positive")
+	case c.every < 0:
+		return nil, errors.New("-every must not be negative")
+	case c.every > 0 && c.maxBackoff < c.every:
+		return nil, errors.New("-max-backoff must be at least -every")
 	case c.implicitTLS && c.startTLS:
 		return nil, errors.New("give -tls or -starttls, not both")
+	case c.noTLS && (c.implicitTLS || c.startTLS):
+		return nil, errors.New("-no-tls contradicts -tls and -starttls")
 	case c.certFile != "" && c.keyFile == "":
 		return nil, errors.New("-cert FILE needs -key FILE")
 	case c.keyFile != "" && c.certFile == "":
 		return nil, errors.New("-key FILE needs -cert FILE")
-	case c.certFile != "" && !c.implicitTLS && !c.startTLS:
-		return nil, errors.New("-cert needs -tls or -starttls: a client certificate is sent only under TLS")
-	case c.caFile != "" && !c.implicitTLS && !c.startTLS:
-		return nil, errors.New("-ca needs -tls or -starttls")
+	case c.certFile != "" && c.noTLS:
+		return nil, errors.New("-cert contradicts -no-tls: a client certificate is sent only under TLS")
+	case c.caFile != "" && c.noTLS:
+		return nil, errors.New("-ca contradicts -no-tls")
 	}
 	n := 0
 	for _, t := range []string{c.maildir, c.lmtp, c.smtp, c.relay} {
@@ -213,9 +253,9 @@ func readSecret(c *config, log *slog.Logger) (string, error) {
 	return s, nil
 }
 
-// tlsConfig builds the TLS configuration of the flags; nil without TLS.
+// tlsConfig builds the TLS configuration of the flags; nil with -no-tls.
 func tlsConfig(c *config) (*tls.Config, error) {
-	if !c.implicitTLS && !c.startTLS {
+	if c.noTLS {
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -285,6 +325,7 @@ func run(args []string, stderr io.Writer) int {
 		Addr:              cfg.provider,
 		ImplicitTLS:       cfg.implicitTLS,
 		TLSConfig:         tlsCfg,
+		OpportunisticTLS:  !cfg.implicitTLS && !cfg.startTLS && !cfg.noTLS,
 		Username:          cfg.user,
 		Secret:            secret,
 		Hostname:          cfg.hostname,
@@ -326,37 +367,105 @@ func run(args []string, stderr io.Writer) int {
 		c.Handler = odmr.Relay(cfg.relay)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext(context.Background())
 	defer stop()
+	fetch := func(ctx context.Context) int { return fetchOnce(ctx, c, cfg, stderr) }
+	if cfg.every > 0 {
+		d := &daemon{every: cfg.every, maxBackoff: cfg.maxBackoff, out: stderr}
+		code := d.run(ctx, fetch)
+		if sig := caughtSignal(ctx); sig != nil {
+			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+		}
+		return code
+	}
+	code := fetch(ctx)
+	if sig := caughtSignal(ctx); sig != nil {
+		if sig == syscall.SIGINT {
+			fmt.Fprintln(stderr, "odmr-customer: interrupted")
+		} else {
+			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+		}
+		return 128 + int(sig.(syscall.Signal))
+	}
+	return code
+}
+
+// fetchOnce runs one fetch, prints its outcome and returns its exit
+// status.
+func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Writer) int {
 	res, err := c.Fetch(ctx)
 	code := exitCode(res, err)
+	how := res.Mechanism
+	if res.TLS != nil {
+		how += ", " + tls.VersionName(res.TLS.Version)
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "odmr-customer: %v\n", err)
+		var ve *tls.CertificateVerificationError
+		if errors.As(err, &ve) {
+			hint := "give -ca FILE with the certificate of the CA that signed it"
+			if c.OpportunisticTLS {
+				hint += ", or -no-tls to refuse the STARTTLS the provider offers and run in clear text"
+			}
+			fmt.Fprintf(stderr, "odmr-customer: the provider's certificate does not verify: %s\n", hint)
+		}
 	case res.NoMail:
 		fmt.Fprintf(stderr, "odmr-customer: no mail waiting at %s\n", cfg.provider)
 	case c.Handler != nil:
-		fmt.Fprintf(stderr, "odmr-customer: session with %s relayed to %s in %v\n",
-			cfg.provider, cfg.relay, res.Duration.Round(time.Millisecond))
+		fmt.Fprintf(stderr, "odmr-customer: relayed %d message(s) for %d recipient(s), %d bytes, to %s in %v (%s)\n",
+			res.Messages, res.Recipients, res.Bytes, cfg.relay, res.Duration.Round(time.Millisecond), how)
 	default:
-		how := res.Mechanism
-		if res.TLS != nil {
-			how += ", " + tls.VersionName(res.TLS.Version)
-		}
 		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v (%s)\n",
 			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond), how)
-		if res.Refused > 0 || res.RefusedRecipients > 0 {
-			fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
-				res.Refused, res.RefusedRecipients)
-		}
+	}
+	if res.Refused > 0 || res.RefusedRecipients > 0 {
+		fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
+			res.Refused, res.RefusedRecipients)
+	}
+	if res.LocalRefused > 0 {
+		fmt.Fprintf(stderr, "odmr-customer: the local target did not take %d message(s) or recipient(s): %v\n",
+			res.LocalRefused, res.LocalErr)
 	}
 	return code
+}
+
+// signalContext returns a context that SIGINT and SIGTERM cancel, with
+// the signal as its cause, and a function that stops listening.
+func signalContext(parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		select {
+		case sig := <-ch:
+			cancel(signalError{sig})
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); cancel(nil) }
+}
+
+// signalError is the cause of a context a signal cancelled.
+type signalError struct{ sig os.Signal }
+
+func (e signalError) Error() string { return "odmr-customer: " + e.sig.String() }
+
+// caughtSignal returns the signal that cancelled ctx, or nil.
+func caughtSignal(ctx context.Context) os.Signal {
+	var se signalError
+	if errors.As(context.Cause(ctx), &se) {
+		return se.sig
+	}
+	return nil
 }
 
 // exitCode maps the outcome of a fetch to the exit status.
 func exitCode(res *odmr.FetchResult, err error) int {
 	var e *odmr.Error
 	switch {
+	case err == nil && res.LocalRefused > 0, errors.Is(err, odmr.ErrLocalDelivery):
+		return exitLocal
 	case err == nil && res.NoMail:
 		return exitNoMail
 	case err == nil:

@@ -51,7 +51,8 @@ func TestCustomerCommandHelpDocumentsTheExitStatus(t *testing.T) {
 	var stderr bytes.Buffer
 	assert.Equal(t, 0, run([]string{"-h"}, &stderr))
 	for _, s := range []string{"Exit status", "-maildir", "-relay", "-lmtp", "-smtp", "ODMR_SECRET", "  8  temporary",
-		"-tls", "-starttls", "-ca FILE", "-cert FILE -key FILE", "-debug", "EXTERNAL"} {
+		"-tls", "-starttls", "-no-tls", "STARTTLS whenever the provider offers it", "-ca FILE", "-cert FILE -key FILE",
+		"-debug", "EXTERNAL", "  6  the local target", "130, 143", "-every DURATION", "-max-backoff"} {
 		assert.Contains(t, stderr.String(), s)
 	}
 }
@@ -78,6 +79,9 @@ func TestCustomerCommandExitCode(t *testing.T) {
 		{odmr.FetchResult{}, odmr.ErrProtocol, exitFailure},
 		{odmr.FetchResult{}, errors.New("odmr: connecting: refused"), exitFailure},
 		{odmr.FetchResult{}, reply(554), exitFailure},
+		{odmr.FetchResult{Messages: 1, LocalRefused: 1}, nil, exitLocal},
+		{odmr.FetchResult{LocalRefused: 1}, nil, exitLocal},
+		{odmr.FetchResult{}, fmt.Errorf("odmr: relay: x: %w", odmr.ErrLocalDelivery), exitLocal},
 	} {
 		assert.Equal(t, tc.want, exitCode(&tc.res, tc.err), "%v", tc.err)
 	}
@@ -358,8 +362,10 @@ func TestCustomerCommandTLSFlagErrorsExit5(t *testing.T) {
 		{[]string{"-tls", "-cert", pki.certFile}, "-cert FILE needs -key FILE"},
 		{[]string{"-tls", "-key", pki.keyFile}, "-key FILE needs -cert FILE"},
 		{[]string{"-tls", "-starttls"}, "-tls or -starttls, not both"},
-		{[]string{"-ca", pki.caFile}, "-ca needs -tls or -starttls"},
-		{[]string{"-cert", pki.certFile, "-key", pki.keyFile}, "-cert needs -tls or -starttls"},
+		{[]string{"-no-tls", "-ca", pki.caFile}, "-ca contradicts -no-tls"},
+		{[]string{"-no-tls", "-cert", pki.certFile, "-key", pki.keyFile}, "-cert contradicts -no-tls"},
+		{[]string{"-no-tls", "-starttls"}, "-no-tls contradicts -tls and -starttls"},
+		{[]string{"-no-tls", "-tls"}, "-no-tls contradicts -tls and -starttls"},
 		{[]string{"-tls", "-ca", notPEM}, "no PEM certificate"},
 		{[]string{"-tls", "-ca", filepath.Join(md, "missing.pem")}, "-ca: "},
 		{[]string{"-tls", "-cert", pki.caFile, "-key", pki.keyFile}, "-cert " + pki.caFile},
@@ -372,4 +378,58 @@ func TestCustomerCommandTLSFlagErrorsExit5(t *testing.T) {
 	var stderr bytes.Buffer
 	assert.Equal(t, exitUsage, run([]string{"-provider", "p", "-tls", "-maildir", md}, &stderr))
 	assert.Contains(t, stderr.String(), "-user NAME is required")
+}
+
+func TestCustomerCommandSTARTTLSWhenOffered(t *testing.T) {
+	// Without -starttls the customer still upgrades when the provider
+	// offers STARTTLS, verifying its certificate.
+	pki := newTestPKI(t)
+	q := &odmr.MemoryQueue{}
+	addr := startTLSProvider(t, q, pki, false)
+	t.Setenv("ODMR_SECRET", "s3cret")
+	md := filepath.Join(t.TempDir(), "Maildir")
+	base := []string{"-provider", addr, "-user", "alice", "-domains", "example.org", "-maildir", md, "-debug"}
+
+	enqueueOne(t, q)
+	var stderr bytes.Buffer
+	require.Equal(t, exitMail, run(append(base, "-ca", pki.caFile), &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), addr+" C: STARTTLS\n")
+	assert.Contains(t, stderr.String(), "(SCRAM-SHA-256, TLS 1.")
+	assert.Equal(t, 1, maildirCount(t, md))
+
+	// A certificate that does not verify: a clear failure naming the
+	// flags, never clear text.
+	enqueueOne(t, q)
+	stderr.Reset()
+	assert.Equal(t, exitFailure, run(base, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "x509: ")
+	assert.Contains(t, stderr.String(), "give -ca FILE")
+	assert.Contains(t, stderr.String(), "or -no-tls")
+	assert.NotContains(t, stderr.String(), "C: AUTH")
+	assert.Equal(t, 1, q.Len())
+
+	// -no-tls: clear text, though STARTTLS is offered.
+	stderr.Reset()
+	require.Equal(t, exitMail, run(append(base, "-no-tls"), &stderr), stderr.String())
+	assert.NotContains(t, stderr.String(), "C: STARTTLS")
+	assert.Contains(t, stderr.String(), "(SCRAM-SHA-256)")
+	assert.Equal(t, 2, maildirCount(t, md))
+}
+
+func TestCustomerCommandClearTextWhenSTARTTLSIsNotOffered(t *testing.T) {
+	q := &odmr.MemoryQueue{}
+	enqueueOne(t, q)
+	addr := startProvider(t, q)
+	t.Setenv("ODMR_SECRET", "s3cret")
+	var stderr bytes.Buffer
+	require.Equal(t, exitMail, run([]string{"-provider", addr, "-user", "alice", "-domains", "example.org",
+		"-maildir", filepath.Join(t.TempDir(), "Maildir")}, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "level=WARN")
+	assert.Contains(t, stderr.String(), "does not offer STARTTLS")
+	// -starttls requires it.
+	enqueueOne(t, q)
+	stderr.Reset()
+	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-user", "alice", "-domains", "example.org",
+		"-maildir", filepath.Join(t.TempDir(), "Maildir"), "-starttls"}, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "does not offer STARTTLS")
 }
