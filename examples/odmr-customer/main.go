@@ -431,7 +431,10 @@ func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Wri
 }
 
 // signalContext returns a context that SIGINT and SIGTERM cancel, with
-// the signal as its cause, and a function that stops listening.
+// the signal as its cause, and a function that stops listening. Only the
+// first signal is caught: a second one has its default effect and kills
+// the program, should the fetch be stuck where the context does not reach
+// (a local target that hangs).
 func signalContext(parent context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(parent)
 	ch := make(chan os.Signal, 1)
@@ -439,6 +442,7 @@ func signalContext(parent context.Context) (context.Context, func()) {
 	go func() {
 		select {
 		case sig := <-ch:
+			signal.Stop(ch)
 			cancel(signalError{sig})
 		case <-ctx.Done():
 		}

@@ -15,7 +15,8 @@
 //
 // SIGHUP reloads the accounts file and the TLS certificate and key; a
 // file that does not load keeps the old one. SIGTERM and SIGINT stop it:
-// sessions finish the message in flight, within -stop-timeout.
+// sessions finish the message in flight, within -stop-timeout; a second
+// SIGTERM or SIGINT closes them at once.
 package main
 
 import (
@@ -412,17 +413,34 @@ wait:
 			return err
 		}
 	}
-	stop(p, intakeSrv, cfg.stopTimeout, log)
+	stop(p, intakeSrv, cfg.stopTimeout, sig, log)
 	log.Info("odmr-provider: stopped")
 	return nil
 }
 
 // stop shuts the ODMR sessions and the intake down together, giving them
 // timeout to finish the message each has in flight; then it closes what is
-// left, whose mail stays queued.
-func stop(p *odmr.Provider, intakeSrv *smtp.Server, timeout time.Duration, log *slog.Logger) {
+// left, whose mail stays queued. A second SIGTERM or SIGINT on sig closes
+// them at once; SIGHUP is ignored meanwhile.
+func stop(p *odmr.Provider, intakeSrv *smtp.Server, timeout time.Duration, sig <-chan os.Signal, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	go func() {
+		for {
+			select {
+			case s := <-sig:
+				if s == syscall.SIGHUP {
+					log.Info("odmr-provider: SIGHUP while stopping: nothing reloaded")
+					continue
+				}
+				log.Warn("odmr-provider: second signal: closing the sessions at once", "signal", s.String())
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	done := make(chan struct{})
 	if intakeSrv != nil {
 		go func() {

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -202,4 +203,57 @@ func TestSIGTERMEndsDeliveryAfterMessageInFlight(t *testing.T) {
 	for n, times := range seen {
 		assert.Equal(t, 1, times, "message %d", n)
 	}
+}
+
+// TestSecondSIGTERMClosesAtOnce: with a session stuck on the message in
+// flight and a long -stop-timeout, a second SIGTERM ends the wait: the
+// program closes the session and exits 0 without waiting for the
+// customer, and a SIGHUP meanwhile changes nothing. The message the
+// customer had not acknowledged stays in the spool.
+func TestSecondSIGTERMClosesAtOnce(t *testing.T) {
+	bin, accts := buildProvider(t)
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	cmd, odmrAddr, smtpAddr, log := startProviderCmd(t, bin, accts, "", "-spool", spoolDir, "-stop-timeout", "1h")
+	c, err := smtp.Dial(smtpAddr)
+	require.NoError(t, err)
+	require.NoError(t, c.SendMail("s@x.test", []string{"u@example.org"}, strings.NewReader(bigMessage(0))))
+	c.Quit()
+
+	first := make(chan struct{})
+	release := make(chan struct{})
+	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		io.Copy(io.Discard, body)
+		close(first)
+		<-release
+		return errors.New("odmr: test: the session was closed under us")
+	})
+	cust := &odmr.Customer{Addr: odmrAddr, Username: "alice", Secret: "s3cret", Domains: []string{"example.org"}, Logger: discardLog(), Sink: sink}
+	fetched := make(chan error, 1)
+	go func() {
+		_, err := cust.Fetch(context.Background())
+		fetched <- err
+	}()
+	<-first
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	log.wait(t, "odmr: shutting down", "sessions=1")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	log.wait(t, "SIGHUP while stopping")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	log.wait(t, "second signal: closing the sessions at once")
+	log.wait(t, "odmr-provider: stopped")
+	require.NoError(t, cmd.Wait(), "exit status 0")
+	close(release)
+	<-fetched
+
+	odmrAddr, _, _ = startProvider(t, bin, accts, "", "-spool", spoolDir)
+	var got int
+	cust.Addr = odmrAddr
+	cust.Sink = odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		_, err := io.Copy(io.Discard, body)
+		got++
+		return err
+	})
+	_, err = cust.Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, got, "the message not acknowledged stayed queued")
 }
