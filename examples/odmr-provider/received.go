@@ -26,7 +26,7 @@ func newIntakeID(now time.Time) string {
 //		for <RCPT>; DATE
 //
 // "for" appears only with one recipient, so that a message to several
-// does not tell each the others; ESMTPS says TLS was used (RFC 3848),
+// does not tell each the others, and one short enough for a line; ESMTPS says TLS was used (RFC 3848),
 // UTF8SMTP(S) that SMTPUTF8 was (RFC 6531).
 func receivedField(helo string, remote net.Addr, hostname, id string, tls, utf8 bool, rcpts []string, now time.Time) string {
 	proto := "ESMTP"
@@ -39,7 +39,9 @@ func receivedField(helo string, remote net.Addr, hostname, id string, tls, utf8 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s (odmr-provider) with %s id %s",
 		traceToken(helo), addressLiteral(remote), traceToken(hostname), proto, id)
-	if len(rcpts) == 1 && !strings.ContainsAny(rcpts[0], "\r\n") {
+	// A line of the field must stay within RFC 5322's 998 octets: a
+	// recipient too long for that is left out, as with several.
+	if len(rcpts) == 1 && !strings.ContainsAny(rcpts[0], "\r\n") && len(rcpts[0]) <= 900 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", rcpts[0])
 	}
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))

@@ -33,6 +33,13 @@ func TestReceivedFieldForm(t *testing.T) {
 		"\tby mx.example.net (odmr-provider) with UTF8SMTPS id ID2;\r\n"+
 		"\tMon, 07 Dec 2026 04:56:31 +0100\r\n", f)
 	assert.Contains(t, receivedField("", v4, "h", "ID3", true, false, nil, now), "from unknown ([192.0.2.1])\r\n\tby h (odmr-provider) with ESMTPS id ID3;")
+	// A recipient too long for a line of at most 998 octets is left out.
+	long := strings.Repeat("x", 980) + "@example.org"
+	f = receivedField("client.test", v4, "mx.example.net", "ID4", false, false, []string{long}, now)
+	assert.NotContains(t, f, "for <")
+	for _, line := range strings.Split(f, "\r\n") {
+		assert.LessOrEqual(t, len(line), 998)
+	}
 }
 
 // TestIntakeStampsReceived: what the intake queues starts with a Received
