@@ -157,7 +157,9 @@ func (s *Spool) refresh(known map[string]*msgInfo) error {
 
 	msgs, stale, err := s.walkMarkers(known)
 	for _, k := range stale {
-		s.cleanMarker(k.dir, k.id)
+		if !s.readOnly {
+			s.cleanMarker(k.dir, k.id)
+		}
 	}
 
 	ix.mu.Lock()
@@ -276,6 +278,11 @@ func (s *Spool) List() ([]DomainStats, error) {
 	if err := s.refresh(nil); err != nil {
 		return nil, err
 	}
+	return s.stats(), nil
+}
+
+// stats sums up the index per domain, sorted by domain.
+func (s *Spool) stats() []DomainStats {
 	s.idx.mu.Lock()
 	defer s.idx.mu.Unlock()
 	stats := make(map[string]*DomainStats)
@@ -312,7 +319,7 @@ func (s *Spool) List() ([]DomainStats, error) {
 		out = append(out, *st)
 	}
 	slices.SortFunc(out, func(a, b DomainStats) int { return cmp.Compare(a.Domain, b.Domain) })
-	return out, nil
+	return out
 }
 
 // olderThan returns the messages in the index that arrived before t, with

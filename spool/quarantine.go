@@ -86,12 +86,8 @@ func (s *Spool) quarantine(env *envelopeFile, reason error) {
 		return
 	}
 	syncDir(s.path(queueDir))
-	var b strings.Builder
-	fmt.Fprintf(&b, "quarantined %s\nreason: %s\nfrom: <%s>\n", time.Now().UTC().Format(time.RFC3339), reason, env.From)
-	for _, r := range env.Recipients {
-		fmt.Fprintf(&b, "to: <%s> %s\n", r.Addr, r.State)
-	}
-	if err := writeAtomic(s.path(tmpDir), filepath.Join(qdir, id+".reason"), []byte(b.String())); err != nil {
+	text := "quarantined " + time.Now().UTC().Format(time.RFC3339) + "\n" + damageReason(env, reason)
+	if err := writeAtomic(s.path(tmpDir), filepath.Join(qdir, id+".reason"), []byte(text)); err != nil {
 		s.log.Warn("spool: cannot write the reason of a quarantined message", "id", id, "err", err)
 	}
 	var dirs []string
@@ -102,6 +98,17 @@ func (s *Spool) quarantine(env *envelopeFile, reason error) {
 	s.idx.remove(id, dirs...)
 	s.log.Error("spool: damaged message quarantined; it will not be delivered until an operator restores it",
 		"id", id, "reason", reason, "dir", qdir)
+}
+
+// damageReason says why the message whose envelope is env is damaged,
+// who sent it and to whom: the .reason file after its first line.
+func damageReason(env *envelopeFile, reason error) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "reason: %s\nfrom: <%s>\n", reason, env.From)
+	for _, r := range env.Recipients {
+		fmt.Fprintf(&b, "to: <%s> %s\n", r.Addr, r.State)
+	}
+	return b.String()
 }
 
 // QuarantinedMessage describes a message moved aside because it was

@@ -94,6 +94,13 @@ type Spool struct {
 	ctx     context.Context // canceled by Close
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	// readOnly is set by Inspect: the spool is read and nothing on disk
+	// is created, repaired, moved or removed. damaged collects the
+	// messages Open would quarantine.
+	readOnly bool
+	damaged  []QuarantinedMessage
+	unmarked map[string][]string // queued dirs whose marker is missing, by ID
 }
 
 // groupKey names the recipients of one message in one domain directory:
@@ -242,11 +249,23 @@ func (s *Spool) scanQueue() (map[string]*msgInfo, error) {
 		}
 		if err := s.checkBody(env); err != nil {
 			if s.stillQueued(id) {
-				s.quarantine(env, err)
+				if s.readOnly {
+					s.damaged = append(s.damaged, QuarantinedMessage{ID: id, Reason: damageReason(env, err)})
+				} else {
+					s.quarantine(env, err)
+				}
 			}
 			continue
 		}
 		known[id] = infoOf(env)
+		if s.readOnly {
+			for dir := range env.queuedDirs() {
+				if _, err := os.Lstat(s.markerPath(dir, id)); isNotExist(err) {
+					s.unmarked[id] = append(s.unmarked[id], dir)
+				}
+			}
+			continue
+		}
 		for dir := range env.queuedDirs() {
 			if err := s.restoreMarker(dir, id); err != nil {
 				// One domain's directory must not keep the others'
@@ -256,7 +275,7 @@ func (s *Spool) scanQueue() (map[string]*msgInfo, error) {
 		}
 	}
 	for _, id := range bodies {
-		if !envs[id] {
+		if !envs[id] && !s.readOnly {
 			s.removeOrphanBody(id)
 		}
 	}

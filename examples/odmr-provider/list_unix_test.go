@@ -21,7 +21,8 @@ import (
 )
 
 // TestListSurvivesADamagedSpool: -list neither hangs on a FIFO named like
-// a spool file nor hides a damaged message: it shows it as quarantined.
+// a spool file nor hides a damaged message: it shows it as damaged, and
+// leaves it where it is for the provider to quarantine.
 func TestListSurvivesADamagedSpool(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "spool")
 	s, err := spool.Open(dir, spool.Options{MaintenanceInterval: -1, Logger: slog.New(slog.DiscardHandler)})
@@ -40,7 +41,7 @@ func TestListSurvivesADamagedSpool(t *testing.T) {
 
 	var out strings.Builder
 	done := make(chan error, 1)
-	go func() { done <- listSpool(dir, &out) }()
+	go func() { done <- listSpool(dir, &out, time.Now(), slog.New(slog.DiscardHandler)) }()
 	select {
 	case err := <-done:
 		require.NoError(t, err)
@@ -48,8 +49,10 @@ func TestListSurvivesADamagedSpool(t *testing.T) {
 		t.Fatal("-list hangs on a FIFO")
 	}
 	assert.Regexp(t, `example\.org\s+1\s+\d+`, out.String())
-	assert.Contains(t, out.String(), "1 damaged messages held in "+filepath.Join(dir, "quarantine"))
+	assert.Contains(t, out.String(), "1 damaged message in "+filepath.Join(dir, "queue")+", to be quarantined")
 	assert.Contains(t, out.String(), ids[1])
 	assert.Contains(t, out.String(), "body has 4 bytes")
+	assert.FileExists(t, filepath.Join(dir, "queue", ids[1]+".eml"), "-list moved a damaged message")
+	assert.NoFileExists(t, filepath.Join(dir, "quarantine", ids[1]+".eml"))
 	t.Log("\n" + out.String())
 }

@@ -217,7 +217,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.bouncesDir, "bounces", "", "write bounces to `DIR` when there is no -smarthost (default: SPOOL/bounces)")
 	fs.Int64Var(&c.quotaBytes, "quota-bytes", 0, "most `BYTES` queued per domain, refused with 452 at intake (0: no limit; with -spool)")
 	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool)")
-	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit")
+	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool per domain, and exit; reads only, creates nothing")
 	fs.DurationVar(&c.stopTimeout, "stop-timeout", 30*time.Second, "on SIGTERM or SIGINT, wait up to `DURATION` for sessions to finish the message in flight, then close them (mail not acknowledged stays queued)")
 	fs.StringVar(&c.debugFile, "debug", "", "append a transcript of every ODMR session to `FILE` (\"-\" for standard error); AUTH is redacted, but addresses and mail are in it")
 	c.limits.register(fs)
@@ -284,7 +284,7 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if cfg.list {
-		return listSpool(cfg.spoolDir, os.Stdout)
+		return listSpool(cfg.spoolDir, os.Stdout, time.Now(), log)
 	}
 
 	// Take SIGINT and SIGTERM from here on, so that one that comes while
@@ -569,47 +569,87 @@ func openQueue(cfg *config, log *slog.Logger) (odmr.QueueSource, enqueuer, func(
 	return s, enqueue, s.CheckQuota, func() { s.Close() }, nil
 }
 
-// listSpool prints what is queued per domain.
-func listSpool(dir string, out io.Writer) error {
-	if _, err := os.Stat(dir); err != nil {
-		return fmt.Errorf("-spool %s: %w", dir, err)
-	}
-	s, err := spool.Open(dir, spool.Options{MaintenanceInterval: -1, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+// listSpool prints what is queued in the spool in dir per domain, the
+// DSNs waiting and the damaged messages, with ages as of now. It changes
+// nothing on disk (spool.Inspect), and a directory that holds no spool is
+// an error, not a new spool.
+func listSpool(dir string, out io.Writer, now time.Time, log *slog.Logger) error {
+	inv, err := spool.Inspect(dir, log)
 	if err != nil {
-		return fmt.Errorf("-spool %s: %w", dir, err)
-	}
-	defer s.Close()
-	stats, err := s.List()
-	if err != nil {
-		return err
+		return fmt.Errorf("-list -spool %s: %w", dir, err)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tMESSAGES\tBYTES\tOLDEST\tUNREADABLE")
-	total := 0
-	for _, st := range stats {
+	fmt.Fprintln(tw, "DOMAIN\tMESSAGES\tSIZE\tOLDEST\tUNREADABLE")
+	for _, st := range inv.Domains {
 		oldest := "-"
 		if !st.Oldest.IsZero() {
-			oldest = st.Oldest.UTC().Format(time.RFC3339) + " (" + time.Since(st.Oldest).Round(time.Minute).String() + " ago)"
+			oldest = st.Oldest.UTC().Format(time.RFC3339) + " (" + ago(now.Sub(st.Oldest)) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\n", st.Domain, st.Messages, st.Bytes, oldest, st.Unreadable)
-		total += st.Messages
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", st.Domain, st.Messages, humanBytes(st.Bytes), oldest, st.Unreadable)
 	}
 	tw.Flush()
-	bounces, err := s.PendingBounces()
-	if err != nil {
-		return err
+	fmt.Fprintf(out, "%s; %s, %s in all; %s waiting to be sent\n",
+		count(len(inv.Domains), "domain"), count(inv.Messages, "message"), humanBytes(inv.Bytes), count(inv.PendingBounces, "bounce"))
+	if len(inv.Damaged) > 0 {
+		fmt.Fprintf(out, "%s in %s, to be quarantined when the provider opens the spool:\n",
+			count(len(inv.Damaged), "damaged message"), filepath.Join(dir, "queue"))
+		printDamaged(out, inv.Damaged)
 	}
-	fmt.Fprintf(out, "%d domains, %d messages queued per domain in all; %d bounces waiting to be sent\n", len(stats), total, bounces)
-	q, err := s.Quarantined()
-	if err != nil {
-		return err
-	}
-	if len(q) > 0 {
-		fmt.Fprintf(out, "%d damaged messages held in %s, not delivered:\n", len(q), filepath.Join(dir, "quarantine"))
-		for _, m := range q {
-			reason, _, _ := strings.Cut(strings.TrimPrefix(m.Reason, "quarantined "), "\nfrom:")
-			fmt.Fprintf(out, "  %s  %s\n", m.ID, strings.ReplaceAll(reason, "\n", "  "))
-		}
+	if len(inv.Quarantined) > 0 {
+		fmt.Fprintf(out, "%s held in %s, not delivered:\n", count(len(inv.Quarantined), "damaged message"), filepath.Join(dir, "quarantine"))
+		printDamaged(out, inv.Quarantined)
 	}
 	return nil
+}
+
+// printDamaged prints one line a message: its ID and why it is damaged.
+func printDamaged(out io.Writer, msgs []spool.QuarantinedMessage) {
+	for _, m := range msgs {
+		reason := strings.TrimPrefix(m.Reason, "quarantined ")
+		reason, _, _ = strings.Cut(reason, "\nfrom:")
+		fmt.Fprintf(out, "  %s  %s\n", m.ID, strings.ReplaceAll(reason, "\n", "  "))
+	}
+}
+
+// count returns n and noun, plural unless n is 1: "1 message", "2 messages".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// ago says how long ago something happened d ago, in its largest whole
+// unit, rounded down: "19s ago", "3m ago", "2h ago", "4d ago".
+func ago(d time.Duration) string {
+	day := 24 * time.Hour
+	switch {
+	case d < 0:
+		return "in the future"
+	case d < time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", d/time.Second)
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", d/time.Minute)
+	case d < day:
+		return fmt.Sprintf("%dh ago", d/time.Hour)
+	}
+	return fmt.Sprintf("%dd ago", d/day)
+}
+
+// humanBytes writes n in bytes below 1 KiB, else in binary units with one
+// decimal, rounded down: "512 B", "1.5 KiB", "3.0 MiB".
+func humanBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	u, div := 0, int64(1024)
+	for n/div >= 1024 && u < len(units)-1 {
+		div *= 1024
+		u++
+	}
+	frac := uint64(n%div) * 10 / uint64(div) // below 2⁶⁰·10, no overflow
+	return fmt.Sprintf("%d.%d %s", n/div, frac, units[u])
 }

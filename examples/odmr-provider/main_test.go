@@ -140,11 +140,11 @@ func TestListShowsWhatIsQueuedPerDomain(t *testing.T) {
 	}
 	require.NoError(t, s.Close())
 	var out strings.Builder
-	require.NoError(t, listSpool(dir, &out))
-	assert.Regexp(t, `example\.com\s+1\s+\d+`, out.String())
-	assert.Regexp(t, `example\.org\s+2\s+\d+`, out.String())
-	assert.Contains(t, out.String(), "2 domains")
-	assert.ErrorContains(t, listSpool(filepath.Join(dir, "missing"), &out), "no such file")
+	require.NoError(t, listSpool(dir, &out, time.Now(), nil))
+	assert.Regexp(t, `example\.com\s+1\s+\d+ B`, out.String())
+	assert.Regexp(t, `example\.org\s+2\s+\d+ B`, out.String())
+	assert.Contains(t, out.String(), "2 domains; 3 messages")
+	assert.ErrorContains(t, listSpool(filepath.Join(dir, "missing"), &out, time.Now(), nil), "no such file")
 	_, err = parseFlags([]string{"-list"})
 	assert.ErrorContains(t, err, "-list needs -spool")
 	_, err = parseFlags([]string{"-accounts", "x", "-smarthost", "h:25"})
