@@ -101,7 +101,8 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 			results = append(results, RecipientResult{Recipient: r, Err: err})
 		}
 	}
-	defer func() { s.complete(ctx, msg, env, results) }()
+	var reply string // the customer's final reply, when it accepted
+	defer func() { s.complete(ctx, msg, env, results, reply) }()
 	if len(rcpts) == 0 {
 		return nil
 	}
@@ -155,13 +156,14 @@ func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, d
 		s.log.Error("odmr: delivery interrupted mid-message", "id", env.ID, "err", err)
 		return lost(accepted, err)
 	}
-	err = w.Close()
+	resp, err := w.CloseWithResponse()
 	if e := AsError(err); e != nil {
 		set(accepted, e)
 		return nil
 	} else if err != nil {
 		return lost(accepted, err)
 	}
+	reply = "250 " + resp.StatusText
 	set(accepted, nil)
 	return nil
 }
@@ -213,17 +215,26 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 	return rcpts, results
 }
 
-// complete counts a message's results and hands them to the queue.
-func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult) {
+// complete counts a message's results, logs one record per recipient and
+// hands the results to the queue. reply is the customer's final reply when
+// it accepted the message.
+func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult, reply string) {
 	for i, r := range results {
 		switch {
 		case r.Err == nil:
 			results[i].NoDSN = s.noDSN
 			s.delivered++
+			s.log.Info("odmr: delivered", "id", env.ID, "to", r.Recipient, "reply", reply)
+		case !inDomains(r.Recipient, s.domains):
+			// Not this customer's: it stays queued for its own.
+			s.log.Debug("odmr: recipient left for another customer", "id", env.ID, "to", r.Recipient)
+			s.deferred++
 		case Permanent(r.Err):
 			s.failed++
+			s.log.Warn("odmr: bounced", "id", env.ID, "to", r.Recipient, "reply", replyText(r.Err))
 		default:
 			s.deferred++
+			s.log.Warn("odmr: deferred", "id", env.ID, "to", r.Recipient, "reply", replyText(r.Err))
 		}
 	}
 	// Record outcomes even when the session is being cancelled: an
@@ -234,7 +245,12 @@ func (s *session) complete(ctx context.Context, msg Message, env Envelope, resul
 			s.recordErr = err
 		}
 	}
-	s.log.Debug("odmr: message done", "id", env.ID, "results", len(results))
+}
+
+// replyText is a recipient's failure as a log shows it: the reply, such as
+// "550 5.1.1 No such user", without the "odmr: " of the error string.
+func replyText(err error) string {
+	return strings.TrimPrefix(err.Error(), "odmr: ")
 }
 
 // stopOnRecordErr reports whether the session must stop delivering

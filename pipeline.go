@@ -74,7 +74,7 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 	env := msg.Envelope()
 	rcpts, results := s.prepare(c, env, domains)
 	if len(rcpts) == 0 {
-		s.complete(ctx, msg, env, results)
+		s.complete(ctx, msg, env, results, "")
 		return nil
 	}
 	var rcptParams []string
@@ -85,7 +85,8 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 			rcptParams = append(rcptParams, dsnRcptParams(env, r, utf8 && env.UTF8))
 		}
 	}
-	return snd.Send(&pipeline.Mail{
+	var m *pipeline.Mail
+	m = &pipeline.Mail{
 		From:       env.From,
 		Params:     mailParams(c, env),
 		To:         rcpts,
@@ -102,9 +103,14 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 			for i, err := range errs {
 				results = append(results, RecipientResult{Recipient: rcpts[i], Err: s.pipelineResult(env, err)})
 			}
-			s.complete(ctx, msg, env, results)
+			reply := ""
+			if m.Reply != nil {
+				reply = strconv.Itoa(m.Reply.Code) + " " + m.Reply.Text
+			}
+			s.complete(ctx, msg, env, results, reply)
 		},
-	})
+	}
+	return snd.Send(m)
 }
 
 // pipelineResult turns a pipeline outcome into the error deliverOne

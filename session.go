@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"container/list"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -41,6 +42,7 @@ type session struct {
 	authFailures int
 	ticket       authTicket // what the AUTH limiter took for this attempt
 	isTLS        bool
+	domains      []string // the ATRN's, once the session is reversed
 
 	netKey     string        // the network counted by MaxSessionsPerAddr
 	unauthElem *list.Element // in p.table.unauth until authenticated; guarded by p.mu
@@ -66,7 +68,7 @@ func newSession(p *Provider, conn net.Conn) *session {
 		// joins lines longer than the reader's buffer.
 		br:  bufio.NewReaderSize(conn, 1024),
 		bw:  bufio.NewWriterSize(conn, 512),
-		log: p.logger().With("remote", conn.RemoteAddr().String()),
+		log: p.logger().With("session", newSessionID(), "remote", conn.RemoteAddr().String()),
 	}
 	_, s.isTLS = conn.(*tls.Conn)
 	return s
@@ -82,6 +84,12 @@ func (s *session) interruptIdle() {
 	}
 }
 
+// newSessionID returns a short random name for a session, on each of its
+// log records as "session", so that they can be joined with grep.
+func newSessionID() string {
+	return rand.Text()[:10]
+}
+
 // errSessionOver ends the command loop after a reply that closes the session.
 var errSessionOver = errors.New("odmr: session closed by provider")
 
@@ -94,8 +102,9 @@ func (s *session) run(ctx context.Context) (err error) {
 	defer func() {
 		s.state.Store(int32(StateClosed))
 		lingeringClose(s.conn)
+		// The identity and the domains are on s.log already.
 		attrs := []any{
-			"identity", s.identity, "messages", s.messages, "delivered", s.delivered,
+			"messages", s.messages, "delivered", s.delivered,
 			"failed", s.failed, "deferred", s.deferred, "duration", time.Since(start).Round(time.Millisecond),
 		}
 		if err != nil && !errors.Is(err, errSessionOver) {
@@ -346,6 +355,7 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 		return s.reply(ErrNoMail)
 	}
 	s.log = s.log.With("domains", domains)
+	s.domains = domains
 	if err := s.replyLine(250, "2.0.0 OK now reversing the connection"); err != nil {
 		return err
 	}

@@ -101,6 +101,11 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 	if !changed {
 		return nil
 	}
+	for _, f := range failed {
+		if f.expired {
+			s.log.Warn("spool: expired", "id", id, "to", f.addr, "age", f.age.Round(time.Second))
+		}
+	}
 
 	if len(failed) > 0 {
 		// RFC 3461 section 4.1: report only what NOTIFY asked for; say
@@ -127,6 +132,8 @@ func (s *Spool) settle(ctx context.Context, id string, groups []heldGroup, to []
 			s.log.Info("spool: recipients failed; the sender is null, so no DSN is sent", "id", id, "recipients", addrs)
 		} else if err := s.queueDSN(env, failed, now); err != nil {
 			return err
+		} else {
+			s.log.Info("spool: bounce queued", "id", id, "to", env.From, "recipients", len(failed))
 		}
 	}
 	if len(relayed) > 0 && env.From != "" {

@@ -400,6 +400,17 @@ func TestExpire(t *testing.T) {
 	_, err = f.s.Stat(fresh)
 	assert.NoError(t, err)
 	assert.False(t, has(t, f.s, "example.com"))
+	// Issue #16: one WARN record per expired recipient, keyed by the
+	// queue ID, and one for the bounce queued.
+	logs := f.logs.String()
+	for _, want := range []string{
+		`level=WARN msg="spool: expired" id=` + id + " to=a@example.org",
+		`level=WARN msg="spool: expired" id=` + id + " to=b@example.com",
+		`level=WARN msg="spool: expired" id=` + nullID + " to=c@example.org",
+		`level=INFO msg="spool: bounce queued" id=` + id + " to=s@origin.test recipients=2",
+	} {
+		assert.Equal(t, 1, strings.Count(logs, want), "%s in:\n%s", want, logs)
+	}
 
 	_, err = f.s.FlushBounces(ctx)
 	require.NoError(t, err)

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/logfmt"
 	"github.com/go-odmr/odmr/maildir"
 )
 
@@ -140,6 +141,7 @@ type config struct {
 	timeout                                       time.Duration
 	startTLS, noTLS, allowInsecureAuth, verbose   bool
 	implicitTLS, debug, noDSN                     bool
+	logFormat                                     string // text or json
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
 	every, maxBackoff                             time.Duration
@@ -173,6 +175,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.every, "every", 0, "run as a daemon: fetch every `DURATION` until SIGTERM or SIGINT, backing off after failures (0: fetch once and exit)")
 	fs.DurationVar(&c.maxBackoff, "max-backoff", time.Hour, "with -every: the longest wait after failures in a row, at least -every")
 	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log records as `text` (key=value) or json (one JSON object a line)")
 	fs.BoolVar(&c.debug, "debug", false, "print the session's transcript (C: and P: lines) to stderr, AUTH redacted")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageText)
@@ -184,6 +187,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	switch {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	case logfmt.Check(c.logFormat) != nil:
+		return nil, logfmt.Check(c.logFormat)
 	case c.provider == "":
 		return nil, errors.New("-provider HOST[:PORT] is required")
 	case c.user == "" && c.certFile == "":
@@ -309,7 +314,7 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := logfmt.New(stderr, cfg.logFormat, level)
 
 	secret, err := readSecret(cfg, log)
 	if err != nil {
@@ -401,7 +406,7 @@ func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Wri
 	}
 	switch {
 	case err != nil:
-		fmt.Fprintf(stderr, "odmr-customer: %v\n", err)
+		fmt.Fprintf(stderr, "odmr-customer: %s\n", strings.TrimPrefix(err.Error(), "odmr: "))
 		var ve *tls.CertificateVerificationError
 		if errors.As(err, &ve) {
 			hint := "give -ca FILE with the certificate of the CA that signed it"

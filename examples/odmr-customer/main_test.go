@@ -339,12 +339,12 @@ func TestCustomerCommandTLSVerifiesTheProvider(t *testing.T) {
 	// The system's roots do not know the test CA.
 	var stderr bytes.Buffer
 	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-user", "alice", "-domains", "example.org", "-maildir", md}, &stderr))
-	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: ")
+	assert.Contains(t, stderr.String(), "odmr-customer: TLS with 127.0.0.1: x509: ")
 	// Nor does another CA.
 	other := newTestPKI(t)
 	stderr.Reset()
 	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-tls", "-ca", other.caFile, "-user", "alice", "-domains", "example.org", "-maildir", md}, &stderr))
-	assert.Contains(t, stderr.String(), "odmr-customer: odmr: TLS with 127.0.0.1: x509: certificate signed by unknown authority")
+	assert.Contains(t, stderr.String(), "odmr-customer: TLS with 127.0.0.1: x509: certificate signed by unknown authority")
 	assert.Equal(t, 1, q.Len())
 }
 

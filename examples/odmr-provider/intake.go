@@ -132,17 +132,30 @@ func (s *intakeSession) Data(r io.Reader) error {
 		host = "localhost"
 	}
 	trace := receivedField(s.conn.Hostname(), s.conn.Conn().RemoteAddr(), host, id, isTLS, env.UTF8, env.To, now)
-	body := &crlf.Checker{R: io.MultiReader(strings.NewReader(trace), r)}
+	size := &countReader{R: io.MultiReader(strings.NewReader(trace), r)}
+	body := &crlf.Checker{R: size}
 	qid, err := s.in.enqueue(context.Background(), env, body)
 	if err != nil {
 		if body.Err() != nil {
-			s.in.log.Info("odmr-provider: message refused: bare CR or LF", "remote", s.remote, "from", env.From)
+			s.in.log.Warn("odmr-provider: message refused: bare CR or LF", "remote", s.remote, "from", env.From)
 			return errBareLineEnding
 		}
 		return toSMTPError(s.in.log, err)
 	}
-	s.in.log.Info("odmr-provider: queued", "id", qid, "intake-id", id, "remote", s.remote, "from", env.From, "to", env.To)
+	s.in.log.Info("odmr-provider: queued", "id", qid, "intake-id", id, "remote", s.remote, "from", env.From, "to", env.To, "size", size.N)
 	return nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	R io.Reader
+	N int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	c.N += int64(n)
+	return n, err
 }
 
 var errNoSpace = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}

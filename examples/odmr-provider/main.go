@@ -41,17 +41,20 @@ import (
 
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/internal/accept"
+	"github.com/go-odmr/odmr/internal/logfmt"
 	"github.com/go-odmr/odmr/spool"
 )
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "odmr-provider:", err)
+		// Errors of the odmr packages say "odmr: " already.
+		fmt.Fprintln(os.Stderr, "odmr-provider:", strings.TrimPrefix(err.Error(), "odmr: "))
 		os.Exit(1)
 	}
 }
 
 type config struct {
+	logFormat                            string // text or json
 	listen, smtpAddr, accounts, hostname string
 	tlsCert, tlsKey, tlsListen           string
 	allowInsecureAuth, verbose           bool
@@ -210,6 +213,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.hashUser, "hash-secret", "", "print SCRAM credentials for `USER` from a secret read on standard input, for the accounts file, and exit")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-size", 50<<20, "largest message the SMTP intake accepts, in `BYTES`")
 	fs.BoolVar(&c.verbose, "v", false, "log every session event")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log records as `text` (key=value) or json (one JSON object a line)")
 	fs.StringVar(&c.spoolDir, "spool", "", "keep the queue in `DIR` on disk (default: in memory, lost on restart)")
 	fs.DurationVar(&c.maxAge, "max-age", spool.DefaultMaxAge, "bounce mail queued longer than `DURATION` (with -spool)")
 	fs.StringVar(&c.smarthost, "smarthost", "", "send bounces (DSNs) through the SMTP server at `HOST:PORT` (with -spool; default: write them to -bounces)")
@@ -232,6 +236,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	}
+	if err := logfmt.Check(c.logFormat); err != nil {
+		return nil, err
 	}
 	if c.hashUser != "" {
 		return &c, nil
@@ -282,7 +289,7 @@ func run(args []string) error {
 	if cfg.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := logfmt.New(os.Stderr, cfg.logFormat, level)
 	if cfg.list {
 		return listSpool(cfg.spoolDir, os.Stdout, time.Now(), log)
 	}

@@ -101,6 +101,9 @@ type Mail struct {
 	// connection was lost before the final reply was read. Done is called
 	// exactly once, in the goroutine of the Sender's caller.
 	Done func(errs []error)
+	// Reply is set by the Sender before it calls Done, to the server's
+	// final reply when that reply accepted the message; nil otherwise.
+	Reply *Reply
 }
 
 // ConnError is the result of a recipient whose outcome is unknown because
@@ -750,7 +753,11 @@ func (s *Sender) dispatch(k cmd, r Reply) {
 		t.data = &r
 	case kDot:
 		if t.bodySent {
-			t.settleAccepted(r.Check(250))
+			err := r.Check(250)
+			if err == nil {
+				t.m.Reply = &r
+			}
+			t.settleAccepted(err)
 		}
 	case kBDAT, kBDATLast:
 		if k.kind == kBDATLast {
@@ -762,6 +769,7 @@ func (s *Sender) dispatch(k cmd, r Reply) {
 				t.settleAccepted(err)
 			}
 		} else if k.kind == kBDATLast && !t.dataErr {
+			t.m.Reply = &r
 			t.settleAccepted(nil)
 		}
 	}
