@@ -402,7 +402,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	if c.Handler != nil {
 		hc := &handlerCounts{}
 		err = c.Handler.ServeReversed(context.WithValue(ctx, handlerCountsKey{}, hc), rc)
-		hc.addTo(res)
+		hc.add(res)
 	} else {
 		err = c.receive(ctx, rc, res, log)
 	}

@@ -166,15 +166,7 @@ func (c *Customer) receive(ctx context.Context, conn *idleConn, res *FetchResult
 
 	rcv.mu.Lock()
 	defer rcv.mu.Unlock()
-	res.Messages += rcv.messages
-	res.Recipients += rcv.recipients
-	res.Bytes += rcv.bytes
-	res.Refused += rcv.refused
-	res.RefusedRecipients += rcv.refusedRcpts
-	res.LocalRefused += rcv.localRefused
-	if res.LocalErr == nil {
-		res.LocalErr = rcv.localErr
-	}
+	rcv.addTo(res)
 
 	connErr := conn.err()
 	var ne net.Error
@@ -295,20 +287,14 @@ type receiver struct {
 	accept   []string       // the domains recipients may be in, canonical
 	routing  bool           // Customer.AllowRoutedLocalParts
 
-	mu           sync.Mutex
-	session      *recvSession // the session, once EHLO has made it
-	replied      bool         // the session counted the refusal go-smtp writes next
-	helo         bool         // the provider said HELO, not EHLO
-	mails        int          // MAIL commands accepted
-	openTx       bool         // a transaction was open when the session ended
-	cut          error        // the connection failed in the middle of a message
-	messages     int
-	recipients   int
-	bytes        int64
-	refused      int
-	refusedRcpts int
-	localRefused int
-	localErr     error
+	mu      sync.Mutex
+	session *recvSession // the session, once EHLO has made it
+	replied bool         // the session counted the refusal go-smtp writes next
+	helo    bool         // the provider said HELO, not EHLO
+	mails   int          // MAIL commands accepted
+	openTx  bool         // a transaction was open when the session ended
+	cut     error        // the connection failed in the middle of a message
+	fetchCounts
 }
 
 // NewSession is called by go-smtp at the provider's EHLO.

@@ -128,15 +128,33 @@ func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 // gives its Handler; Relay fills them in.
 type handlerCountsKey struct{}
 
-// handlerCounts are what a Relay run by a Customer counts, for the
-// FetchResult.
-type handlerCounts struct {
-	mu                    sync.Mutex
+// fetchCounts are what the customer's side of a fetch counts for its
+// FetchResult, whether its own SMTP server or a Relay took the session.
+type fetchCounts struct {
 	messages, recipients  int
 	bytes                 int64
 	refused, refusedRcpts int
 	localRefused          int
 	localErr              error
+}
+
+// addTo adds the counts to res; the caller holds the lock that guards fc.
+func (fc *fetchCounts) addTo(res *FetchResult) {
+	res.Messages += fc.messages
+	res.Recipients += fc.recipients
+	res.Bytes += fc.bytes
+	res.Refused += fc.refused
+	res.RefusedRecipients += fc.refusedRcpts
+	res.LocalRefused += fc.localRefused
+	if res.LocalErr == nil {
+		res.LocalErr = fc.localErr
+	}
+}
+
+// handlerCounts are what a Relay run by a Customer counts.
+type handlerCounts struct {
+	mu sync.Mutex
+	fetchCounts
 }
 
 func countsFromContext(ctx context.Context) *handlerCounts {
@@ -146,19 +164,11 @@ func countsFromContext(ctx context.Context) *handlerCounts {
 	return &handlerCounts{}
 }
 
-// addTo adds the counts to res.
-func (hc *handlerCounts) addTo(res *FetchResult) {
+// add adds the counts to res.
+func (hc *handlerCounts) add(res *FetchResult) {
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
-	res.Messages += hc.messages
-	res.Recipients += hc.recipients
-	res.Bytes += hc.bytes
-	res.Refused += hc.refused
-	res.RefusedRecipients += hc.refusedRcpts
-	res.LocalRefused += hc.localRefused
-	if res.LocalErr == nil {
-		res.LocalErr = hc.localErr
-	}
+	hc.addTo(res)
 }
 
 // count runs f with the counts locked.
