@@ -33,12 +33,9 @@ func TestIntakeKeepsDSNRequests(t *testing.T) {
 		}})
 	srv.Domain = "prov.test"
 	srv.EnableDSN = true
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	defer smtptest.Shutdown(t, srv)
+	addr := serveIntake(t, srv)
 
-	c, err := smtp.Dial(l.Addr().String())
+	c, err := smtp.Dial(addr)
 	require.NoError(t, err)
 	defer c.Close()
 	require.NoError(t, c.Hello("client.test"))
@@ -79,12 +76,9 @@ func TestIntakeFullDiskIs452(t *testing.T) {
 					return "", fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: filepath.Join("tmp", "x.eml"), Err: errno})
 				}})
 			srv.Domain = "prov.test"
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			go srv.Serve(l)
-			defer smtptest.Shutdown(t, srv)
+			addr := serveIntake(t, srv)
 
-			c, err := smtp.Dial(l.Addr().String())
+			c, err := smtp.Dial(addr)
 			require.NoError(t, err)
 			defer c.Close()
 			require.NoError(t, c.Mail("s@x.test", nil))
@@ -107,6 +101,17 @@ func TestIntakeFullDiskIs452(t *testing.T) {
 	}
 }
 
+// serveIntake serves srv, set up as the test needs, on a loopback port
+// until the test ends, and returns the address.
+func serveIntake(t *testing.T, srv *smtp.Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
+	return l.Addr().String()
+}
+
 // startIntake serves the intake for alice's example.org and
 // xn--bcher-kva.example on loopback, with the memory queue or, with
 // spoolDir, the spool, as the program opens them; it returns the
@@ -121,11 +126,8 @@ func startIntake(t *testing.T, spoolDir string) (string, odmr.QueueSource) {
 	srv.Domain = "prov.test"
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
-	return l.Addr().String(), q
+	addr := serveIntake(t, srv)
+	return addr, q
 }
 
 // rawSMTP is a client that writes bytes exactly as given.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 
@@ -41,10 +40,8 @@ func TestIntakeQueuedLogIsOneJSONLine(t *testing.T) {
 			return q.Enqueue(env, body)
 		}})
 	srv.Domain = "prov.test"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	c, err := smtp.Dial(l.Addr().String())
+	addr := serveIntake(t, srv)
+	c, err := smtp.Dial(addr)
 	require.NoError(t, err)
 	require.NoError(t, c.Hello("client.test"))
 	require.NoError(t, c.SendMail("s@x.test", []string{"u@example.org", "v@example.org"}, strings.NewReader("Subject: two\r\n\r\nhi\r\n")))

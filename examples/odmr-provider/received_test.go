@@ -54,11 +54,9 @@ func TestIntakeStampsReceived(t *testing.T) {
 			return q.Enqueue(env, body)
 		}})
 	srv.Domain = "prov.test"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
+	addr := serveIntake(t, srv)
 
-	c, err := smtp.Dial(l.Addr().String())
+	c, err := smtp.Dial(addr)
 	require.NoError(t, err)
 	require.NoError(t, c.Hello("client.test"))
 	require.NoError(t, c.SendMail("s@x.test", []string{"u@example.org"}, strings.NewReader("Subject: one\r\n\r\nhi\r\n")))
