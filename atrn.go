@@ -5,6 +5,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-odmr/odmr/internal/domainlist"
 	"golang.org/x/net/idna"
 )
 
@@ -51,19 +52,11 @@ func ParseATRN(arg string) ([]string, error) {
 // ParseATRN parses the wire's, except that an internationalized domain may
 // be given in U-labels (bücher.example): it comes back in A-labels.
 func parseDomainList(list []string) ([]string, error) {
-	ascii := make([]string, len(list))
-	for i, d := range list {
-		d = strings.Trim(d, " \t")
-		if !isASCII(d) && utf8.ValidString(d) {
-			a, err := idna.Lookup.ToASCII(d)
-			if err != nil {
-				return nil, fmt.Errorf("odmr: invalid internationalized domain %q: %v", d, err)
-			}
-			d = a
-		}
-		ascii[i] = d
+	arg, err := domainlist.ToASCII(list)
+	if err != nil {
+		return nil, err
 	}
-	return ParseATRN(strings.Join(ascii, ","))
+	return ParseATRN(arg)
 }
 
 // FormatATRN formats the ATRN command for domains: "ATRN" alone for none,
@@ -149,3 +142,12 @@ func inDomains(addr string, domains []string) bool {
 // forms of a domain are one. Queues use
 // it to index recipients the way the provider matches them against ATRN.
 func RecipientDomain(addr string) string { return domainOf(addr) }
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}

@@ -81,15 +81,3 @@ func TestRecipientDomainIDN(t *testing.T) {
 		assert.Equal(t, tt.want, RecipientDomain(tt.addr), tt.addr)
 	}
 }
-
-func TestAccountsOwnerIDN(t *testing.T) {
-	// An account may list a domain in either form; both forms find it.
-	accts := Accounts{"a": {Name: "a", Domains: []string{"bücher.example"}}}
-	for _, d := range []string{"bücher.example", "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE"} {
-		_, ok := accts.Owner(d)
-		assert.True(t, ok, d)
-	}
-	parsed, err := ParseAccounts(strings.NewReader("b s3cret bücher.example,example.org\n"))
-	require.NoError(t, err)
-	assert.Equal(t, []string{"xn--bcher-kva.example", "example.org"}, parsed["b"].Domains)
-}

@@ -7,14 +7,6 @@ import (
 	"time"
 )
 
-// Defaults of the AUTH limits of a [Provider]; see its fields.
-const (
-	DefaultAuthGuessInterval  = 6 * time.Second
-	DefaultAuthGuessBurst     = 10
-	DefaultAuthLimiterEntries = 100000
-	DefaultAuthLogsPerSecond  = 10
-)
-
 // authLimiter slows down password guessing in two ways, after Dovecot's
 // auth penalty and Postfix's anvil.
 //

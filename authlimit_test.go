@@ -16,18 +16,20 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr/internal/defaults"
 )
 
 // authProvider is a provider for the AUTH limit tests, served over pipes
 // with pipeFrom; its log goes to the returned buffer.
 func authProvider(t *testing.T, opts ...func(*Provider)) (*Provider, *syncBuffer) {
 	logs := &syncBuffer{}
-	accts := Accounts{
+	accts := testAccounts{
 		testUser:  {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}},
 		"mallory": {Name: "mallory", Secret: "mallorys-secret", Domains: []string{"example.net"}},
 	}
 	p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts,
-		Queue: &MemoryQueue{}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+		Queue: newMemQueue(), Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	for _, o := range opts {
 		o(p)
 	}
@@ -50,7 +52,7 @@ func tryCRAM(t *testing.T, p *Provider, ip, user, secret string) (int, string) {
 
 // exhaust spends the guesses of user from as many sources, one each.
 func exhaust(t *testing.T, p *Provider, user string) {
-	for i := range DefaultAuthGuessBurst {
+	for i := range defaults.AuthGuessBurst {
 		code, _ := tryCRAM(t, p, fmt.Sprintf("10.0.0.%d", i+1), user, "wrong")
 		require.Equal(t, 535, code)
 	}
@@ -96,8 +98,8 @@ func TestAuthGuessesPerIdentityBoundedAcrossSources(t *testing.T) {
 			}
 			time.Sleep(time.Second)
 		}
-		assert.LessOrEqual(t, checked, DefaultAuthGuessBurst+minutes*60/int(DefaultAuthGuessInterval/time.Second)+1)
-		assert.GreaterOrEqual(t, checked, minutes*60/int(DefaultAuthGuessInterval/time.Second), "slowed, not locked")
+		assert.LessOrEqual(t, checked, defaults.AuthGuessBurst+minutes*60/int(defaults.AuthGuessInterval/time.Second)+1)
+		assert.GreaterOrEqual(t, checked, minutes*60/int(defaults.AuthGuessInterval/time.Second), "slowed, not locked")
 	})
 }
 
@@ -167,9 +169,11 @@ func TestOwnLoginsDoNotResetTheSourceCount(t *testing.T) {
 		require.Equal(t, 235, code)
 		tp.Close()
 	}
-	// A source of one IPv6 /64 is one source.
-	assert.Equal(t, networkKey(ipAddr("2001:db8::1"), 32, 64), networkKey(ipAddr("2001:db8::ffff:1"), 32, 64))
-	assert.Equal(t, "192.0.2.1/32", networkKey(ipAddr("::ffff:192.0.2.1"), 32, 64))
+	// By default a source of one IPv6 /64 is one source, and an
+	// IPv4-mapped address is its IPv4 address.
+	dp := &Provider{}
+	assert.Equal(t, dp.networkKey(ipAddr("2001:db8::1")), dp.networkKey(ipAddr("2001:db8::ffff:1")))
+	assert.Equal(t, "192.0.2.1/32", dp.networkKey(ipAddr("::ffff:192.0.2.1")))
 }
 
 // The limiter's tables stay within their cap whatever the names, and a
@@ -230,7 +234,7 @@ func TestAuthFailureLogsAreRateLimitedAndNamesCut(t *testing.T) {
 			require.Equal(t, 535, code)
 		}
 		out := logs.String()
-		assert.Equal(t, DefaultAuthLogsPerSecond, strings.Count(out, "authentication failed"))
+		assert.Equal(t, defaults.AuthLogsPerSecond, strings.Count(out, "authentication failed"))
 		assert.NotContains(t, out, strings.Repeat("x", 100))
 		assert.NotContains(t, out, "\x1b")
 		assert.Contains(t, out, `evil\nname\x1b[31mxxx`)
@@ -338,7 +342,7 @@ func TestAnonymousSessionLogsAreRateLimited(t *testing.T) {
 			tp.Close()
 		}
 		synctest.Wait()
-		assert.Equal(t, DefaultConnLogsPerSecond, strings.Count(logs.String(), `msg="odmr: session ended"`))
+		assert.Equal(t, defaults.ConnLogsPerSecond, strings.Count(logs.String(), `msg="odmr: session ended"`))
 		time.Sleep(time.Second)
 		code, _ := tryCRAM(t, p, "10.5.1.1", testUser, testSecret)
 		require.Equal(t, 235, code)
@@ -348,7 +352,7 @@ func TestAnonymousSessionLogsAreRateLimited(t *testing.T) {
 		tp.Close()
 		synctest.Wait()
 		out := logs.String()
-		assert.Equal(t, DefaultConnLogsPerSecond+2, strings.Count(out, `msg="odmr: session ended"`))
+		assert.Equal(t, defaults.ConnLogsPerSecond+2, strings.Count(out, `msg="odmr: session ended"`))
 		assert.Contains(t, out, "identity="+testUser)
 		assert.Contains(t, out, "suppressed=90")
 	})
@@ -370,7 +374,7 @@ func TestSCRAMUnknownUsersCostNoDerivation(t *testing.T) {
 			c, err := k.unknown(SCRAMSHA256, fmt.Sprint("nobody", i))
 			require.NoError(t, err)
 			assert.Equal(t, time.Millisecond, time.Since(start), "waits like a derivation")
-			assert.Equal(t, DefaultSCRAMIterations, c.Iterations)
+			assert.Equal(t, defaults.SCRAMIterations, c.Iterations)
 			assert.Len(t, c.Salt, 16)
 			assert.Len(t, c.StoredKey, sha256.Size)
 		}

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/xdg-go/scram"
+
+	"github.com/go-odmr/odmr/internal/saslmech"
 )
 
 // addrConn gives a pipe end a chosen remote address, so one test can play
@@ -51,7 +53,7 @@ func authCRAMRaw(tp *textproto.Conn, user, secret string) (int, string, error) {
 		return code, chal, err
 	}
 	raw, _ := base64.StdEncoding.DecodeString(chal)
-	resp, _ := NewCRAMMD5Client(user, secret).Next(raw)
+	resp, _ := saslmech.NewCRAMMD5Client(user, secret).Next(raw)
 	if err := tp.PrintfLine("%s", base64.StdEncoding.EncodeToString(resp)); err != nil {
 		return 0, "", err
 	}
@@ -106,7 +108,7 @@ func BenchmarkAuthAttempt(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	accts := Accounts{
+	accts := testAccounts{
 		"bench":  {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}},
 		"stored": {Name: "stored", SCRAM: []SCRAMCredentials{stored}, Domains: []string{"example.org"}},
 	}
@@ -189,7 +191,7 @@ var floodResults []float64
 func authFlood(b *testing.B, nameLen int) (heapMB, logMB float64) {
 	const n = 20000
 	logs := &countWriter{}
-	accts := Accounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
+	accts := testAccounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
 	p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts,
 		Queue: newSliceQueue(0, nil), Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		MaxSessionsPerAddr: -1}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/go-odmr/odmr/internal/saslmech"
 	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
@@ -118,13 +119,7 @@ func benchSink(tb testing.TB) string {
 	srv.Domain = "sink.test"
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = silentLog{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go srv.Serve(l)
-	tb.Cleanup(func() { smtptest.Shutdown(tb, srv) })
-	return l.Addr().String()
+	return smtptest.Serve(tb, srv)
 }
 
 // hideConn hides extensions from the provider: its reads see
@@ -229,7 +224,7 @@ func BenchmarkGoSMTPBaseline(b *testing.B) {
 // account, on loopback.
 func benchProvider(tb testing.TB, q QueueSource) (*Provider, string) {
 	tb.Helper()
-	accts := Accounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
+	accts := testAccounts{"bench": {Name: "bench", Secret: "bench-secret", Domains: []string{"example.org"}}}
 	p := &Provider{
 		Hostname:            "provider.test",
 		Authenticator:       accts,
@@ -276,7 +271,7 @@ func BenchmarkFetch(b *testing.B) {
 		b.Run(queue, func(b *testing.B) {
 			var q QueueSource
 			if queue == "MemoryQueue" {
-				mq := &MemoryQueue{}
+				mq := newMemQueue()
 				for i := range b.N {
 					mq.Enqueue(Envelope{From: "sender@x.test", To: []string{fmt.Sprintf("u%d@example.org", i)}}, bytes.NewReader(benchBody))
 				}
@@ -311,7 +306,7 @@ func BenchmarkFetch(b *testing.B) {
 // connect, EHLO, AUTH CRAM-MD5, ATRN answered 453, QUIT, from parallel
 // clients speaking raw SMTP.
 func BenchmarkSessionNoMail(b *testing.B) {
-	_, addr := benchProvider(b, &MemoryQueue{})
+	_, addr := benchProvider(b, newMemQueue())
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -372,7 +367,7 @@ func rawNoMailSession(addr string) error {
 	if err != nil {
 		return err
 	}
-	resp, _ := NewCRAMMD5Client("bench", "bench-secret").Next(raw)
+	resp, _ := saslmech.NewCRAMMD5Client("bench", "bench-secret").Next(raw)
 	if _, err := rawCmd(tp, 235, "%s", base64.StdEncoding.EncodeToString(resp)); err != nil {
 		return err
 	}

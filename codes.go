@@ -7,7 +7,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/emersion/go-smtp"
+	"github.com/go-odmr/odmr/internal/smtpserver"
+	"github.com/go-odmr/odmr/internal/wire"
 )
 
 // EnhancedCode is an RFC 3463 enhanced status code such as 4.7.0.
@@ -15,12 +16,7 @@ import (
 type EnhancedCode [3]int
 
 // String formats the code as "class.subject.detail", or "" for the zero value.
-func (c EnhancedCode) String() string {
-	if c == (EnhancedCode{}) {
-		return ""
-	}
-	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
-}
+func (c EnhancedCode) String() string { return wire.FormatEnhancedCode(c) }
 
 // Error is an SMTP reply that reports a failure: a reply code, an optional
 // enhanced status code and the human-readable text. Errors read off the
@@ -80,7 +76,6 @@ var (
 
 // Replies the provider sends that are not errors a caller matches on.
 var (
-	errSyntax         = &Error{Code: 500, EnhancedCode: EnhancedCode{5, 5, 2}, Message: "Syntax error"}
 	errLineTooLong    = &Error{Code: 500, EnhancedCode: EnhancedCode{5, 5, 2}, Message: "Line too long"}
 	errBadArguments   = &Error{Code: 501, EnhancedCode: EnhancedCode{5, 5, 4}, Message: "Syntax error in parameters"}
 	errBadSequence    = &Error{Code: 503, EnhancedCode: EnhancedCode{5, 5, 1}, Message: "Bad sequence of commands"}
@@ -94,8 +89,57 @@ var (
 	errTimeout        = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 4, 2}, Message: "Idle timeout, closing connection"}
 	errCrossProtocol  = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "This is an ODMR service, not HTTP; closing connection"}
 	errLocalError     = &Error{Code: 451, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}
+	errNoStorage      = &Error{Code: 452, EnhancedCode: EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
 	errNoDomains      = &Error{Code: 450, EnhancedCode: EnhancedCode{4, 7, 1}, Message: "No domains are authorized for this identity"}
 	errLostConnection = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 4, 2}, Message: "Connection lost during delivery"}
+	errNotConfigured  = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Service not configured, closing connection"}
+	errLineFlood      = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Line too long, closing connection"}
+	errTLSUnavailable = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "TLS not available"}
+	errTLSRequired    = &Error{Code: 530, EnhancedCode: EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+	errTempAuthFailed = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+	// errAuthThrottled refuses an attempt on an identity that has no
+	// guesses left, before its secret is checked: the reply is the same
+	// whatever the secret.
+	errAuthThrottled = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many failed authentication attempts; try again later"}
+	// errAuthLocked refuses AUTH from a penalised source; its text says
+	// for how long.
+	errAuthLocked = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many failed authentication attempts; try again in %v"}
+)
+
+// The provider's refusals of commands, written by session.result.
+var (
+	errBareCRCommand = &Error{Code: 500, EnhancedCode: EnhancedCode{5, 5, 2}, Message: "Bare CR or NUL in command"}
+	errEmptyCommand  = &Error{Code: 500, EnhancedCode: EnhancedCode{5, 5, 2}, Message: "Empty command"}
+	errNotODMR       = &Error{Code: 502, EnhancedCode: EnhancedCode{5, 5, 1}, Message: "Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT"}
+	errHelloArgument = &Error{Code: 501, EnhancedCode: EnhancedCode{5, 5, 4}, Message: "%s requires a domain or address"}
+	errTLSActive     = &Error{Code: 503, EnhancedCode: EnhancedCode{5, 5, 1}, Message: "TLS already active"}
+	errStartTLSArgs  = &Error{Code: 501, EnhancedCode: EnhancedCode{5, 5, 4}, Message: "STARTTLS takes no parameters"}
+	errAuthenticated = &Error{Code: 503, EnhancedCode: EnhancedCode{5, 5, 1}, Message: "Already authenticated"}
+	errEHLOFirst     = &Error{Code: 503, EnhancedCode: EnhancedCode{5, 5, 1}, Message: "Send EHLO first"}
+	errNoMechanism   = &Error{Code: 501, EnhancedCode: EnhancedCode{5, 5, 4}, Message: "AUTH requires a mechanism"}
+	errATRNRate      = &Error{Code: 450, EnhancedCode: EnhancedCode{4, 7, 1}, Message: "Too many ATRN requests; wait before asking again"}
+	errDomainDenied  = &Error{Code: 450, EnhancedCode: EnhancedCode{4, 7, 1}, Message: "Access to domain %s denied"}
+)
+
+// The texts of the provider's success replies.
+const (
+	replyGreeting  = "on-demand mail relay server ready" // after the host name
+	replyOK        = "2.0.0 OK"
+	replyBye       = "2.0.0 Bye"
+	replyStartTLS  = "2.0.0 Ready to start TLS"
+	replyReversing = "2.0.0 OK now reversing the connection"
+	replyAuthOK    = "2.7.0 Authentication successful"
+)
+
+// Results the provider records for a recipient it does not send, before
+// the customer sees the message.
+var (
+	errRcptCRLF      = &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"}
+	errSenderCRLF    = &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"}
+	errNoSMTPUTF8    = &Error{Code: 553, EnhancedCode: EnhancedCode{5, 6, 7}, Message: "Receiver does not support SMTPUTF8"}
+	errNo8BitMIME    = &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "8-bit message cannot be relayed to a receiver without 8BITMIME"}
+	errBinaryMIME    = &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "Binary message cannot be relayed to this receiver"}
+	errTooBigForPeer = &Error{Code: 552, EnhancedCode: EnhancedCode{5, 3, 4}, Message: "Message size %d exceeds receiver's limit %d"}
 )
 
 // withMessage returns a copy of e with another text.
@@ -105,9 +149,14 @@ func (e *Error) withMessage(format string, args ...any) *Error {
 	return &c
 }
 
-// AsError returns err as an *Error: an *Error found with [errors.As], a
-// go-smtp [smtp.SMTPError] or a [textproto.Error] converted, and nil
-// for anything else.
+// withArgs returns a copy of e, whose Message is a format, with args
+// filled in.
+func (e *Error) withArgs(args ...any) *Error { return e.withMessage(e.Message, args...) }
+
+// AsError returns err as an *Error: an *Error found with [errors.As],
+// the SMTP error of github.com/emersion/go-smtp (its SMTPError, which a
+// sink built on its client returns) or a [textproto.Error] converted, and
+// nil for anything else.
 func AsError(err error) *Error {
 	if err == nil {
 		return nil
@@ -116,13 +165,12 @@ func AsError(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		out := &Error{Code: se.Code, Message: se.Message}
-		if se.EnhancedCode != smtp.EnhancedCodeNotSet && se.EnhancedCode != smtp.NoEnhancedCode {
-			out.EnhancedCode = EnhancedCode(se.EnhancedCode)
-		}
-		return out
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return &Error{Code: we.Code, EnhancedCode: we.EnhancedCode, Message: we.Message}
+	}
+	if se, ok := smtpserver.AsError(err); ok {
+		return &Error{Code: se.Code, EnhancedCode: EnhancedCode(se.EnhancedCode), Message: se.Message}
 	}
 	var te *textproto.Error
 	if errors.As(err, &te) {
@@ -131,37 +179,17 @@ func AsError(err error) *Error {
 	return nil
 }
 
-// parseReplyText splits a leading enhanced status code off msg.
+// parseReplyText is the reply of code and msg as an *Error, a leading
+// enhanced status code split off msg with package wire's reply codec.
 func parseReplyText(code int, msg string) *Error {
-	out := &Error{Code: code, Message: msg}
-	first, rest, _ := strings.Cut(msg, " ")
-	if ec, ok := parseEnhancedCode(first); ok && ec[0] == code/100 {
-		out.EnhancedCode = ec
-		out.Message = rest
-	}
-	return out
+	we := wire.Reply{Code: code, Text: msg}.Err()
+	return &Error{Code: we.Code, EnhancedCode: we.EnhancedCode, Message: we.Message}
 }
 
-func parseEnhancedCode(s string) (EnhancedCode, bool) {
-	var ec EnhancedCode
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return ec, false
-	}
-	for i, p := range parts {
-		if p == "" || len(p) > 3 {
-			return ec, false
-		}
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
-			return ec, false
-		}
-		ec[i] = n
-	}
-	if ec[0] != 2 && ec[0] != 4 && ec[0] != 5 {
-		return ec, false
-	}
-	return ec, true
+// errText is err's text without the "odmr: " that starts this package's
+// errors, for a message that puts its own prefix before it, or none.
+func errText(err error) string {
+	return strings.TrimPrefix(err.Error(), "odmr: ")
 }
 
 // Permanent reports whether err is a permanent (5xx) SMTP failure. Any
@@ -170,13 +198,4 @@ func parseEnhancedCode(s string) (EnhancedCode, bool) {
 func Permanent(err error) bool {
 	e := AsError(err)
 	return e != nil && e.Code >= 500 && e.Code < 600
-}
-
-// toSMTPError converts e for go-smtp's server.
-func (e *Error) toSMTPError() *smtp.SMTPError {
-	ec := smtp.EnhancedCode(e.EnhancedCode)
-	if e.EnhancedCode == (EnhancedCode{}) {
-		ec = smtp.EnhancedCodeNotSet // go-smtp fills in X.0.0
-	}
-	return &smtp.SMTPError{Code: e.Code, EnhancedCode: ec, Message: e.Message}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -13,67 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
 
-	"github.com/go-odmr/odmr/internal/wire"
+	"github.com/go-odmr/odmr/internal/defaults"
 )
-
-// Default timeouts of a [Customer]; a zero field in the struct means these.
-// The customer's CommandTimeout defaults to [DefaultCommandTimeout].
-const (
-	// DefaultATRNTimeout is how long the customer waits for the reply to
-	// ATRN. RFC 2645 section 5.2.1 requires at least 10 minutes, the time
-	// a provider may need to go through its queue.
-	DefaultATRNTimeout = 10 * time.Minute
-	// DefaultIdleTimeout is how long the customer, once it is the SMTP
-	// server, waits for the provider's next command or data: the server
-	// timeout of RFC 5321 section 4.5.3.2.7.
-	DefaultIdleTimeout = 5 * time.Minute
-)
-
-// Errors of a [Customer] that are not replies from the provider.
-var (
-	// ErrNoATRN: the provider's EHLO reply does not list ATRN, so it is
-	// not an ODMR provider (RFC 2645 section 5.1.1). The customer quits
-	// before it authenticates.
-	ErrNoATRN = errors.New("odmr: provider does not offer ATRN")
-	// ErrNoAuthMechanism: the provider offers no SASL mechanism the
-	// customer may use: none it implements, or only PLAIN and LOGIN on a
-	// connection without TLS while AllowInsecureAuth is off.
-	ErrNoAuthMechanism = errors.New("odmr: provider offers no usable authentication mechanism")
-	// ErrNoStartTLS: the customer has a TLSConfig, without
-	// OpportunisticTLS, but the provider does not offer STARTTLS. The customer quits without sending anything else.
-	ErrNoStartTLS = errors.New("odmr: provider does not offer STARTTLS")
-	// ErrProtocol: the provider broke the protocol: a malformed or
-	// unexpected reply.
-	ErrProtocol = errors.New("odmr: protocol error")
-	// ErrNoAcceptDomains: the customer was asked for a bare ATRN (no
-	// Domains) without AcceptDomains, so it could not tell its own
-	// recipients from those of others after the swap. Fetch returns it
-	// before it connects.
-	ErrNoAcceptDomains = errors.New("odmr: a bare ATRN needs AcceptDomains: the domains the customer takes mail for")
-	// ErrLocalDelivery: the local mail server a [Handler] passes the
-	// session to could not be reached, or failed in the middle of it. The
-	// mail it had not taken stays queued at the provider. The errors of
-	// [Relay] about its local server match it.
-	ErrLocalDelivery = errors.New("odmr: the local mail server could not take the mail")
-)
-
-// localError is an error of the local side of a delivery; it matches
-// ErrLocalDelivery.
-type localError struct{ err error }
-
-func (e *localError) Error() string        { return e.err.Error() }
-func (e *localError) Unwrap() error        { return e.err }
-func (e *localError) Is(target error) bool { return target == ErrLocalDelivery }
-
-// localErrorf formats an error of the local side of a delivery.
-func localErrorf(format string, args ...any) error {
-	return &localError{fmt.Errorf(format, args...)}
-}
 
 // Customer is the side of ODMR that collects mail (RFC 2645 section 4): it
 // connects to a provider, authenticates, asks for its domains with ATRN
@@ -135,7 +79,9 @@ type Customer struct {
 	// Mechanisms lists the SASL mechanisms the customer may use, most
 	// preferred first; the first one the provider offers is used. It knows
 	// EXTERNAL, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, PLAIN and LOGIN. nil
-	// means DefaultMechanisms.
+	// means that order, with EXTERNAL only over TLS with a client
+	// certificate: SCRAM proves the provider knows the secret too, and
+	// CRAM-MD5 is the one RFC 2645 makes mandatory.
 	//
 	// EXTERNAL (RFC 4422 appendix A) is used only over TLS with a client
 	// certificate in TLSConfig. The customer sends it with an empty
@@ -183,7 +129,9 @@ type Customer struct {
 	// Sink receives each message after the swap. The customer's SMTP
 	// server acknowledges a message to the provider only once Deliver has
 	// returned nil. A Sink that also implements [RecipientChecker] can
-	// refuse recipients one by one.
+	// refuse recipients one by one; one that implements [SessionSink]
+	// (package smtpsink's) is given each step of each transaction instead,
+	// in one session per fetch.
 	Sink MessageSink
 	// Handler, if set instead of Sink, is given the connection after the
 	// swap and runs the SMTP session itself, greeting included.
@@ -200,16 +148,22 @@ type Customer struct {
 	// (RFC 3848), the message's ID, the recipient when there is one, and
 	// the time. Set it when the sink adds that trace itself.
 	NoReceivedHeader bool
+	// Progress, if set, is called after each message the local target
+	// took (Sink, or the local server behind a [Relay]) with the counts
+	// of the fetch so far, Duration being the time since it started, so
+	// that a program can report on a long fetch. It is called from the
+	// session's goroutine and must return quickly. nil means none.
+	Progress func(FetchResult)
 
 	// CommandTimeout bounds the connection set-up and the wait for each
-	// reply before ATRN. 0 means DefaultCommandTimeout.
+	// reply before ATRN. 0 means 5 minutes.
 	CommandTimeout time.Duration
 	// ATRNTimeout is how long the customer waits for the reply to ATRN.
-	// 0 means DefaultATRNTimeout; RFC 2645 requires at least 10 minutes.
+	// 0 means 10 minutes, the least RFC 2645 allows.
 	ATRNTimeout time.Duration
 	// IdleTimeout is how long the customer waits, after the swap, for the
 	// provider to send something; each byte received or sent starts it
-	// again. 0 means DefaultIdleTimeout. It also applies to a Handler.
+	// again. 0 means 5 minutes. It also applies to a Handler.
 	IdleTimeout time.Duration
 
 	// Debug, if set, receives a transcript of each fetch in the RFC's
@@ -309,14 +263,6 @@ type FetchResult struct {
 	Duration time.Duration
 }
 
-// maxReplyLine and maxReplyLines bound what the customer reads of one
-// reply before the swap; maxAuthSteps bounds the challenges of one AUTH.
-const (
-	maxReplyLine  = 4096
-	maxReplyLines = 100
-	maxAuthSteps  = 8
-)
-
 // Fetch connects to the provider, pulls the mail for c.Domains and hands
 // it to c.Sink or c.Handler. It returns when the provider has ended the
 // session.
@@ -344,25 +290,17 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 	if err := c.check(); err != nil {
 		return res, err
 	}
-	domains, err := parseDomainList(c.Domains)
+	domains, accept, err := c.domains()
 	if err != nil {
 		return res, err
 	}
 	res.Domains = domains
-	accept, err := parseDomainList(c.AcceptDomains)
-	if err != nil {
-		return res, fmt.Errorf("odmr: AcceptDomains: %s", strings.TrimPrefix(err.Error(), "odmr: "))
-	}
-	if len(domains) == 0 && len(accept) == 0 {
-		return res, ErrNoAcceptDomains
-	}
-	accept = append(accept, domains...)
-	ctx = context.WithValue(ctx, acceptedDomainsKey{}, slices.Clone(accept))
+	ctx = context.WithValue(ctx, acceptedDomainsKey{}, accept)
 	ctx = context.WithValue(ctx, routedLocalPartsKey{}, c.AllowRoutedLocalParts)
 
 	addr := c.addr()
 	log := c.logger().With("provider", addr)
-	dialCtx, cancel := context.WithTimeout(ctx, orDefault(c.CommandTimeout, DefaultCommandTimeout))
+	dialCtx, cancel := context.WithTimeout(ctx, orDefault(c.CommandTimeout, defaults.CommandTimeout))
 	conn, err := c.dial(dialCtx, "tcp", addr)
 	cancel()
 	if err != nil {
@@ -382,7 +320,7 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 			err = fmt.Errorf("odmr: fetch from %s stopped: %w", addr, ctx.Err())
 		}
 		if err != nil {
-			log.Info("odmr: fetch failed", "err", err, "messages", res.Messages)
+			log.Warn("odmr: fetch failed", "err", err, "messages", res.Messages)
 		}
 	}()
 
@@ -392,26 +330,63 @@ func (c *Customer) Fetch(ctx context.Context) (res *FetchResult, err error) {
 		return res, err
 	}
 
-	// The reversed state: the customer is now the SMTP server.
-	buffered, _ := s.br.Peek(s.br.Buffered())
-	rconn := Reverse(s.conn, buffered)
-	if c.Debug != nil {
-		rconn = &transcriptConn{Conn: rconn, in: "P: ", out: "C: ", emit: s.debug}
-	}
-	rc := &idleConn{Conn: rconn, ctx: ctx, idle: orDefault(c.IdleTimeout, DefaultIdleTimeout)}
-	if c.Handler != nil {
-		hc := &handlerCounts{}
-		err = c.Handler.ServeReversed(context.WithValue(ctx, handlerCountsKey{}, hc), rc)
-		hc.add(res)
-	} else {
-		err = c.receive(ctx, rc, res, log)
-	}
-	if err != nil {
+	if err := c.serveReversed(ctx, s, res, c.progress(res, start), log); err != nil {
 		return res, err
 	}
 	log.Info("odmr: fetch done", "messages", res.Messages, "recipients", res.Recipients,
 		"bytes", res.Bytes, "refused", res.Refused, "refused_locally", res.LocalRefused, "no_mail", res.NoMail)
 	return res, nil
+}
+
+// domains returns the domains to ask for, in canonical form, and the
+// domains to take mail for after the swap: those and AcceptDomains.
+func (c *Customer) domains() (domains, accept []string, err error) {
+	domains, err = parseDomainList(c.Domains)
+	if err != nil {
+		return nil, nil, err
+	}
+	accept, err = parseDomainList(c.AcceptDomains)
+	if err != nil {
+		return nil, nil, fmt.Errorf("odmr: AcceptDomains: %s", errText(err))
+	}
+	if len(domains) == 0 && len(accept) == 0 {
+		return nil, nil, ErrNoAcceptDomains
+	}
+	return domains, slices.Concat(accept, domains), nil
+}
+
+// serveReversed runs the reversed state, in which the customer is the
+// SMTP server, on the connection of s: with the customer's own server
+// and Sink, or with Handler.
+func (c *Customer) serveReversed(ctx context.Context, s *customerSession, res *FetchResult, progress func(fetchCounts), log *slog.Logger) error {
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	rconn := Reverse(s.conn, buffered)
+	if c.Debug != nil {
+		rconn = &transcriptConn{Conn: rconn, in: "P: ", out: "C: ", emit: s.debug}
+	}
+	rc := &idleConn{Conn: rconn, ctx: ctx, idle: orDefault(c.IdleTimeout, defaults.IdleTimeout)}
+	if c.Handler == nil {
+		return c.receive(ctx, rc, res, progress, log)
+	}
+	hc := &handlerCounts{progress: progress, log: log}
+	err := c.Handler.ServeReversed(context.WithValue(ctx, handlerCountsKey{}, hc), rc)
+	hc.add(res)
+	return err
+}
+
+// progress returns the function that reports to c.Progress the counts fc
+// of the reversed session so far, added to res; nil when c.Progress is.
+// res is not written while the reversed session runs.
+func (c *Customer) progress(res *FetchResult, start time.Time) func(fc fetchCounts) {
+	if c.Progress == nil {
+		return nil
+	}
+	return func(fc fetchCounts) {
+		snap := *res
+		fc.addTo(&snap)
+		snap.Duration = time.Since(start)
+		c.Progress(snap)
+	}
 }
 
 // check reports a configuration the customer cannot run with.
@@ -470,481 +445,9 @@ func (c *Customer) dial(ctx context.Context, network, addr string) (net.Conn, er
 	return d.DialContext(ctx, network, addr)
 }
 
-func (c *Customer) hostname() string     { return hostnameOr(c.Hostname) }
+func (c *Customer) hostname() string { return hostnameOr(c.Hostname) }
+
 func (c *Customer) logger() *slog.Logger { return loggerOr(c.Logger) }
-
-// customerSession is the initial and authenticated states of one fetch,
-// in which the customer is the client.
-type customerSession struct {
-	c      *Customer
-	ctx    context.Context
-	conn   net.Conn
-	br     *bufio.Reader
-	log    *slog.Logger
-	addr   string // the provider's, for the debug transcript
-	secure bool   // the connection runs over TLS
-}
-
-// reply is one reply read off the wire: its code and its lines of text.
-type reply struct {
-	code  int
-	lines []string
-}
-
-func (r *reply) text() string { return strings.Join(r.lines, "\n") }
-
-// err returns a failure reply as an *Error.
-func (r *reply) err() *Error { return parseReplyText(r.code, r.text()) }
-
-// commandError is a failure reply to one of the customer's commands. It
-// unwraps to the reply's *Error.
-type commandError struct {
-	what string
-	err  *Error
-}
-
-func (e *commandError) Error() string {
-	return "odmr: " + e.what + ": " + strings.TrimPrefix(e.err.Error(), "odmr: ")
-}
-
-func (e *commandError) Unwrap() error { return e.err }
-
-// initial runs the session up to the role swap. It reports whether the
-// roles reversed; false with a nil error means there is no mail.
-func (s *customerSession) initial(domains []string, res *FetchResult) (bool, error) {
-	c := s.c
-	cmdTimeout := orDefault(c.CommandTimeout, DefaultCommandTimeout)
-	if tc, ok := s.conn.(*tls.Conn); ok {
-		// Implicit TLS: the handshake comes before the greeting.
-		if err := s.handshake(tc, cmdTimeout); err != nil {
-			return false, err
-		}
-	}
-	r, err := s.read(cmdTimeout)
-	if err != nil {
-		return false, s.readErr("greeting", err)
-	}
-	if r.code != 220 {
-		if r.code >= 400 {
-			return false, &commandError{"provider not ready", r.err()}
-		}
-		return false, fmt.Errorf("%w: greeting %d %s", ErrProtocol, r.code, r.text())
-	}
-	ext, err := s.ehlo(cmdTimeout)
-	if err != nil {
-		return false, err
-	}
-	if (c.TLSConfig != nil || c.OpportunisticTLS) && !s.secure {
-		_, offered := ext["STARTTLS"]
-		switch {
-		case !offered && c.OpportunisticTLS:
-			s.log.Warn("odmr: the provider does not offer STARTTLS; the session runs in clear text")
-		case !offered:
-			s.quit()
-			return false, ErrNoStartTLS
-		default:
-			if err := s.startTLS(cmdTimeout); err != nil {
-				return false, err
-			}
-			if ext, err = s.ehlo(cmdTimeout); err != nil {
-				return false, err
-			}
-		}
-	}
-	if s.secure {
-		cs := s.conn.(*tls.Conn).ConnectionState()
-		res.TLS = &cs
-	}
-	if _, ok := ext["ATRN"]; !ok {
-		s.quit()
-		return false, ErrNoATRN
-	}
-	client, err := c.saslClient(ext["AUTH"], s.secure)
-	if err != nil {
-		s.quit()
-		return false, err
-	}
-	mech, err := s.auth(client, cmdTimeout)
-	if err != nil {
-		return false, err
-	}
-	res.Mechanism = mech
-	s.log.Info("odmr: authenticated", "mechanism", mech)
-
-	atrn := FormatATRN(domains)
-	r, err = s.cmd(orDefault(c.ATRNTimeout, DefaultATRNTimeout), atrn, atrn)
-	if err != nil {
-		return false, s.readErr("ATRN", err)
-	}
-	switch {
-	case r.code == 250:
-		s.log.Info("odmr: ATRN accepted, serving the provider", "domains", domains)
-		return true, nil
-	case r.code == 453:
-		s.log.Info("odmr: no mail waiting", "domains", domains)
-		res.NoMail = true
-		s.quit()
-		return false, nil
-	case r.code >= 400:
-		s.quit()
-		return false, &commandError{atrn + " refused", r.err()}
-	}
-	return false, fmt.Errorf("%w: unexpected reply to ATRN: %d %s", ErrProtocol, r.code, r.text())
-}
-
-// ehlo says EHLO and returns the extensions offered, keyed by upper-case
-// keyword. AUTH holds the mechanisms offered, upper-cased, also those of
-// the old "AUTH=" form.
-func (s *customerSession) ehlo(timeout time.Duration) (map[string]string, error) {
-	line := "EHLO " + s.c.hostname()
-	r, err := s.cmd(timeout, line, line)
-	if err != nil {
-		return nil, s.readErr("EHLO", err)
-	}
-	if r.code != 250 {
-		s.quit()
-		if r.code >= 400 {
-			return nil, &commandError{"EHLO refused", r.err()}
-		}
-		return nil, fmt.Errorf("%w: unexpected reply to EHLO: %d %s", ErrProtocol, r.code, r.text())
-	}
-	ext := make(map[string]string)
-	var mechs []string
-	for _, l := range r.lines[1:] {
-		kw, param, _ := strings.Cut(strings.TrimSpace(l), " ")
-		kw = strings.ToUpper(kw)
-		if m, ok := strings.CutPrefix(kw, "AUTH="); ok {
-			kw, param = "AUTH", m+" "+param
-		}
-		if kw == "AUTH" {
-			mechs = append(mechs, strings.Fields(strings.ToUpper(param))...)
-			continue
-		}
-		ext[kw] = param
-	}
-	if len(mechs) > 0 {
-		ext["AUTH"] = strings.Join(mechs, " ")
-	}
-	return ext, nil
-}
-
-// startTLS upgrades the connection.
-func (s *customerSession) startTLS(timeout time.Duration) error {
-	r, err := s.cmd(timeout, "STARTTLS", "STARTTLS")
-	if err != nil {
-		return s.readErr("STARTTLS", err)
-	}
-	if r.code != 220 {
-		s.quit()
-		if r.code >= 400 {
-			return &commandError{"STARTTLS refused", r.err()}
-		}
-		return fmt.Errorf("%w: unexpected reply to STARTTLS: %d %s", ErrProtocol, r.code, r.text())
-	}
-	if n := s.br.Buffered(); n > 0 {
-		// Bytes that came in clear after the 220 are not part of the TLS
-		// session: reading them as replies after the handshake would let
-		// an attacker inject them (the STARTTLS injection of
-		// CVE-2011-0411, against a client). Drop them.
-		s.br.Discard(n)
-		s.log.Warn("odmr: discarded bytes the provider sent after its reply to STARTTLS", "bytes", n)
-	}
-	tc := tls.Client(s.conn, s.c.tlsConfig())
-	if err := s.handshake(tc, timeout); err != nil {
-		return err
-	}
-	s.conn = tc
-	s.br.Reset(tc)
-	return nil
-}
-
-// handshake runs the TLS handshake on tc, the connection's TLS layer.
-func (s *customerSession) handshake(tc *tls.Conn, timeout time.Duration) error {
-	if err := s.deadline(timeout); err != nil {
-		return err
-	}
-	if err := tc.HandshakeContext(s.ctx); err != nil {
-		if s.ctx.Err() != nil {
-			return s.ctx.Err()
-		}
-		return &tlsError{host: s.c.tlsConfig().ServerName, err: err}
-	}
-	s.secure = true
-	s.log.Debug("odmr: TLS started", "version", tls.VersionName(tc.ConnectionState().Version))
-	return nil
-}
-
-// tlsError is a failed TLS handshake with the provider. It names the host
-// the certificate was checked for and unwraps to crypto/tls's error.
-type tlsError struct {
-	host string
-	err  error
-}
-
-func (e *tlsError) Error() string {
-	msg := e.err.Error()
-	var ve *tls.CertificateVerificationError
-	if errors.As(e.err, &ve) {
-		msg = ve.Err.Error()
-	}
-	return "odmr: TLS with " + e.host + ": " + msg
-}
-
-func (e *tlsError) Unwrap() error { return e.err }
-
-// DefaultMechanisms is the order in which a [Customer] whose Mechanisms
-// field is nil picks a SASL mechanism among those the provider offers:
-// EXTERNAL, when the customer has a client certificate and the session
-// runs over TLS; the SCRAM mechanisms, which prove the provider knows the
-// secret too; then CRAM-MD5, which RFC 2645 makes mandatory; then PLAIN
-// and LOGIN.
-var DefaultMechanisms = []string{sasl.External, SCRAMSHA256, SCRAMSHA1, CRAMMD5, sasl.Plain, sasl.Login}
-
-// saslClient picks the first mechanism of the customer's list that the
-// provider offers: EXTERNAL only under TLS with a client certificate, the
-// others only with a Username, PLAIN and LOGIN only under TLS or when
-// allowed in clear text.
-func (c *Customer) saslClient(offered string, secure bool) (sasl.Client, error) {
-	has := make(map[string]bool)
-	for _, m := range strings.Fields(offered) {
-		has[m] = true
-	}
-	prefs := c.Mechanisms
-	if prefs == nil {
-		prefs = DefaultMechanisms
-	}
-	clearOK := secure || c.AllowInsecureAuth
-	inClear, noUser := false, false
-	for _, m := range prefs {
-		m = strings.ToUpper(m)
-		if !has[m] {
-			continue
-		}
-		if m == sasl.External {
-			if secure && c.clientCert() {
-				return externalClient{}, nil
-			}
-			continue
-		}
-		if c.Username == "" {
-			noUser = true
-			continue
-		}
-		switch m {
-		case SCRAMSHA256, SCRAMSHA1:
-			return NewSCRAMClient(m, c.Username, c.Secret), nil
-		case CRAMMD5:
-			return NewCRAMMD5Client(c.Username, c.Secret), nil
-		case sasl.Plain, sasl.Login:
-			if !clearOK {
-				inClear = true
-				continue
-			}
-			if m == sasl.Plain {
-				return sasl.NewPlainClient("", c.Username, c.Secret), nil
-			}
-			return &loginClient{username: c.Username, password: c.Secret}, nil
-		}
-	}
-	switch {
-	case offered == "":
-		return nil, fmt.Errorf("%w: the EHLO reply lists no AUTH", ErrNoAuthMechanism)
-	case noUser:
-		return nil, fmt.Errorf("%w: the provider offers %s; without a Username only EXTERNAL, over TLS with a client certificate, can be used",
-			ErrNoAuthMechanism, offered)
-	case inClear:
-		return nil, fmt.Errorf("%w: the provider offers %s; PLAIN and LOGIN would send the secret in clear text: use TLS or set AllowInsecureAuth",
-			ErrNoAuthMechanism, offered)
-	}
-	return nil, fmt.Errorf("%w: the provider offers %s", ErrNoAuthMechanism, offered)
-}
-
-// auth runs the AUTH exchange and returns the mechanism's name.
-func (s *customerSession) auth(client sasl.Client, timeout time.Duration) (string, error) {
-	mech, ir, err := client.Start()
-	if err != nil {
-		return "", &authError{"", err}
-	}
-	line, logged := "AUTH "+mech, "AUTH "+mech
-	if ir != nil {
-		line += " " + encodeSASL(ir)
-		logged += " " + redacted
-	}
-	r, err := s.cmd(timeout, line, logged)
-	for step := 0; ; step++ {
-		if err != nil {
-			return "", s.readErr("AUTH "+mech, err)
-		}
-		switch {
-		case r.code == 235:
-			return mech, nil
-		case r.code == 334 && step < maxAuthSteps:
-			chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(r.text()))
-			if derr != nil {
-				s.cancelAuth(timeout)
-				return "", fmt.Errorf("%w: malformed AUTH %s challenge", ErrProtocol, mech)
-			}
-			resp, nerr := client.Next(chal)
-			if nerr != nil {
-				s.cancelAuth(timeout)
-				return "", &authError{mech, nerr}
-			}
-			// An empty response is an empty line; "=" is only for an
-			// initial response (RFC 4954 section 4). The assignment is to
-			// the loop's r and err: a failed send or read ends the loop.
-			r, err = s.cmd(timeout, base64.StdEncoding.EncodeToString(resp), redacted)
-			continue
-		case r.code >= 400:
-			s.quit()
-			return "", &commandError{"AUTH " + mech + " refused", r.err()}
-		}
-		s.quit()
-		return "", fmt.Errorf("%w: unexpected reply to AUTH %s: %d %s", ErrProtocol, mech, r.code, r.text())
-	}
-}
-
-// authError is a failure of the customer's own side of a SASL exchange,
-// such as a SCRAM server signature that does not verify.
-type authError struct {
-	mech string
-	err  error
-}
-
-func (e *authError) Error() string {
-	return strings.TrimSuffix("odmr: AUTH "+e.mech, " ") + ": " + strings.TrimPrefix(e.err.Error(), "odmr: ")
-}
-
-func (e *authError) Unwrap() error { return e.err }
-
-func encodeSASL(b []byte) string {
-	if len(b) == 0 {
-		return "="
-	}
-	return base64.StdEncoding.EncodeToString(b)
-}
-
-// cancelAuth abandons a SASL exchange with "*" (RFC 4954 section 4).
-func (s *customerSession) cancelAuth(timeout time.Duration) {
-	if _, err := s.cmd(min(timeout, 10*time.Second), "*", redacted); err == nil {
-		s.quit()
-	}
-}
-
-// quit ends the session politely, not waiting long for the reply.
-func (s *customerSession) quit() {
-	s.cmd(min(orDefault(s.c.CommandTimeout, DefaultCommandTimeout), 10*time.Second), "QUIT", "QUIT")
-}
-
-// deadline bounds the next exchange by timeout. It sets the deadline
-// before it looks at the context, so that a cancellation cannot slip in
-// between and be overwritten.
-func (s *customerSession) deadline(timeout time.Duration) error {
-	s.conn.SetDeadline(time.Now().Add(timeout))
-	return s.ctx.Err()
-}
-
-// cmd sends one command line and reads the reply. logged is what the log
-// and the debug transcript show of the line.
-func (s *customerSession) cmd(timeout time.Duration, line, logged string) (*reply, error) {
-	if err := s.deadline(timeout); err != nil {
-		return nil, err
-	}
-	s.log.Debug("odmr: C: " + logged)
-	s.debug("C: ", logged)
-	if _, err := io.WriteString(s.conn, line+"\r\n"); err != nil {
-		return nil, err
-	}
-	return s.read(timeout)
-}
-
-// read reads one reply, possibly of several lines.
-func (s *customerSession) read(timeout time.Duration) (*reply, error) {
-	if err := s.deadline(timeout); err != nil {
-		return nil, err
-	}
-	var r reply
-	for i := 0; ; i++ {
-		if i == maxReplyLines {
-			return nil, fmt.Errorf("%w: reply longer than %d lines", ErrProtocol, maxReplyLines)
-		}
-		line, err := wire.ReadLine(s.br, maxReplyLine)
-		switch {
-		case errors.Is(err, wire.ErrLineTooLong), errors.Is(err, wire.ErrFlood):
-			return nil, fmt.Errorf("%w: reply line longer than %d bytes", ErrProtocol, maxReplyLine)
-		case errors.Is(err, wire.ErrBareCR):
-			return nil, fmt.Errorf("%w: bare CR or NUL in a reply", ErrProtocol)
-		case err != nil:
-			return nil, err
-		}
-		code, cont, text, ok := parseReplyLine(line)
-		if !ok || (i > 0 && code != r.code) {
-			s.debug("P: ", truncate(line, 80))
-			return nil, fmt.Errorf("%w: malformed reply %q", ErrProtocol, truncate(line, 80))
-		}
-		if code == 334 {
-			// A SASL challenge.
-			line = []byte("334 " + redacted)
-		}
-		s.debug("P: ", string(line))
-		r.code = code
-		r.lines = append(r.lines, text)
-		if !cont {
-			first := r.lines[0]
-			if code == 334 {
-				first = redacted
-			}
-			s.log.Debug("odmr: P: " + strconv.Itoa(r.code) + " " + first)
-			return &r, nil
-		}
-	}
-}
-
-// parseReplyLine splits "250-text" or "250 text" (or a bare "250").
-func parseReplyLine(line []byte) (code int, cont bool, text string, ok bool) {
-	if len(line) < 3 || (len(line) > 3 && line[3] != ' ' && line[3] != '-') {
-		return 0, false, "", false
-	}
-	for _, c := range line[:3] {
-		if c < '0' || c > '9' {
-			return 0, false, "", false
-		}
-	}
-	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
-	if code < 200 || code > 599 {
-		return 0, false, "", false
-	}
-	if len(line) > 4 {
-		text = string(line[4:])
-	}
-	return code, len(line) > 3 && line[3] == '-', text, true
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
-}
-
-// readErr describes a failure to read a reply.
-func (s *customerSession) readErr(what string, err error) error {
-	if errors.Is(err, ErrProtocol) || s.ctx.Err() != nil {
-		return err
-	}
-	var ne net.Error
-	var oe *net.OpError
-	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("odmr: provider closed the connection (waiting for the reply to %s)", what)
-	case errors.As(err, &ne) && ne.Timeout():
-		return fmt.Errorf("odmr: no reply to %s from the provider in time: %w", what, err)
-	case s.secure && errors.As(err, &oe) && oe.Op == "remote error":
-		// A TLS alert. In TLS 1.3 the provider's verdict on the client
-		// certificate arrives after the handshake, with the first read.
-		return &tlsError{host: s.c.tlsConfig().ServerName, err: err}
-	}
-	return fmt.Errorf("odmr: %s: %w", what, err)
-}
 
 // externalClient is SASL EXTERNAL with an empty authorization identity:
 // "AUTH EXTERNAL =". A provider that asks again with an empty challenge
@@ -980,98 +483,4 @@ func (c *loginClient) Next(challenge []byte) ([]byte, error) {
 		return []byte(c.password), nil
 	}
 	return nil, sasl.ErrUnexpectedServerChallenge
-}
-
-// idleConn is the connection after the swap. Each read waits at most idle
-// for the provider, and any traffic starts that wait again; once ctx is
-// done every operation fails. It records why reading ended.
-type idleConn struct {
-	net.Conn
-	ctx  context.Context
-	idle time.Duration
-
-	mu      sync.Mutex
-	readErr error
-}
-
-func (c *idleConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
-	if err := c.ctx.Err(); err != nil {
-		c.setErr(err)
-		return 0, err
-	}
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.setErr(err)
-	}
-	return n, err
-}
-
-func (c *idleConn) Write(p []byte) (int, error) {
-	now := time.Now()
-	c.Conn.SetWriteDeadline(now.Add(c.idle))
-	c.Conn.SetReadDeadline(now.Add(c.idle))
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *idleConn) setErr(err error) {
-	c.mu.Lock()
-	if c.readErr == nil {
-		c.readErr = err
-	}
-	c.mu.Unlock()
-}
-
-// err returns the error that ended reading, if any.
-func (c *idleConn) err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.readErr
-}
-
-// CloseWrite half-closes the connection when the one underneath can.
-func (c *idleConn) CloseWrite() error { return closeWrite(c.Conn) }
-
-// ConnectionState returns the TLS state when the session runs over TLS.
-func (c *idleConn) ConnectionState() (tls.ConnectionState, bool) {
-	conn := c.Conn
-	for range 8 {
-		switch t := conn.(type) {
-		case *tls.Conn:
-			return t.ConnectionState(), true
-		case interface {
-			ConnectionState() (tls.ConnectionState, bool)
-		}:
-			return t.ConnectionState()
-		}
-		u, ok := conn.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		conn = u.NetConn()
-	}
-	return tls.ConnectionState{}, false
-}
-
-// NetConn returns the connection underneath.
-func (c *idleConn) NetConn() net.Conn { return c.Conn }
-
-// closeWrite shuts down the writing side of conn, looking through
-// wrappers that expose NetConn; it does nothing for a connection that
-// cannot half-close.
-func closeWrite(conn net.Conn) error {
-	for range 8 {
-		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
-			return cw.CloseWrite()
-		}
-		u, ok := conn.(interface{ NetConn() net.Conn })
-		if !ok {
-			return nil
-		}
-		conn = u.NetConn()
-	}
-	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // bdatCut plays a provider that turns the line around, sends one message
@@ -133,7 +134,7 @@ func TestCustomerProviderCutMidMessageLeavesItQueued(t *testing.T) {
 			custNoLeaks(t)
 			q := newCloseWatch()
 			body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 5000)
-			custEnqueue(t, q.MemoryQueue, "a@sender.test", body, "u1@example.org")
+			custEnqueue(t, q.Queue, "a@sender.test", body, "u1@example.org")
 			addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
 
 			sink := &memSink{}
@@ -318,7 +319,7 @@ func TestCustomerCountsASinksSizeRefusalOnce(t *testing.T) {
 	// A sink over quota may use go-smtp's own words for a message too
 	// large; the refusal is counted once, with DATA and with BDAT.
 	for _, chunking := range []bool{false, true} {
-		q := &odmr.MemoryQueue{}
+		q := &memqueue.Queue{}
 		custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 		addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
 		sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {

@@ -13,10 +13,13 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/internal/testcert"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // hostileProvider plays a provider that, after the swap, sends one
@@ -132,11 +135,11 @@ func TestIDNDomainIsOneDomainEndToEnd(t *testing.T) {
 	// A-labels, the provider finds both recipients and the customer takes
 	// both.
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	_, err := q.Enqueue(odmr.Envelope{From: "a@sender.test", To: []string{"x@bücher.example"}, UTF8: true}, strings.NewReader("Subject: 1\r\n\r\n1\r\n"))
 	require.NoError(t, err)
 	custEnqueue(t, q, "a@sender.test", "Subject: 2\r\n\r\n2\r\n", "y@XN--BCHER-KVA.example")
-	accts := odmr.Accounts{custUser: {Name: custUser, Secret: custSecret, Domains: []string{"bücher.example"}}}
+	accts := accounts.Map{custUser: {Name: custUser, Secret: custSecret, Domains: []string{"bücher.example"}}}
 	addr := custProvider(t, q, func(p *odmr.Provider) { p.Authenticator, p.Authorizer = accts, accts })
 	sink := &memSink{}
 	res, err := custCustomer(addr, sink, "Bücher.example").Fetch(context.Background())
@@ -168,15 +171,12 @@ func TestRelayHidesSTARTTLSAndAUTH(t *testing.T) {
 	// sight, and AUTH has no business in it: neither is offered, and both
 	// are refused.
 	custNoLeaks(t)
-	cert, _ := custCert(t)
+	cert, _ := testcert.SelfSigned(t, "provider.example.net")
 	mta := &localMTA{}
 	srv := smtp.NewServer(mta)
 	srv.Domain = "local.example.org"
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
+	mtaAddr := smtptest.Serve(t, srv)
 
 	type result struct {
 		ehlo           string
@@ -202,8 +202,8 @@ func TestRelayHidesSTARTTLSAndAUTH(t *testing.T) {
 		c.ReadResponse(221)
 	})
 	c := custCustomer(addr, nil, "example.org")
-	c.Handler = odmr.Relay(l.Addr().String())
-	_, err = c.Fetch(context.Background())
+	c.Handler = odmr.Relay(mtaAddr)
+	_, err := c.Fetch(context.Background())
 	require.NoError(t, err)
 	r := <-out
 	assert.NotContains(t, r.ehlo, "STARTTLS")
@@ -243,7 +243,7 @@ func TestQuotedLocalPartsSurviveDelivery(t *testing.T) {
 	// addresses go on the wire and reach the customer's sink as they are:
 	// "q@example.net"@example.org never becomes q@example.net@example.org.
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	to := []string{`"a b"@example.org`, `"q@example.net"@example.org`, `"x\"y"@example.org`}
 	custEnqueue(t, q, `"s p"@sender.test`, "Subject: q\r\n\r\nq\r\n", to...)
 	sink := &memSink{}

@@ -4,19 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/textproto"
 	"os"
@@ -25,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -33,7 +29,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/internal/testcert"
 	"github.com/go-odmr/odmr/maildir"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // The accounts of the test provider: alice owns two domains, bob a third.
@@ -42,8 +42,8 @@ const (
 	custSecret = "s3cret-alice"
 )
 
-func custAccounts() odmr.Accounts {
-	return odmr.Accounts{
+func custAccounts() accounts.Map {
+	return accounts.Map{
 		custUser: {Name: custUser, Secret: custSecret, Domains: []string{"example.org", "example.com"}},
 		"bob":    {Name: "bob", Secret: "bobs-secret", Domains: []string{"example.net"}},
 	}
@@ -72,6 +72,13 @@ func custProvider(t *testing.T, q odmr.QueueSource, opts ...func(*odmr.Provider)
 	for _, o := range opts {
 		o(p)
 	}
+	return serveLoopback(t, p)
+}
+
+// serveLoopback serves p on a loopback port and returns its address; p
+// is shut down when the test ends, and closed if that takes too long.
+func serveLoopback(t *testing.T, p *odmr.Provider) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -131,21 +138,21 @@ func custNoLeaks(t *testing.T) {
 // machine under the race detector, not a measure of anything.
 const custLeakWait = 30 * time.Second
 
-// closeWatch is a MemoryQueue that reports each batch the provider
+// closeWatch is a memqueue.Queue that reports each batch the provider
 // closes. The provider records every outcome of a session before it
 // closes the batch, so a test that must see what a broken session left
 // in the queue waits on batchClosed instead of polling the queue.
 type closeWatch struct {
-	*odmr.MemoryQueue
+	*memqueue.Queue
 	closed chan struct{}
 }
 
 func newCloseWatch() *closeWatch {
-	return &closeWatch{MemoryQueue: &odmr.MemoryQueue{}, closed: make(chan struct{}, 16)}
+	return &closeWatch{Queue: &memqueue.Queue{}, closed: make(chan struct{}, 16)}
 }
 
 func (w *closeWatch) Claim(ctx context.Context, domains []string) (odmr.Batch, error) {
-	b, err := w.MemoryQueue.Claim(ctx, domains)
+	b, err := w.Queue.Claim(ctx, domains)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +185,7 @@ func (w *closeWatch) batchClosed(t *testing.T) {
 	}
 }
 
-func custEnqueue(t *testing.T, q *odmr.MemoryQueue, from, body string, to ...string) string {
+func custEnqueue(t *testing.T, q *memqueue.Queue, from, body string, to ...string) string {
 	t.Helper()
 	id, err := q.Enqueue(odmr.Envelope{From: from, To: to}, strings.NewReader(body))
 	require.NoError(t, err)
@@ -254,7 +261,7 @@ func rcptSet(msgs []gotMessage) []string {
 
 func TestCustomerFetchesSeveralDomainsEndToEnd(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: one\r\n\r\nFirst.\r\n", "u1@example.org")
 	custEnqueue(t, q, "b@sender.test", "Subject: two\r\n\r\nSecond.\r\n", "u2@example.com", "u3@example.com")
 	// One message for both of alice's domains and for bob's: alice gets
@@ -293,34 +300,8 @@ func TestCustomerFetchesSeveralDomainsEndToEnd(t *testing.T) {
 	assert.Empty(t, q.Failed())
 }
 
-// custCert returns a self-signed certificate for provider.example.net and
-// a pool that trusts it.
-func custCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "provider.example.net"},
-		DNSNames:              []string{"provider.example.net"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
-
 func TestCustomerMechanismChoice(t *testing.T) {
-	cert, pool := custCert(t)
+	cert, pool := testcert.SelfSigned(t, "provider.example.net")
 	noChallengeResponse := func(p *odmr.Provider) { p.DisableSCRAM, p.DisableCRAMMD5 = true, true }
 	cases := []struct {
 		name     string
@@ -350,7 +331,7 @@ func TestCustomerMechanismChoice(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			q := &odmr.MemoryQueue{}
+			q := &memqueue.Queue{}
 			custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 			addr := custProvider(t, q, tc.provider...)
 			sink := &memSink{}
@@ -373,7 +354,7 @@ func TestCustomerMechanismChoice(t *testing.T) {
 }
 
 func TestCustomerSTARTTLSRequiredButNotOffered(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	addr := custProvider(t, q)
 	c := custCustomer(addr, &memSink{}, "example.org")
 	c.TLSConfig = &tls.Config{}
@@ -382,8 +363,8 @@ func TestCustomerSTARTTLSRequiredButNotOffered(t *testing.T) {
 }
 
 func TestCustomerSTARTTLSVerifiesTheCertificate(t *testing.T) {
-	cert, _ := custCert(t)
-	q := &odmr.MemoryQueue{}
+	cert, _ := testcert.SelfSigned(t, "provider.example.net")
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q, func(p *odmr.Provider) { p.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
 	c := custCustomer(addr, &memSink{}, "example.org")
@@ -395,7 +376,7 @@ func TestCustomerSTARTTLSVerifiesTheCertificate(t *testing.T) {
 }
 
 func TestCustomerBareATRNPullsEveryDomainOfTheAccount(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	custEnqueue(t, q, "a@sender.test", "Subject: y\r\n\r\ny\r\n", "u2@example.com")
 	addr := custProvider(t, q)
@@ -411,7 +392,7 @@ func TestCustomerBareATRNPullsEveryDomainOfTheAccount(t *testing.T) {
 
 func TestCustomerNoMailIs453AndNotAnError(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "b1@example.net")
 	addr := custProvider(t, q)
 	sink := &memSink{}
@@ -423,7 +404,7 @@ func TestCustomerNoMailIs453AndNotAnError(t *testing.T) {
 }
 
 func TestCustomerATRNForAnotherAccountsDomainIs450(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	custEnqueue(t, q, "a@sender.test", "Subject: y\r\n\r\ny\r\n", "b1@example.net")
 	addr := custProvider(t, q)
@@ -445,7 +426,7 @@ func TestCustomerATRNForAnotherAccountsDomainIs450(t *testing.T) {
 }
 
 func TestCustomerWrongSecretIs535(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q)
 	c := custCustomer(addr, &memSink{}, "example.org")
@@ -470,7 +451,7 @@ func (s *refuseSink) CheckRecipient(ctx context.Context, env odmr.Envelope, rcpt
 }
 
 func TestCustomerRecipientRefusedByTheSinkFailsAtTheProvider(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	id := custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "good@example.org", "nobody@example.org", "other@example.com")
 	addr := custProvider(t, q)
 	sink := &refuseSink{refuse: "nobody@example.org"}
@@ -496,7 +477,7 @@ func TestCustomerRecipientRefusedByTheSinkFailsAtTheProvider(t *testing.T) {
 }
 
 func TestCustomerSinkErrorsBecomeReplies(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "perm@sender.test", "Subject: 1\r\n\r\n1\r\n", "u1@example.org")
 	custEnqueue(t, q, "temp@sender.test", "Subject: 2\r\n\r\n2\r\n", "u2@example.org")
 	custEnqueue(t, q, "other@sender.test", "Subject: 3\r\n\r\n3\r\n", "u3@example.org")
@@ -533,6 +514,36 @@ func TestCustomerSinkErrorsBecomeReplies(t *testing.T) {
 	}
 }
 
+// TestCustomerSinkOutOfSpaceIs452: a sink that fails for want of disk
+// space (a full maildir) gets the provider RFC 5321's 452 4.3.1, not the
+// 451 of any other failure; the message stays queued either way.
+func TestCustomerSinkOutOfSpaceIs452(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT} {
+		t.Run(errno.Error(), func(t *testing.T) { testSinkOutOfSpace(t, errno) })
+	}
+}
+
+func testSinkOutOfSpace(t *testing.T, errno syscall.Errno) {
+	q := &memqueue.Queue{}
+	custEnqueue(t, q, "s@sender.test", "Subject: 1\r\n\r\n1\r\n", "u1@example.org")
+	addr := custProvider(t, q)
+	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
+		io.Copy(io.Discard, body)
+		return &fs.PathError{Op: "write", Path: "/var/mail/new/x", Err: errno}
+	})
+	res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Refused)
+	msgs := q.Messages()
+	require.Len(t, msgs, 1, "the message stays queued")
+	_, lastErr := q.LastError(msgs[0].ID, msgs[0].To[0])
+	var e *odmr.Error
+	require.ErrorAs(t, lastErr, &e)
+	assert.Equal(t, 452, e.Code)
+	assert.Equal(t, odmr.EnhancedCode{4, 3, 1}, e.EnhancedCode)
+	assert.NotContains(t, e.Message, "/var/mail", "a sink's error text is never sent to the peer")
+}
+
 func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
 	body := "Subject: =?utf-8?q?dots?=\r\n" +
 		"Content-Type: text/plain; charset=utf-8\r\n" +
@@ -549,7 +560,7 @@ func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
 		".\r\n"
 	for _, chunking := range []bool{false, true} {
 		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
-			q := &odmr.MemoryQueue{}
+			q := &memqueue.Queue{}
 			custEnqueue(t, q, "a@sender.test", body, "u1@example.org")
 			addr := custProvider(t, q, func(p *odmr.Provider) { p.DisableChunking = !chunking })
 			sink := &memSink{}
@@ -565,7 +576,7 @@ func TestCustomerDotStuffingAnd8BitArriveByteForByte(t *testing.T) {
 }
 
 // custQueue is a QueueSource of single messages whose bodies are made by
-// a function, for bodies MemoryQueue would not keep (too large, or with
+// a function, for bodies memqueue.Queue would not keep (too large, or with
 // bare line endings it would repair).
 type custQueue struct {
 	env  odmr.Envelope
@@ -803,7 +814,7 @@ func TestCustomerMaxMessageSize(t *testing.T) {
 	b.WriteString(strings.Repeat("y", limit-b.Len()-2) + "\r\n")
 	exact := b.String()
 	require.Len(t, exact, limit)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", exact, "u1@example.org")
 	custEnqueue(t, q, "b@sender.test", exact[:limit-2]+"x\r\n", "u2@example.org")
 	addr := custProvider(t, q)
@@ -849,7 +860,7 @@ func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
 	custNoLeaks(t)
 	q := newCloseWatch()
 	body := "Subject: cut\r\n\r\n" + strings.Repeat("a line of the message that will be cut\r\n", 50000)
-	custEnqueue(t, q.MemoryQueue, "a@sender.test", body, "u1@example.org")
+	custEnqueue(t, q.Queue, "a@sender.test", body, "u1@example.org")
 	addr := custProvider(t, q)
 
 	var mu sync.Mutex
@@ -899,7 +910,7 @@ func TestCustomerConnectionCutMidDataLeavesMailQueued(t *testing.T) {
 func TestCustomerCancelDuringDeliveryLeavesMailQueued(t *testing.T) {
 	custNoLeaks(t)
 	q := newCloseWatch()
-	custEnqueue(t, q.MemoryQueue, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
+	custEnqueue(t, q.Queue, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q)
 	ctx, cancel := context.WithCancel(context.Background())
 	sink := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, r io.Reader) error {
@@ -920,23 +931,8 @@ func TestCustomerCancelDuringDeliveryLeavesMailQueued(t *testing.T) {
 // and returns the listener's address.
 func fakeProvider(t *testing.T, script func(c *textproto.Conn, raw net.Conn)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		script(textproto.NewConn(conn), conn)
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-	})
-	return l.Addr().String()
+	addr, _ := smtptest.Script(t, script)
+	return addr
 }
 
 // fakeLogin plays the provider's side up to ATRN: greeting, an EHLO reply
@@ -1195,7 +1191,7 @@ func TestCustomerConfigurationErrors(t *testing.T) {
 }
 
 func TestCustomerMaildirSinkEndToEnd(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	b1 := "Subject: one\r\n\r\nFirst.\r\n..dot\r\n"
 	b2 := "Subject: two\r\n\r\nSecond, 8-bit: \xe2\x82\xac\r\n"
 	custEnqueue(t, q, "a@sender.test", b1, "u1@example.org")
@@ -1206,6 +1202,7 @@ func TestCustomerMaildirSinkEndToEnd(t *testing.T) {
 	sink, err := maildir.New(dir)
 	require.NoError(t, err)
 	sink.KeepCRLF = true
+	sink.NoReturnPath, sink.NoDeliveredTo = true, true
 	res, err := custCustomer(addr, sink, "example.org", "example.com").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Messages)
@@ -1375,8 +1372,8 @@ func TestCustomerRelayOverSTARTTLSWithDebug(t *testing.T) {
 	// The relay copies both ways at once through the debug transcript,
 	// and passes half-closes through it.
 	custNoLeaks(t)
-	cert, pool := custCert(t)
-	q := &odmr.MemoryQueue{}
+	cert, pool := testcert.SelfSigned(t, "provider.example.net")
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: relayed\r\n\r\nOver TLS.\r\n", "u1@example.org")
 	addr := custProvider(t, q, func(p *odmr.Provider) { p.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
 	mta := &localMTA{}

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/internal/testcert"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -31,7 +32,7 @@ const ctlsBody = "Subject: over TLS\r\n\r\nA message that must not cross in clea
 // its logs.
 type ctlsEnv struct {
 	p           *Provider
-	q           *MemoryQueue
+	q           memQueue
 	addr        string
 	port        string
 	debug, logs *syncBuffer
@@ -44,8 +45,8 @@ type ctlsEnv struct {
 func ctlsProvider(t *testing.T, implicit bool, opts ...func(*Provider)) *ctlsEnv {
 	t.Helper()
 	newTestPKI(t)
-	e := &ctlsEnv{q: &MemoryQueue{}, debug: &syncBuffer{}, logs: &syncBuffer{}}
-	accts := Accounts{
+	e := &ctlsEnv{q: newMemQueue(), debug: &syncBuffer{}, logs: &syncBuffer{}}
+	accts := testAccounts{
 		testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org", "example.com"}},
 		"bob":    {Name: "bob", Secret: "bobs-secret", Domains: []string{"example.net"}},
 	}
@@ -220,7 +221,7 @@ func TestCustomerImplicitTLS(t *testing.T) {
 	c.ImplicitTLS = true
 	// No ServerName: the host of Addr, 127.0.0.1, which the certificate
 	// names.
-	c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+	c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 	c.Dial = tap.dial
 	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
@@ -250,7 +251,7 @@ func TestCustomerImplicitTLS(t *testing.T) {
 		c := ctlsCustomer(e, &ctlsSink{}, nil)
 		c.Addr = "localhost:" + e.port
 		c.ImplicitTLS = true
-		c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+		c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 		res, err := c.Fetch(context.Background())
 		require.NoError(t, err)
 		assert.Equal(t, 1, res.Messages)
@@ -283,7 +284,7 @@ func TestCustomerSTARTTLSThenPLAINDeliversInsideTLS(t *testing.T) {
 	tap := &wireTap{}
 	sink := &ctlsSink{}
 	c := ctlsCustomer(e, sink, nil)
-	c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+	c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 	c.Dial = tap.dial
 	res, err := c.Fetch(context.Background())
 	require.NoError(t, err)
@@ -320,7 +321,7 @@ func TestCustomerHandlerSeesTheTLSState(t *testing.T) {
 		var ok bool
 		c := ctlsCustomer(e, nil, nil)
 		c.ImplicitTLS = implicit
-		c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+		c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 		c.Handler = HandlerFunc(func(ctx context.Context, conn net.Conn) error {
 			cs, isTLS := conn.(interface {
 				ConnectionState() (tls.ConnectionState, bool)
@@ -342,7 +343,7 @@ func TestCustomerSTARTTLSNotOfferedSendsNothing(t *testing.T) {
 	// A provider without TLS that would even take PLAIN in clear.
 	e := ctlsProvider(t, false, func(p *Provider) { p.AllowInsecureAuth = true })
 	c := ctlsCustomer(e, &ctlsSink{}, nil)
-	c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+	c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 	c.AllowInsecureAuth = true
 	res, err := c.Fetch(context.Background())
 	require.ErrorIs(t, err, ErrNoStartTLS)
@@ -388,35 +389,10 @@ func (c *coalescingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ctlsFake runs script as the provider of the first connection to a
-// loopback listener. wait returns once the script has ended.
-func ctlsFake(t *testing.T, script func(tp *textproto.Conn, conn net.Conn)) (addr string, wait func()) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(time.Minute))
-		script(textproto.NewConn(conn), conn)
-	}()
-	wait = func() {
-		l.Close()
-		<-done
-	}
-	t.Cleanup(wait)
-	return l.Addr().String(), wait
-}
-
 func TestCustomerDiscardsPlaintextSentWithTheSTARTTLSReply(t *testing.T) {
 	newTestPKI(t)
 	var seen []string
-	addr, wait := ctlsFake(t, func(tp *textproto.Conn, conn net.Conn) {
+	addr, wait := smtptest.Script(t, func(tp *textproto.Conn, conn net.Conn) {
 		read := func() bool {
 			line, err := tp.ReadLine()
 			seen = append(seen, line)
@@ -490,10 +466,10 @@ func TestCustomerUntrustedProviderCertificate(t *testing.T) {
 	t.Run("STARTTLS, a name the certificate does not have", func(t *testing.T) {
 		e := ctlsProvider(t, false, withTLS)
 		c := ctlsCustomer(e, &ctlsSink{}, nil)
-		c.TLSConfig = &tls.Config{RootCAs: pki.caPool, ServerName: "mail.example.net"}
+		c.TLSConfig = &tls.Config{RootCAs: pki.Pool, ServerName: "mail.example.net"}
 		_, err := c.Fetch(context.Background())
 		require.Error(t, err)
-		assert.Equal(t, "odmr: TLS with mail.example.net: x509: certificate is valid for localhost, provider.test, not mail.example.net", err.Error())
+		assert.Equal(t, "odmr: TLS with mail.example.net: x509: certificate is valid for provider.test, localhost, not mail.example.net", err.Error())
 		// Nothing after STARTTLS: no credentials went anywhere.
 		assert.Equal(t, []string{"EHLO customer.test", "STARTTLS"}, clientLines(e.debug.String()))
 		assert.Equal(t, 1, e.q.Len())
@@ -502,15 +478,9 @@ func TestCustomerUntrustedProviderCertificate(t *testing.T) {
 
 func TestCustomerEXTERNAL(t *testing.T) {
 	newTestPKI(t)
-	mapCert := func(ctx context.Context, cs tls.ConnectionState) (string, error) {
-		if cn := cs.PeerCertificates[0].Subject.CommonName; cn == testUser {
-			return cn, nil
-		}
-		return "", errors.New("certificate not mapped to an account")
-	}
-	withExternal := func(p *Provider) { p.ExternalAuth = mapCert }
-	good := pki.issue(t, testUser, true, pki.ca, pki.caKey)
-	unmapped := pki.issue(t, "mallory", true, pki.ca, pki.caKey)
+	withExternal := func(p *Provider) { p.ExternalAuth = mapTestUserCert }
+	good := pki.Client(t, testUser)
+	unmapped := pki.Client(t, "mallory")
 
 	t.Run("implicit TLS, a certificate and no secret", func(t *testing.T) {
 		e := ctlsProvider(t, true, withTLS, withExternal)
@@ -564,14 +534,14 @@ func TestCustomerEXTERNAL(t *testing.T) {
 	})
 	t.Run("an untrusted certificate fails the handshake, naming the host", func(t *testing.T) {
 		e := ctlsProvider(t, true, withTLS, withExternal)
-		selfSigned := pki.issue(t, testUser, true, nil, nil)
+		untrusted := testcert.NewCA(t, "untrusted CA").Client(t, testUser)
 		c := ctlsCustomer(e, &ctlsSink{}, nil)
 		c.Addr = "localhost:" + e.port
 		c.ImplicitTLS = true
-		c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+		c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 		// Sent even though the provider's list of CAs does not hold its
 		// issuer.
-		c.TLSConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &selfSigned, nil }
+		c.TLSConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &untrusted, nil }
 		_, err := c.Fetch(context.Background())
 		require.Error(t, err)
 		assert.True(t, strings.HasPrefix(err.Error(), "odmr: TLS with localhost: remote error: tls: "), err.Error())
@@ -647,7 +617,7 @@ func TestCustomerSCRAMSHA256(t *testing.T) {
 		// the provider's signature in the last challenge. This provider
 		// runs a real SCRAM server but forges the signature.
 		var seen []string
-		addr, wait := ctlsFake(t, func(tp *textproto.Conn, conn net.Conn) {
+		addr, wait := smtptest.Script(t, func(tp *textproto.Conn, conn net.Conn) {
 			tp.PrintfLine("220 fake.test ODMR")
 			tp.ReadLine()
 			tp.PrintfLine("250-fake.test\r\n250-AUTH SCRAM-SHA-256\r\n250 ATRN")
@@ -807,7 +777,7 @@ func TestCustomerOpportunisticTLS(t *testing.T) {
 		e := ctlsProvider(t, false, withTLS)
 		c := ctlsCustomer(e, &ctlsSink{}, nil)
 		c.OpportunisticTLS = true
-		c.TLSConfig = &tls.Config{RootCAs: pki.caPool}
+		c.TLSConfig = &tls.Config{RootCAs: pki.Pool}
 		res, err := c.Fetch(context.Background())
 		require.NoError(t, err)
 		require.NotNil(t, res.TLS)

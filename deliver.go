@@ -1,65 +1,80 @@
 package odmr
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
-	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr/internal/crlf"
+	"github.com/go-odmr/odmr/internal/defaults"
 	"github.com/go-odmr/odmr/internal/pipeline"
+	"github.com/go-odmr/odmr/internal/quickack"
 )
 
 // deliver runs the reversed state: the provider is now the SMTP client.
+// One engine, internal/pipeline's Sender, serves every customer: with
+// command pipelining (RFC 2920) for one whose EHLO reply lists
+// PIPELINING, in lock-step otherwise, HELO-only customers included.
 func (s *session) deliver(ctx context.Context, rc net.Conn, domains []string) error {
+	// A customer that relays the session line by line without
+	// TCP_NODELAY, as fetchmail does, sends each reply of a pipelined
+	// group only once the one before it is acknowledged, and here,
+	// waiting for the rest of the group's replies, nothing carries that
+	// ACK: each reply after the first would wait for the delayed-ACK
+	// timer (40 ms on Linux). The Sender asks for quick ACKs when it
+	// waits for such replies.
+	ack := quickack.Func(rc)
 	if s.p.Debug != nil {
 		rc = &transcriptConn{Conn: rc, in: "C: ", out: "P: ", emit: s.debug}
 	}
-	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, DefaultWriteTimeout)}
-	// The session closes the connection; go-smtp's client must not, or it
-	// could not say QUIT to a customer that refuses with its greeting.
-	// go-smtp reads the greeting and the EHLO reply; lc lets the pipelined
-	// sender take the connection over from it without losing a byte.
-	lc := pipeline.NewLineConn(dc)
-	c := smtp.NewClient(noCloseConn{lc})
-	c.CommandTimeout = orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)
-	c.SubmissionTimeout = orDefault(s.p.DataTimeout, DefaultDataTimeout)
+	dc := &deadlineConn{Conn: rc, ctx: ctx, write: orDefault(s.p.WriteTimeout, defaults.WriteTimeout)}
+	snd := pipeline.NewSender(ctx, dc, pipeline.Config{
+		ReplyTimeout: orDefault(s.p.ReplyTimeout, defaults.ReplyTimeout),
+		DataTimeout:  orDefault(s.p.DataTimeout, defaults.DataTimeout),
+		Chunking:     !s.p.DisableChunking,
+		QuickAck:     ack,
+		// Between two Sends this loop only takes the next message from
+		// the batch, which the customer, holding a 354, waits for; then
+		// one write carries a body and the next message's commands.
+		Overlap: true,
+		// A message taken while the Sender waited for a reply is not
+		// sent once the provider is shutting down: it stays queued.
+		Stop: s.p.shutdown.Load,
+	})
+	// The session closes the connection; Close only stops the Sender.
+	defer snd.Close()
 
 	// Hello reads the customer's 220 greeting first.
-	if err := c.Hello(s.p.hostname()); err != nil {
+	ext, err := snd.Hello(s.p.hostname())
+	if err != nil {
 		if AsError(err) != nil {
 			// A 554 greeting (or a refused HELO): RFC 5321 section 3.1 has
 			// the customer wait for our QUIT.
-			s.quitRaw(dc)
+			snd.Quit()
 		}
 		return fmt.Errorf("odmr: customer greeting or EHLO failed: %w", err)
 	}
-	if ok, _ := c.Extension("DSN"); !ok {
+	if _, ok := ext["DSN"]; !ok {
 		s.noDSN = true
 	}
-	batch, err := s.p.Queue.Claim(ctx, domains)
+	cctx, cancel := s.backendCtx(ctx)
+	batch, err := s.p.Queue.Claim(cctx, domains)
+	cancel()
 	if err != nil {
 		s.log.Warn("odmr: queue claim failed", "err", err)
-		c.Quit()
+		snd.Quit()
 		return nil
 	}
 	defer batch.Close()
-	if ok, _ := c.Extension("PIPELINING"); ok {
-		return s.deliverPipelined(ctx, c, lc, batch, domains)
-	}
-	return s.deliverEach(ctx, c, batch, domains)
-}
-
-// deliverEach is the plain delivery loop, one command at a time.
-func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, domains []string) error {
+	s.log.Debug("odmr: delivering", "pipelining", !snd.Lockstep(), "chunking", snd.Chunking())
 	for !s.draining() {
-		msg, err := batch.Next(ctx)
+		nctx, cancel := s.backendCtx(ctx)
+		msg, err := batch.Next(nctx)
+		cancel()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -67,105 +82,35 @@ func (s *session) deliverEach(ctx context.Context, c *smtp.Client, batch Batch, 
 			s.log.Warn("odmr: queue failed during delivery", "err", err)
 			break
 		}
-		if err := s.deliverOne(ctx, c, msg, domains); err != nil {
-			return err
+		if err := s.sendMessage(ctx, snd, ext, msg, domains); errors.Is(err, pipeline.ErrStopped) {
+			s.draining() // says so
+			break
+		} else if err != nil {
+			s.stopOnRecordErr() // says why, if that is why
+			return fmt.Errorf("odmr: delivery: %w", err)
 		}
+		// A message's results are recorded once its reply is read, which
+		// with pipelining may be after the next message went out: at most
+		// the messages in flight are delivered past a failed record.
 		if s.stopOnRecordErr() {
 			break
 		}
 	}
-	if err := c.Quit(); err != nil {
+	if err := snd.Quit(); err != nil {
 		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
 	}
 	return nil
 }
 
 // draining reports whether the provider is shutting down, and if so says
-// so once: the delivery loops then take no further message from the batch,
-// finish the ones in flight and say QUIT, and the rest stays queued.
+// so once: the delivery loop then takes no further message from the batch,
+// finishes the ones in flight and says QUIT, and the rest stays queued.
 func (s *session) draining() bool {
 	if !s.p.shutdown.Load() {
 		return false
 	}
 	s.log.Info("odmr: provider shutting down; ending the delivery after the message in flight")
 	return true
-}
-
-// deliverOne sends one message. It returns an error only when the
-// connection can no longer be used.
-func (s *session) deliverOne(ctx context.Context, c *smtp.Client, msg Message, domains []string) (connErr error) {
-	env := msg.Envelope()
-	rcpts, results := s.prepare(c, env, domains)
-	set := func(list []string, err error) {
-		for _, r := range list {
-			results = append(results, RecipientResult{Recipient: r, Err: err})
-		}
-	}
-	var reply string // the customer's final reply, when it accepted
-	defer func() { s.complete(ctx, msg, env, results, reply) }()
-	if len(rcpts) == 0 {
-		return nil
-	}
-
-	// lost records a broken connection: every recipient not yet settled
-	// stays queued.
-	lost := func(list []string, err error) error {
-		set(list, fmt.Errorf("%w: %v", errLostConnection, err))
-		return err
-	}
-	opts := dsnMailOptions(&smtp.MailOptions{Size: env.Size, UTF8: env.UTF8}, env)
-	if err := c.Mail(env.From, opts); err != nil {
-		if e := AsError(err); e != nil {
-			set(rcpts, e)
-			return s.reset(c)
-		}
-		return lost(rcpts, err)
-	}
-	var accepted []string
-	for i, r := range rcpts {
-		err := c.Rcpt(r, dsnRcptOptions(env, r))
-		if e := AsError(err); e != nil {
-			results = append(results, RecipientResult{Recipient: r, Err: e})
-			continue
-		} else if err != nil {
-			return lost(append(accepted, rcpts[i:]...), err)
-		}
-		accepted = append(accepted, r)
-	}
-	if len(accepted) == 0 {
-		return s.reset(c)
-	}
-	body, err := msg.Open()
-	if err != nil {
-		s.log.Error("odmr: cannot open queued message", "id", env.ID, "err", err)
-		set(accepted, errLocalError)
-		return s.reset(c)
-	}
-	defer body.Close()
-	w, err := c.Data()
-	if e := AsError(err); e != nil {
-		set(accepted, e)
-		return s.reset(c)
-	} else if err != nil {
-		return lost(accepted, err)
-	}
-	if _, err := io.Copy(w, normalizedBody(body)); err != nil {
-		// Never send the final dot after a short copy: the customer would
-		// take a truncated message. Dropping the connection makes it
-		// discard what it has.
-		s.log.Error("odmr: delivery interrupted mid-message", "id", env.ID, "err", err)
-		return lost(accepted, err)
-	}
-	resp, err := w.CloseWithResponse()
-	if e := AsError(err); e != nil {
-		set(accepted, e)
-		return nil
-	} else if err != nil {
-		return lost(accepted, err)
-	}
-	reply = "250 " + resp.StatusText
-	set(accepted, nil)
-	return nil
 }
 
 // normalizedBody is a queued message as it goes on the wire: every bare CR
@@ -184,7 +129,7 @@ func normalizedBody(body io.ReadCloser) io.ReadCloser {
 // send, and the results of those that are not, because they are outside
 // the session's domains (they stay queued for their own customer), their
 // address cannot go on the wire, or the customer cannot take the message.
-func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts []string, results []RecipientResult) {
+func (s *session) prepare(ext map[string]string, env Envelope, domains []string) (rcpts []string, results []RecipientResult) {
 	s.messages++
 	results = make([]RecipientResult, 0, len(env.To))
 	rcpts = make([]string, 0, len(env.To))
@@ -195,16 +140,16 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 		case strings.ContainsAny(r, "\r\n"):
 			// A queue that lets this through must not make it a command
 			// injection, nor a message that blocks the rest of the queue.
-			results = append(results, RecipientResult{Recipient: r, Err: &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"}})
+			results = append(results, RecipientResult{Recipient: r, Err: errRcptCRLF})
 		default:
 			rcpts = append(rcpts, r)
 		}
 	}
 	var perm error
 	if strings.ContainsAny(env.From, "\r\n") {
-		perm = &Error{Code: 553, EnhancedCode: EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"}
+		perm = errSenderCRLF
 	} else if len(rcpts) > 0 {
-		perm = s.unsendable(c, env)
+		perm = unsendable(ext, env)
 	}
 	if perm != nil {
 		for _, r := range rcpts {
@@ -220,6 +165,7 @@ func (s *session) prepare(c *smtp.Client, env Envelope, domains []string) (rcpts
 // it accepted the message.
 func (s *session) complete(ctx context.Context, msg Message, env Envelope, results []RecipientResult, reply string) {
 	for i, r := range results {
+		s.observeDelivery(env, r)
 		switch {
 		case r.Err == nil:
 			results[i].NoDSN = s.noDSN
@@ -231,10 +177,10 @@ func (s *session) complete(ctx context.Context, msg Message, env Envelope, resul
 			s.deferred++
 		case Permanent(r.Err):
 			s.failed++
-			s.log.Warn("odmr: bounced", "id", env.ID, "to", r.Recipient, "reply", replyText(r.Err))
+			s.log.Warn("odmr: bounced", "id", env.ID, "to", r.Recipient, "reply", errText(r.Err))
 		default:
 			s.deferred++
-			s.log.Warn("odmr: deferred", "id", env.ID, "to", r.Recipient, "reply", replyText(r.Err))
+			s.log.Warn("odmr: deferred", "id", env.ID, "to", r.Recipient, "reply", errText(r.Err))
 		}
 	}
 	// Record outcomes even when the session is being cancelled: an
@@ -245,12 +191,6 @@ func (s *session) complete(ctx context.Context, msg Message, env Envelope, resul
 			s.recordErr = err
 		}
 	}
-}
-
-// replyText is a recipient's failure as a log shows it: the reply, such as
-// "550 5.1.1 No such user", without the "odmr: " of the error string.
-func replyText(err error) string {
-	return strings.TrimPrefix(err.Error(), "odmr: ")
 }
 
 // stopOnRecordErr reports whether the session must stop delivering
@@ -265,73 +205,36 @@ func (s *session) stopOnRecordErr() bool {
 	return true
 }
 
-// unsendable returns a permanent failure when the customer cannot take env.
-func (s *session) unsendable(c *smtp.Client, env Envelope) error {
-	if env.UTF8 {
-		if ok, _ := c.Extension("SMTPUTF8"); !ok {
-			return &Error{Code: 553, EnhancedCode: EnhancedCode{5, 6, 7}, Message: "Receiver does not support SMTPUTF8"}
-		}
+// unsendable returns a permanent failure when the customer, whose EHLO
+// reply listed ext, cannot take env.
+func unsendable(ext map[string]string, env Envelope) error {
+	if _, ok := ext["SMTPUTF8"]; env.UTF8 && !ok {
+		return errNoSMTPUTF8
 	}
-	if env.Body == Body8BitMIME {
-		if ok, _ := c.Extension("8BITMIME"); !ok {
-			// RFC 6152 section 3: no 8-bit data to a receiver that did not
-			// ask for it, and this provider does not downgrade.
-			return &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "8-bit message cannot be relayed to a receiver without 8BITMIME"}
-		}
+	if _, ok := ext["8BITMIME"]; env.Body == Body8BitMIME && !ok {
+		// RFC 6152 section 3: no 8-bit data to a receiver that did not
+		// ask for it, and this provider does not downgrade.
+		return errNo8BitMIME
 	}
 	if env.Body == BodyBinaryMIME {
-		return &Error{Code: 554, EnhancedCode: EnhancedCode{5, 6, 3}, Message: "Binary message cannot be relayed to this receiver"}
+		return errBinaryMIME
 	}
-	if limit, ok := c.MaxMessageSize(); ok && limit > 0 && env.Size > int64(limit) {
-		return &Error{Code: 552, EnhancedCode: EnhancedCode{5, 3, 4}, Message: fmt.Sprintf("Message size %d exceeds receiver's limit %d", env.Size, limit)}
-	}
-	return nil
-}
-
-// reset ends a transaction that will not be sent.
-func (s *session) reset(c *smtp.Client) error {
-	if err := c.Reset(); err != nil && AsError(err) == nil {
-		return err
+	if limit, ok := maxMessageSize(ext); ok && limit > 0 && env.Size > limit {
+		return errTooBigForPeer.withArgs(env.Size, limit)
 	}
 	return nil
 }
 
-// noCloseConn keeps go-smtp's client from closing the connection.
-type noCloseConn struct{ net.Conn }
-
-func (noCloseConn) Close() error { return nil }
-
-// quitRaw sends QUIT and waits briefly for the reply, whatever state the
-// SMTP client is in.
-func (s *session) quitRaw(conn net.Conn) {
-	conn.SetDeadline(time.Now().Add(orDefault(s.p.ReplyTimeout, DefaultReplyTimeout)))
-	if _, err := io.WriteString(conn, "QUIT\r\n"); err != nil {
-		return
+// maxMessageSize is the limit of the customer's SIZE extension (RFC
+// 1870); ok is false when it states none.
+func maxMessageSize(ext map[string]string) (limit int64, ok bool) {
+	v, has := ext["SIZE"]
+	if !has || v == "" {
+		return 0, false
 	}
-	bufio.NewReader(conn).ReadString('\n')
-}
-
-// deadlineConn bounds each write and stops every operation once ctx is
-// done, whatever deadlines the SMTP client sets for itself.
-type deadlineConn struct {
-	net.Conn
-	ctx   context.Context
-	write time.Duration
-}
-
-func (c *deadlineConn) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
 	}
-	return c.Conn.Read(p)
-}
-
-func (c *deadlineConn) Write(p []byte) (int, error) {
-	// Deadline first, then the check: a cancellation in between sets a
-	// past deadline that this one would otherwise overwrite.
-	c.Conn.SetWriteDeadline(time.Now().Add(c.write))
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(p)
+	return n, true
 }

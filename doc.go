@@ -22,13 +22,13 @@
 //
 // [Provider] serves the provider role over any [net.Conn]: it needs an
 // [Authenticator], a [DomainAuthorizer] and a [QueueSource].
-// [MemoryQueue] is a ready queue for tests and small programs; package
-// spool keeps mail on disk.
+// Package [github.com/go-odmr/odmr/memqueue] is a ready queue for tests
+// and small programs; package spool keeps mail on disk.
 //
 // [Customer] plays the other role: [Customer.Fetch] collects the mail and
-// hands each message to a [MessageSink] (package maildir has one; see
-// also [NewSMTPSink] and [NewLMTPSink]), or hands the reversed connection
-// to a [Handler] such as [Relay].
+// hands each message to a [MessageSink] (package maildir has one, and
+// package smtpsink passes messages to a local SMTP or LMTP server), or
+// hands the reversed connection to a [Handler] such as [Relay].
 //
 // The provider pipelines its commands (RFC 2920) to a customer that
 // offers PIPELINING, and sends bodies with BDAT (RFC 3030) to one that also
@@ -43,7 +43,11 @@
 //
 // Package odmrtest checks any provider or customer against the RFC, and
 // package spool is a durable queue that several provider processes may
-// share.
+// share. Package odmrtrace ([Provider.Trace]) tells an embedder's metrics
+// of each session's events, and package queueadmin is the operator's view
+// of a queue (list, show, delete, bounce, hold, release) that the spool
+// offers to queue tools. [Customer.Progress] reports a long fetch as it
+// goes.
 //
 // After the swap the connection is an ordinary SMTP connection; [Reverse]
 // wraps it as a [net.Conn] that replays any bytes read ahead, so any SMTP

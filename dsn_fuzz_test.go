@@ -10,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/go-odmr/odmr/internal/dsnparam"
+	"github.com/go-odmr/odmr/internal/smtpserver"
 )
 
 // dsnEcho is a go-smtp backend with DSN on that keeps the DSN options of
@@ -96,7 +99,7 @@ func FuzzDSNParams(f *testing.F) {
 		if strings.Contains(rc, "ORCPT=") && b.rcpt.OriginalRecipient != orcpt {
 			t.Fatalf("ORCPT %q arrived as %q (sent %q)", orcpt, b.rcpt.OriginalRecipient, rc)
 		}
-		if validNotify(rcpt.Notify) != strings.Contains(rc, "NOTIFY=") || (validNotify(rcpt.Notify) && len(b.rcpt.Notify) != len(rcpt.Notify)) {
+		if dsnparam.ValidNotify(rcpt.Notify) != strings.Contains(rc, "NOTIFY=") || (dsnparam.ValidNotify(rcpt.Notify) && len(b.rcpt.Notify) != len(rcpt.Notify)) {
 			t.Fatalf("NOTIFY %v sent as %q arrived as %v", rcpt.Notify, rc, b.rcpt.Notify)
 		}
 	})
@@ -119,7 +122,7 @@ func dsnServer(t *testing.T) (string, *dsnEcho) {
 		srv := smtp.NewServer(dsnSrvB)
 		srv.Domain = "dsn.test"
 		srv.EnableDSN, srv.EnableSMTPUTF8 = true, true
-		srv.ErrorLog = smtpLogger{loggerOr(nil)}
+		srv.ErrorLog = smtpserver.ErrorLog(loggerOr(nil))
 		go srv.Serve(l)
 		dsnSrvAddr = l.Addr().String()
 	})

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -33,23 +32,17 @@ func TestDSNValuesThatCannotBeSentAreLeftOut(t *testing.T) {
 		"ok@x":    {ORcptType: "utf-8", ORcpt: "josé@x"},
 	}}}
 	assert.Equal(t, " RET=FULL", dsnMailParams(env), "RET is sent in the spelling it must have")
-	assert.Equal(t, smtp.DSNReturnFull, dsnMailOptions(&smtp.MailOptions{}, env).Return)
 	env.DSN.Return = "sometimes"
 	assert.Empty(t, dsnMailParams(env))
-	assert.Empty(t, dsnMailOptions(&smtp.MailOptions{}, env).Return, "go-smtp's client fails on an unknown RET")
 	assert.Empty(t, dsnRcptParams(env, "tab@x", true), "an ORCPT that cannot be encoded is left out, not the recipient")
 	assert.Empty(t, dsnRcptParams(env, "slash@x", false))
-	assert.Nil(t, dsnRcptOptions(env, "slash@x").Notify)
-	assert.Empty(t, dsnRcptOptions(env, "slash@x").OriginalRecipient)
 	assert.Equal(t, " ORCPT=UTF-8;jos\\x{E9}@x", dsnRcptParams(env, "ok@x", false))
 
 	// RFC 3461 sections 4.2 and 4.4: at most 500 and 100 characters.
 	env.DSN.EnvID = strings.Repeat("e", 101)
 	env.DSN.Recipients["long@x"] = RecipientDSN{ORcptType: "rfc822", ORcpt: strings.Repeat("o", 500) + "@x"}
 	assert.Empty(t, dsnMailParams(env))
-	assert.Empty(t, dsnMailOptions(&smtp.MailOptions{}, env).EnvelopeID)
 	assert.Empty(t, dsnRcptParams(env, "long@x", false))
-	assert.Empty(t, dsnRcptOptions(env, "long@x").OriginalRecipient)
 }
 
 func TestDSNNotifies(t *testing.T) {
@@ -104,7 +97,7 @@ func TestProviderPassesDSNParameters(t *testing.T) {
 func TestDSNParametersReachTheCustomersSink(t *testing.T) {
 	for _, chunking := range []bool{false, true} {
 		t.Run(map[bool]string{false: "DATA", true: "BDAT"}[chunking], func(t *testing.T) {
-			q := &MemoryQueue{}
+			q := newMemQueue()
 			dsn := testDSN()
 			dsn.Recipients["u2@example.org"] = RecipientDSN{Notify: []DSNNotify{NotifyNever}, ORcptType: "UTF-8", ORcpt: "josé@example.org"}
 			_, err := q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org", "u2@example.org"}, DSN: dsn},
@@ -125,16 +118,16 @@ func TestDSNParametersReachTheCustomersSink(t *testing.T) {
 	}
 }
 
-// resultQueue is a MemoryQueue that keeps the results its messages are
+// resultQueue is a memqueue.Queue that keeps the results its messages are
 // completed with.
 type resultQueue struct {
-	*MemoryQueue
+	memQueue
 	mu      sync.Mutex
 	results []RecipientResult
 }
 
 func (q *resultQueue) Claim(ctx context.Context, domains []string) (Batch, error) {
-	b, err := q.MemoryQueue.Claim(ctx, domains)
+	b, err := q.memQueue.Claim(ctx, domains)
 	return resultBatch{b, q}, err
 }
 
@@ -168,7 +161,7 @@ func TestProviderTellsTheQueueWhenTheCustomerLacksDSN(t *testing.T) {
 		t.Run(strings.Join(ehlo, "+"), func(t *testing.T) {
 			var q *resultQueue
 			f := newFixture(t, func(p *Provider) {
-				q = &resultQueue{MemoryQueue: p.Queue.(*MemoryQueue)}
+				q = &resultQueue{memQueue: p.Queue.(memQueue)}
 				p.Queue = q
 			})
 			f.enqueue(t, "s@x.test", "Subject: x\r\n\r\nhi\r\n", "u@example.org")
@@ -191,7 +184,7 @@ func (dsnSink) PassesDSN() bool { return true }
 func TestCustomerOffersDSNOnlyForASinkThatPassesItOn(t *testing.T) {
 	for _, passes := range []bool{false, true} {
 		t.Run(fmt.Sprint("passes=", passes), func(t *testing.T) {
-			q := &resultQueue{MemoryQueue: &MemoryQueue{}}
+			q := &resultQueue{memQueue: newMemQueue()}
 			_, err := q.Enqueue(Envelope{From: "s@x.test", To: []string{"u1@example.org"}, DSN: testDSN()},
 				strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
 			require.NoError(t, err)

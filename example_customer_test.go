@@ -12,23 +12,25 @@ import (
 	"strings"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 	"github.com/go-odmr/odmr/maildir"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // A provider and a customer in one process: the customer collects the
 // mail queued for its domain and hands each message to its sink.
 func ExampleCustomer_Fetch() {
 	// The provider: one account, one message queued, a loopback port.
-	accounts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
 	}
-	queue := &odmr.MemoryQueue{}
+	queue := &memqueue.Queue{}
 	queue.Enqueue(odmr.Envelope{From: "bob@example.net", To: []string{"alice@example.org"}},
 		strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
 	provider := &odmr.Provider{
 		Hostname:      "mx.example.net",
-		Authenticator: accounts,
-		Authorizer:    accounts,
+		Authenticator: accts,
+		Authorizer:    accts,
 		Queue:         queue,
 		Logger:        slog.New(slog.DiscardHandler),
 	}
@@ -125,23 +127,6 @@ func ExampleRelay() {
 	}
 }
 
-// Deliver to Dovecot's LMTP socket with the envelope kept; recipients the
-// local server does not know are refused to the provider one by one.
-func ExampleNewLMTPSink() {
-	customer := &odmr.Customer{
-		Addr:     "odmr.provider.example",
-		Username: "example.org",
-		Secret:   "tanstaaftanstaaf",
-		// A bare ATRN: every domain of the account, and the customer
-		// takes recipients only in these.
-		AcceptDomains: []string{"example.org", "example.com"},
-		Sink:          odmr.NewLMTPSink("/run/dovecot/lmtp"),
-	}
-	if _, err := customer.Fetch(context.Background()); err != nil {
-		log.Print(err)
-	}
-}
-
 // dsnPrinter is a sink that takes DSN requests on (a real one would pass
 // them to a mail server that honours them) and prints what it is given.
 type dsnPrinter struct{}
@@ -162,17 +147,17 @@ func (dsnPrinter) Deliver(ctx context.Context, env odmr.Envelope, body io.Reader
 // sink that takes them on, and the sink learns which session the message
 // came in.
 func ExampleReversedSessionFromContext() {
-	accounts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
 	}
-	queue := &odmr.MemoryQueue{}
+	queue := &memqueue.Queue{}
 	queue.Enqueue(odmr.Envelope{
 		From: "bob@example.net", To: []string{"alice@example.org"},
 		DSN: &odmr.DSN{Return: odmr.ReturnHeaders, EnvID: "bob-42", Recipients: map[string]odmr.RecipientDSN{
 			"alice@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess, odmr.NotifyFailure}},
 		}},
 	}, strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
-	provider := &odmr.Provider{Hostname: "mx.example.net", Authenticator: accounts, Authorizer: accounts,
+	provider := &odmr.Provider{Hostname: "mx.example.net", Authenticator: accts, Authorizer: accts,
 		Queue: queue, Logger: slog.New(slog.DiscardHandler)}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -188,4 +173,46 @@ func ExampleReversedSessionFromContext() {
 	}
 	// Output:
 	// from mx.example.net, TLS false: RET=HDRS ENVID=bob-42 NOTIFY=[SUCCESS FAILURE]
+}
+
+// Progress reports a fetch as it goes: after each message the local
+// target took, the counts so far. A program logs them every so often to
+// show a long fetch's rate (odmr-customer's -progress does).
+func ExampleCustomer_progress() {
+	accts := accounts.Map{
+		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
+	}
+	queue := &memqueue.Queue{}
+	for _, body := range []string{"Subject: one\r\n\r\nHi.\r\n", "Subject: two\r\n\r\nHello again.\r\n"} {
+		queue.Enqueue(odmr.Envelope{From: "bob@example.net", To: []string{"alice@example.org"}},
+			strings.NewReader(body))
+	}
+	provider := &odmr.Provider{Authenticator: accts, Authorizer: accts, Queue: queue,
+		Logger: slog.New(slog.DiscardHandler)}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go provider.ServeListener(l)
+	defer provider.Shutdown(context.Background())
+
+	customer := &odmr.Customer{
+		Addr: l.Addr().String(), Username: "alice", Secret: "s3cret",
+		Domains: []string{"example.org"}, Hostname: "customer.example.org",
+		NoReceivedHeader: true,
+		Sink: odmr.MessageSinkFunc(func(_ context.Context, _ odmr.Envelope, body io.Reader) error {
+			_, err := io.Copy(io.Discard, body)
+			return err
+		}),
+		Progress: func(so odmr.FetchResult) {
+			fmt.Printf("so far: %d message(s), %d bytes\n", so.Messages, so.Bytes)
+		},
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	if _, err := customer.Fetch(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// so far: 1 message(s), 21 bytes
+	// so far: 2 message(s), 51 bytes
 }

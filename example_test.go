@@ -9,22 +9,24 @@ import (
 	"strings"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // A provider serving one account from memory: mail arrives with Enqueue
 // (in a real program, from an SMTP intake), customers collect it with ATRN.
 func ExampleProvider() {
-	accounts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
 	}
-	queue := &odmr.MemoryQueue{}
+	queue := &memqueue.Queue{}
 	queue.Enqueue(odmr.Envelope{From: "bob@example.net", To: []string{"alice@example.org"}},
 		strings.NewReader("Subject: hello\r\n\r\nHi Alice.\r\n"))
 
 	p := &odmr.Provider{
 		Hostname:      "mx.example.net",
-		Authenticator: accounts,
-		Authorizer:    accounts,
+		Authenticator: accts,
+		Authorizer:    accts,
 		Queue:         queue,
 		Logger:        slog.New(slog.DiscardHandler),
 	}

@@ -79,7 +79,10 @@ func (ss *sinkSession) Data(r io.Reader) error {
 func (ss *sinkSession) Reset()        {}
 func (ss *sinkSession) Logout() error { return nil }
 
-func startSink(t *testing.T) (*smtpSink, string) {
+// startSink starts the local MTA. hide are EHLO keywords it does not
+// offer, though go-smtp's server would: they go out with their first
+// letter made an X.
+func startSink(t *testing.T, hide ...string) (*smtpSink, string) {
 	t.Helper()
 	sink := &smtpSink{}
 	srv := smtp.NewServer(sink)
@@ -87,9 +90,38 @@ func startSink(t *testing.T) (*smtpSink, string) {
 	srv.AllowInsecureAuth = true
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	go srv.Serve(l)
+	go srv.Serve(hidingListener{l, hide})
 	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
 	return sink, l.Addr().String()
+}
+
+// hidingListener's connections rename the EHLO keywords in hide in what
+// the server writes.
+type hidingListener struct {
+	net.Listener
+	hide []string
+}
+
+func (l hidingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil || len(l.hide) == 0 {
+		return c, err
+	}
+	return hidingConn{c, l.hide}, nil
+}
+
+type hidingConn struct {
+	net.Conn
+	hide []string
+}
+
+func (c hidingConn) Write(p []byte) (int, error) {
+	s := string(p)
+	for _, h := range c.hide {
+		s = strings.ReplaceAll(s, "250-"+h+"\r\n", "250-X"+h[1:]+"\r\n")
+		s = strings.ReplaceAll(s, "250 "+h+"\r\n", "250 X"+h[1:]+"\r\n")
+	}
+	return c.Conn.Write([]byte(s))
 }
 
 // runFetchmail polls the provider at addr once, relaying to sinkAddr, and
@@ -128,6 +160,24 @@ func TestFetchmailInterop(t *testing.T) {
 		assert.Equal(t, []string{"w@example.com"}, msgs[1].To)
 		assert.Equal(t, 0, f.q.Len(), "delivered mail is acknowledged to the queue")
 		assert.NotContains(t, out, testSecret)
+	})
+
+	t.Run("mail delivered in lock-step to an MTA without PIPELINING", func(t *testing.T) {
+		// fetchmail relays the MTA's EHLO reply: the provider's one
+		// delivery engine sends one command at a time, and DATA.
+		f := newFixture(t)
+		f.enqueue(t, "s@x.test", body, "u@example.org")
+		f.enqueue(t, "s@x.test", "Subject: second\r\n\r\ntwo\r\n", "w@example.org", "x@example.org")
+		sink, sinkAddr := startSink(t, "PIPELINING", "CHUNKING")
+		code, out := runFetchmail(t, bin, f.addr, testUser, testSecret, "example.org", sinkAddr)
+		require.Equal(t, 0, code, out)
+		msgs := sink.messages()
+		require.Len(t, msgs, 2, out)
+		assert.Equal(t, sinkMessage{From: "s@x.test", To: []string{"u@example.org"}, Data: body}, msgs[0])
+		assert.Equal(t, []string{"w@example.org", "x@example.org"}, msgs[1].To)
+		assert.Equal(t, 0, f.q.Len())
+		f.settle(t)
+		assert.Contains(t, f.logs.String(), "pipelining=false chunking=false")
 	})
 
 	t.Run("a large message after a small one, with BDAT", func(t *testing.T) {
@@ -188,7 +238,7 @@ func TestFetchmailInterop(t *testing.T) {
 	})
 
 	t.Run("single-label domain as fetchmail sends its host name", func(t *testing.T) {
-		accts := Accounts{"vmuser": {Name: "vmuser", Secret: "pw-vm", Domains: []string{"vm"}}}
+		accts := testAccounts{"vmuser": {Name: "vmuser", Secret: "pw-vm", Domains: []string{"vm"}}}
 		f := newFixture(t, func(p *Provider) { p.Authenticator, p.Authorizer = accts, accts })
 		f.enqueue(t, "s@x.test", body, "root@vm")
 		sink, sinkAddr := startSink(t)

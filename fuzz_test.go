@@ -22,6 +22,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/go-odmr/odmr/internal/saslmech"
 	"github.com/go-odmr/odmr/internal/wire"
 )
 
@@ -208,12 +209,12 @@ func FuzzProviderSession(f *testing.F) {
 // watchQueue notes when the provider has mail to send, which is when its
 // next reply is the 250 that reverses the roles.
 type watchQueue struct {
-	*MemoryQueue
+	memQueue
 	reversing atomic.Bool
 }
 
 func (w *watchQueue) HasMail(ctx context.Context, domains []string) (bool, error) {
-	ok, err := w.MemoryQueue.HasMail(ctx, domains)
+	ok, err := w.memQueue.HasMail(ctx, domains)
 	if ok && err == nil {
 		w.reversing.Store(true)
 	}
@@ -250,11 +251,11 @@ func (c *quietConn) waiting(sent int64) bool {
 }
 
 func newFuzzProvider(insecure bool) (*Provider, *watchQueue) {
-	q := &watchQueue{MemoryQueue: &MemoryQueue{}}
+	q := &watchQueue{memQueue: newMemQueue()}
 	body := "Subject: fuzz\r\n\r\n.\r\n..dots\r\nbody\r\n"
 	q.Enqueue(Envelope{From: "s@x.test", To: []string{"u@example.org", "v@example.net"}}, strings.NewReader(body))
 	q.Enqueue(Envelope{From: "", To: []string{"w@example.com"}}, strings.NewReader(body))
-	accts := Accounts{
+	accts := testAccounts{
 		fuzzUser: {Name: fuzzUser, Secret: fuzzSecret, Domains: []string{"example.org", "example.com"}},
 		"bob":    {Name: "bob", Secret: "bobs-secret", Domains: []string{"example.net"}},
 	}
@@ -508,7 +509,7 @@ func FuzzCRAMMD5Server(f *testing.F) {
 			}
 			return nil, ErrUnknownUser
 		}
-		srv := NewCRAMMD5Server("provider.test", lookup)
+		srv := saslmech.NewCRAMMD5Server("provider.test", lookup, ErrUnknownUser, ErrAuthFailed)
 		chal, done, err := srv.Next(initial)
 		if len(initial) > 0 {
 			// CRAM-MD5 has no initial response.
@@ -542,7 +543,7 @@ func FuzzCRAMMD5Server(f *testing.F) {
 		if calls > 1 {
 			t.Fatalf("the secret was looked up %d times", calls)
 		}
-		if !want && !errors.Is(err, ErrAuthFailed) && !errors.Is(err, errCRAMResponse) {
+		if !want && !errors.Is(err, ErrAuthFailed) && !errors.Is(err, saslmech.ErrCRAMResponse) {
 			t.Fatalf("response %q failed with %v, want ErrAuthFailed or a malformed-response error", resp, err)
 		}
 	})

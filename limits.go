@@ -7,18 +7,6 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Defaults of the abuse limits of a [Provider].
-const (
-	DefaultMaxSessions         = 1000
-	DefaultMaxSessionsPerAddr  = 20
-	DefaultSessionTimeout      = 15 * time.Minute
-	DefaultAuthFailuresAllowed = 5
-	DefaultAuthBackoff         = time.Second
-	DefaultMaxAuthBackoff      = 5 * time.Minute
-	DefaultATRNInterval        = time.Second
-	DefaultATRNBurst           = 30
-)
-
 // atrnLimiter is a token bucket per identity.
 type atrnLimiter struct {
 	every time.Duration

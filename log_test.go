@@ -122,3 +122,27 @@ func TestSessionIDsDiffer(t *testing.T) {
 	require.Len(t, ids, 2)
 	assert.NotEqual(t, ids[0], ids[1])
 }
+
+// TestLogNamesTheIdentityOnce checks that the name a customer logs in as
+// is keyed "identity" on every record, failed attempts included, and
+// never twice on one record (issue #14).
+func TestLogNamesTheIdentityOnce(t *testing.T) {
+	logs := &syncBuffer{}
+	f := newFixture(t, func(p *Provider) {
+		p.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	})
+	c := f.dial(t)
+	c.cmd(250, "EHLO customer.test")
+	c.authCRAM(testUser, "wrong", 535)
+	c.authCRAM(testUser, testSecret, 235)
+	c.cmd(221, "QUIT")
+	f.settle(t)
+	recs := logRecords(t, logs.String()) // fails on a key given twice
+	for _, msg := range []string{"odmr: authentication failed", "odmr: authenticated", "odmr: session ended"} {
+		got := withMsg(recs, msg)
+		require.Len(t, got, 1, msg)
+		assert.Equal(t, testUser, got[0]["identity"], msg)
+		assert.NotContains(t, got[0], "user", msg)
+		assert.NotContains(t, got[0], "username", msg)
+	}
+}

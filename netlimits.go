@@ -6,23 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"time"
-)
 
-// Defaults of the session limits of a [Provider] that keep anonymous
-// sessions from crowding out customers.
-const (
-	// DefaultAuthTimeout is how long a session may stay unauthenticated.
-	DefaultAuthTimeout = time.Minute
-	// DefaultIPv4Prefix and DefaultIPv6Prefix size the network that
-	// MaxSessionsPerAddr counts: one IPv4 address, one IPv6 /64 (what a
-	// single host or site usually gets).
-	DefaultIPv4Prefix = 32
-	DefaultIPv6Prefix = 64
-	// DefaultConnLogsPerSecond caps the log records about refused and
-	// evicted connections and unauthenticated sessions.
-	DefaultConnLogsPerSecond = 10
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/sockaddr"
 )
 
 var (
@@ -30,39 +17,10 @@ var (
 	errGaveWay     = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many connections; unauthenticated session closed to make room"}
 )
 
-// networkKey names the network addr belongs to for the per-network session
-// cap: its IPv4 address masked to v4 bits or its IPv6 address to v6 bits,
-// as a prefix ("192.0.2.0/24", "2001:db8::/64"). IPv4-mapped IPv6
-// addresses count as IPv4. An address that is not IP is its own key.
-func networkKey(addr net.Addr, v4, v6 int) string {
-	if addr == nil {
-		return ""
-	}
-	var ip netip.Addr
-	if ta, ok := addr.(*net.TCPAddr); ok {
-		ip = ta.AddrPort().Addr()
-	} else if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		ip = ap.Addr()
-	} else if a, err := netip.ParseAddr(addr.String()); err == nil {
-		ip = a
-	}
-	if !ip.IsValid() {
-		return addr.String()
-	}
-	ip = ip.Unmap().WithZone("")
-	bits := v6
-	if ip.Is4() {
-		bits = v4
-	}
-	pfx, err := ip.Prefix(min(max(bits, 0), ip.BitLen()))
-	if err != nil {
-		return ip.String()
-	}
-	return pfx.String()
-}
-
+// networkKey names the network addr belongs to for the per-network
+// limits (sockaddr.Network), sized by IPv4Prefix and IPv6Prefix.
 func (p *Provider) networkKey(addr net.Addr) string {
-	return networkKey(addr, orDefault(p.IPv4Prefix, DefaultIPv4Prefix), orDefault(p.IPv6Prefix, DefaultIPv6Prefix))
+	return sockaddr.Network(addr, orDefault(p.IPv4Prefix, defaults.IPv4Prefix), orDefault(p.IPv6Prefix, defaults.IPv6Prefix))
 }
 
 // sessionTable is the provider's count of sessions: all of them, those per
@@ -83,10 +41,10 @@ type sessionTable struct {
 // out another's sessions by reconnecting.
 func (p *Provider) admitLocked(key string) (victim *session, refusal string) {
 	t := &p.table
-	if limit := orDefault(p.MaxSessionsPerAddr, DefaultMaxSessionsPerAddr); limit > 0 && t.perNet[key] >= limit {
+	if limit := orDefault(p.MaxSessionsPerAddr, defaults.MaxSessionsPerAddr); limit > 0 && t.perNet[key] >= limit {
 		return nil, "too many sessions from one network"
 	}
-	if limit := orDefault(p.MaxSessions, DefaultMaxSessions); limit > 0 && len(t.all) >= limit {
+	if limit := orDefault(p.MaxSessions, defaults.MaxSessions); limit > 0 && len(t.all) >= limit {
 		// Sessions leave t.unauth when they are promoted, under p.mu:
 		// the front one has not authenticated and, marked evicted here,
 		// never will (see promote).
@@ -156,7 +114,7 @@ func (s *session) evict() {
 // authDeadline is when an unauthenticated session must have authenticated,
 // or the zero time for no limit.
 func (s *session) authDeadline() time.Time {
-	d := orDefault(s.p.AuthTimeout, DefaultAuthTimeout)
+	d := orDefault(s.p.AuthTimeout, defaults.AuthTimeout)
 	if d < 0 {
 		return time.Time{}
 	}
@@ -173,7 +131,7 @@ func (s *session) limitTimeout() error {
 	if s.identity == "" {
 		if end := s.authDeadline(); !end.IsZero() && !time.Now().Before(end) {
 			s.reply(errAuthTimeout)
-			return fmt.Errorf("odmr: not authenticated within %v", orDefault(s.p.AuthTimeout, DefaultAuthTimeout))
+			return fmt.Errorf("odmr: not authenticated within %v", orDefault(s.p.AuthTimeout, defaults.AuthTimeout))
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package odmr
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -16,6 +17,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
 )
 
 // pipeDial serves one pipe connection from remote ("" for the pipe's own
@@ -33,35 +37,6 @@ func pipeDial(t *testing.T, p *Provider, remote string, wantCode int) (*client, 
 	return c, c.expect(wantCode)
 }
 
-func TestNetworkKey(t *testing.T) {
-	for _, c := range []struct {
-		addr   string
-		v4, v6 int
-		want   string
-	}{
-		{"192.0.2.7:366", 32, 64, "192.0.2.7/32"},
-		{"192.0.2.7:366", 24, 64, "192.0.2.0/24"},
-		// An IPv4-mapped address is the IPv4 address.
-		{"[::ffff:192.0.2.7]:366", 24, 64, "192.0.2.0/24"},
-		// The whole /64 of one site is one network.
-		{"[2001:db8:1:2:aaaa::1]:366", 32, 64, "2001:db8:1:2::/64"},
-		{"[2001:db8:1:2:aaaa::1]:366", 32, 48, "2001:db8:1::/48"},
-		{"[fe80::1%eth0]:366", 32, 64, "fe80::/64"},
-		// Out-of-range prefixes are clamped, not a panic.
-		{"192.0.2.7:366", 99, 64, "192.0.2.7/32"},
-		{"192.0.2.7:366", -1, 64, "0.0.0.0/0"},
-	} {
-		ap := netip.MustParseAddrPort(c.addr)
-		assert.Equal(t, c.want, networkKey(net.TCPAddrFromAddrPort(ap), c.v4, c.v6), c.addr)
-	}
-	// Addresses that are not IP are their own key.
-	server, conn := net.Pipe()
-	defer server.Close()
-	defer conn.Close()
-	assert.Equal(t, "pipe", networkKey(server.RemoteAddr(), 32, 64))
-	assert.Equal(t, "", networkKey(nil, 32, 64))
-}
-
 // TestAuthTimeoutEndsAnonymousSessions: a session that keeps itself alive
 // with NOOPs but never authenticates is closed after AuthTimeout (it
 // used to live up to SessionTimeout, 15 minutes); one that authenticated
@@ -74,7 +49,7 @@ func TestAuthTimeoutEndsAnonymousSessions(t *testing.T) {
 		anon, _ := pipeDial(t, p, "192.0.2.1:1000", 220)
 		customer, _ := pipeDial(t, p, "192.0.2.2:1000", 220)
 		customer.login()
-		for time.Since(start) < DefaultAuthTimeout-10*time.Second {
+		for time.Since(start) < defaults.AuthTimeout-10*time.Second {
 			time.Sleep(10 * time.Second)
 			anon.cmd(250, "NOOP")
 			customer.cmd(250, "NOOP")
@@ -82,7 +57,7 @@ func TestAuthTimeoutEndsAnonymousSessions(t *testing.T) {
 		// net.Pipe does not buffer: read the 421 rather than write into it.
 		msg := anon.expect(421)
 		assert.Contains(t, msg, "4.7.0 Authentication took too long")
-		assert.Equal(t, DefaultAuthTimeout, time.Since(start), "fake time is exact")
+		assert.Equal(t, defaults.AuthTimeout, time.Since(start), "fake time is exact")
 		anon.expectClosed()
 		customer.cmd(250, "NOOP")
 	})
@@ -98,6 +73,54 @@ func TestAuthTimeoutCutsAnSASLExchange(t *testing.T) {
 		c.cmd(334, "AUTH CRAM-MD5")
 		time.Sleep(31 * time.Second)
 		assert.Contains(t, c.expect(421), "Authentication took too long")
+	})
+}
+
+// TestAuthTimeoutBoundsCredentialLookups: a credential store that does
+// not answer (a database that hangs rather than refuses) gets a context
+// that ends at the authentication deadline, so the session answers 454
+// and closes with 421 at AuthTimeout instead of waiting with the store:
+// such sessions used to pile up for as long as the database hung.
+func TestAuthTimeoutBoundsCredentialLookups(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hung := AuthenticatorFunc(func(ctx context.Context, _ string) ([]byte, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		p := pipeProvider(io.Discard, func(p *Provider) {
+			p.Authenticator = hung
+			p.AllowInsecureAuth = true
+			p.AuthTimeout = 30 * time.Second
+		})
+		defer p.Close()
+		start := time.Now()
+		c, _ := pipeDial(t, p, "", 220)
+		c.cmd(250, "EHLO customer.test")
+		ir := base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + testSecret))
+		c.cmd(454, "AUTH PLAIN "+ir)
+		assert.Equal(t, 30*time.Second, time.Since(start), "the lookup ends at the deadline")
+		assert.Contains(t, c.expect(421), "Authentication took too long")
+	})
+}
+
+// TestAuthTimeoutCutsAStalledTLSHandshake: on an implicit TLS listener
+// a client that connects and sends nothing is closed at AuthTimeout; the
+// handshake, which the greeting used to start with no read deadline,
+// kept such a session, and its slot, for good.
+func TestAuthTimeoutCutsAStalledTLSHandshake(t *testing.T) {
+	newTestPKI(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, withTLS, func(p *Provider) { p.AuthTimeout = 30 * time.Second })
+		defer p.Close()
+		server, conn := net.Pipe()
+		defer conn.Close()
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- p.Serve(tls.Server(server, p.TLSConfig)) }()
+		assert.ErrorContains(t, <-done, "TLS handshake")
+		assert.Equal(t, 30*time.Second, time.Since(start), "closed at the authentication deadline")
+		_, err := conn.Read(make([]byte, 1))
+		assert.ErrorIs(t, err, io.EOF)
 	})
 }
 
@@ -222,7 +245,7 @@ func TestEvictionDuringAuthIsNotA235(t *testing.T) {
 				chal := c.cmd(334, "AUTH CRAM-MD5")
 				raw, err := base64.StdEncoding.DecodeString(chal)
 				require.NoError(t, err)
-				resp, _ := NewCRAMMD5Client(testUser, secret).Next(raw)
+				resp, _ := saslmech.NewCRAMMD5Client(testUser, secret).Next(raw)
 				require.NoError(t, c.tp.PrintfLine("%s", base64.StdEncoding.EncodeToString(resp)))
 				<-checking
 				newcomer, _ := pipeDial(t, p, "198.51.100.1:1000", 220)
@@ -255,5 +278,28 @@ func TestConnectionLogsAreRateLimited(t *testing.T) {
 		synctest.Wait()
 		assert.Equal(t, 3, strings.Count(logs.String(), "connection refused"))
 		assert.Contains(t, logs.String(), "suppressed=3")
+	})
+}
+
+// TestRefusedTLSConnectionIsClosedInTime: on an implicit-TLS listener a
+// connection over the per-network cap is refused, and one whose client
+// sends nothing is closed after the refusal's deadline: the 421 starts
+// the handshake, which reads, and the refusal's write deadline alone
+// left it waiting for good, a descriptor and a goroutine each.
+func TestRefusedTLSConnectionIsClosedInTime(t *testing.T) {
+	newTestPKI(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, withTLS, func(p *Provider) { p.MaxSessionsPerAddr = 1 })
+		defer p.Close()
+		first, conn1 := net.Pipe()
+		defer conn1.Close()
+		go p.Serve(tls.Server(addrConn{first, net.TCPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:1000"))}, p.TLSConfig))
+		synctest.Wait()
+		second, conn2 := net.Pipe()
+		defer conn2.Close()
+		start := time.Now()
+		err := p.Serve(tls.Server(addrConn{second, net.TCPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:1001"))}, p.TLSConfig))
+		assert.ErrorContains(t, err, "connection refused")
+		assert.Equal(t, 5*time.Second, time.Since(start), "closed at the refusal's deadline")
 	})
 }

@@ -1,9 +1,7 @@
 package odmr
 
 import (
-	"context"
 	"errors"
-	"io"
 	"slices"
 	"time"
 )
@@ -14,40 +12,6 @@ const Port = 366
 // ErrUnknownUser is returned by an [Authenticator] that has no such user.
 // The provider answers it like a wrong secret, 535.
 var ErrUnknownUser = errors.New("odmr: unknown user")
-
-// Authenticator is the provider's credential store. One store serves every
-// SASL mechanism: CRAM-MD5 needs the shared secret itself (RFC 2195 makes
-// the provider keep it), and PLAIN and LOGIN compare the password sent
-// with it in constant time.
-type Authenticator interface {
-	// Secret returns the shared secret of username, or an error matching
-	// ErrUnknownUser. Any other error is a temporary failure (454).
-	Secret(ctx context.Context, username string) ([]byte, error)
-}
-
-// AuthenticatorFunc adapts a function to [Authenticator].
-type AuthenticatorFunc func(ctx context.Context, username string) ([]byte, error)
-
-// Secret calls f.
-func (f AuthenticatorFunc) Secret(ctx context.Context, username string) ([]byte, error) {
-	return f(ctx, username)
-}
-
-// DomainAuthorizer tells which domains an authenticated identity may pull.
-type DomainAuthorizer interface {
-	// Domains returns the domains identity may pull with ATRN, in any case,
-	// with or without a trailing dot. A bare ATRN asks for all of them. An
-	// error is a temporary failure: the provider answers 451.
-	Domains(ctx context.Context, identity string) ([]string, error)
-}
-
-// DomainAuthorizerFunc adapts a function to [DomainAuthorizer].
-type DomainAuthorizerFunc func(ctx context.Context, identity string) ([]string, error)
-
-// Domains calls f.
-func (f DomainAuthorizerFunc) Domains(ctx context.Context, identity string) ([]string, error) {
-	return f(ctx, identity)
-}
 
 // BodyType is the value of the ESMTP BODY parameter (RFC 6152, RFC 3030).
 type BodyType string
@@ -162,58 +126,6 @@ func (d *DSN) Clone() *DSN {
 	return &c
 }
 
-// QueueSource is the provider's view of its mail queue.
-//
-// The provider asks HasMail to answer ATRN, then Claims the messages for
-// the requested domains and delivers them one by one. A message is leased
-// while a session delivers it: no other session gets the same recipients
-// until the lease ends with Complete, or with the batch's Close for those
-// that were never completed.
-type QueueSource interface {
-	// HasMail reports whether anything is queued for any of domains. It must
-	// answer quickly whatever the size of the queue (the customer waits on
-	// it), so it should consult an index rather than read messages. An error
-	// is a temporary failure: the provider answers 451.
-	HasMail(ctx context.Context, domains []string) (bool, error)
-
-	// Claim starts delivering the mail queued for domains.
-	Claim(ctx context.Context, domains []string) (Batch, error)
-}
-
-// Batch hands out the messages of one session, each at most once.
-type Batch interface {
-	// Next leases the next message with recipients in the batch's domains,
-	// or returns io.EOF when there is none left. A message it has returned
-	// before is not returned again by the same batch, even if some of its
-	// recipients failed temporarily.
-	Next(ctx context.Context) (Message, error)
-
-	// Close ends the batch. Messages returned by Next and not completed are
-	// released and stay queued as they were.
-	Close() error
-}
-
-// Message is one leased message.
-type Message interface {
-	// Envelope returns the envelope for this delivery. To holds only the
-	// recipients in the batch's domains; a message for several customers'
-	// domains is delivered to each separately.
-	Envelope() Envelope
-
-	// Open returns the body: the message as RFC 5322 text with CRLF line
-	// endings, headers first. The provider closes it.
-	Open() (io.ReadCloser, error)
-
-	// Complete reports one result per recipient of the Envelope and ends the
-	// lease. A result with a nil Err was acknowledged by the receiver's
-	// final 250 and is done; a permanent error (see [Permanent]) will not
-	// succeed by retrying and calls for a bounce; anything else is transient
-	// and the recipient stays queued. An error says the results could not
-	// be recorded (a full disk): the provider then delivers nothing more in
-	// the session, since whatever it delivered would be delivered again.
-	Complete(ctx context.Context, results []RecipientResult) error
-}
-
 // RecipientResult is what happened to one recipient of a delivery.
 type RecipientResult struct {
 	Recipient string
@@ -226,29 +138,7 @@ type RecipientResult struct {
 	// offer DSN (RFC 3461): the sender's requests for notifications end
 	// here, and a queue should send the "relayed" notification a NOTIFY
 	// with SUCCESS asks for (RFC 3461 section 4.1). The spool package
-	// does; MemoryQueue, which sends no notifications at all, ignores it.
+	// does; package memqueue, which sends no notifications at all,
+	// ignores it.
 	NoDSN bool
 }
-
-// MessageSink receives the messages a customer is sent after the role swap.
-type MessageSink interface {
-	// Deliver stores one message. It must read body to the end before it
-	// returns; the message is acknowledged to the provider only when Deliver
-	// returns nil. An *Error picks the reply the provider is sent; any other
-	// error becomes a 451.
-	Deliver(ctx context.Context, env Envelope, body io.Reader) error
-}
-
-// MessageSinkFunc adapts a function to [MessageSink].
-type MessageSinkFunc func(ctx context.Context, env Envelope, body io.Reader) error
-
-// Deliver calls f.
-func (f MessageSinkFunc) Deliver(ctx context.Context, env Envelope, body io.Reader) error {
-	return f(ctx, env, body)
-}
-
-var (
-	_ Authenticator    = AuthenticatorFunc(nil)
-	_ DomainAuthorizer = DomainAuthorizerFunc(nil)
-	_ MessageSink      = MessageSinkFunc(nil)
-)

@@ -8,79 +8,24 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/go-odmr/odmr/internal/pipeline"
 )
 
-// deliverPipelined runs the deliveries of the reversed state with command
-// pipelining (RFC 2920), for a customer whose EHLO reply lists
-// PIPELINING: each message's MAIL, RCPTs and DATA go out as one group,
-// and the next message's group right behind the final dot, so that a
-// message costs one round trip instead of four. With CHUNKING, when
-// Provider.DisableChunking is not set, it sends BDAT and waits for nothing. Each
-// recipient gets the result the plain path (deliverOne) would give it for
-// the same replies.
-//
-// c has read the customer's greeting and EHLO reply through lc; the
-// connection is handed over to the pipelined sender, with any byte the
-// customer sent ahead. c is used only for what the EHLO reply said.
-func (s *session) deliverPipelined(ctx context.Context, c *smtp.Client, lc *pipeline.LineConn, batch Batch, domains []string) error {
-	conn, clean := lc.Handoff()
-	if !clean {
-		// go-smtp may hold part of a line: it has to go on alone.
-		s.log.Warn("odmr: cannot hand the connection to the pipelined sender; delivering without pipelining")
-		return s.deliverEach(ctx, c, batch, domains)
-	}
-	chunking, _ := c.Extension("CHUNKING")
-	chunking = chunking && !s.p.DisableChunking
-	snd := pipeline.NewSender(ctx, conn, pipeline.Config{
-		ReplyTimeout: orDefault(s.p.ReplyTimeout, DefaultReplyTimeout),
-		DataTimeout:  orDefault(s.p.DataTimeout, DefaultDataTimeout),
-		Chunking:     chunking,
-	})
-	defer snd.Close()
-	s.log.Debug("odmr: delivering with pipelining", "chunking", chunking)
-	for !s.draining() {
-		msg, err := batch.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			s.log.Warn("odmr: queue failed during delivery", "err", err)
-			break
-		}
-		if err := s.sendPipelined(ctx, snd, c, msg, domains); err != nil {
-			s.stopOnRecordErr() // says why, if that is why
-			return fmt.Errorf("odmr: pipelined delivery: %w", err)
-		}
-		// A message's results are recorded once its reply is read, which
-		// may be after the next message went out: at most the messages in
-		// flight are delivered past a failed record.
-		if s.stopOnRecordErr() {
-			break
-		}
-	}
-	if err := snd.Quit(); err != nil {
-		s.log.Debug("odmr: QUIT not answered cleanly", "err", err)
-	}
-	return nil
-}
-
-// sendPipelined queues one message on snd. Its results reach the queue
-// once the customer's reply to its end has been read. It returns an error
-// only when the connection can no longer be used.
-func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *smtp.Client, msg Message, domains []string) error {
+// sendMessage queues one message on snd, the delivery engine of deliver. Its
+// results reach the queue once the customer's reply to its end has been
+// read: with pipelining, possibly during the next message's Send. It
+// returns an error only when the connection can no longer be used.
+func (s *session) sendMessage(ctx context.Context, snd *pipeline.Sender, ext map[string]string, msg Message, domains []string) error {
 	env := msg.Envelope()
-	rcpts, results := s.prepare(c, env, domains)
+	rcpts, results := s.prepare(ext, env, domains)
 	if len(rcpts) == 0 {
 		s.complete(ctx, msg, env, results, "")
 		return nil
 	}
 	var rcptParams []string
-	if ok, _ := c.Extension("DSN"); ok && env.DSN != nil {
+	if _, ok := ext["DSN"]; ok && env.DSN != nil {
 		// Raw UTF-8 in ORCPT only inside an SMTPUTF8 transaction.
-		utf8, _ := c.Extension("SMTPUTF8")
+		_, utf8 := ext["SMTPUTF8"]
 		for _, r := range rcpts {
 			rcptParams = append(rcptParams, dsnRcptParams(env, r, utf8 && env.UTF8))
 		}
@@ -88,7 +33,7 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 	var m *pipeline.Mail
 	m = &pipeline.Mail{
 		From:       env.From,
-		Params:     mailParams(c, env),
+		Params:     mailParams(ext, env),
 		To:         rcpts,
 		RcptParams: rcptParams,
 		Open: func() (io.ReadCloser, error) {
@@ -113,8 +58,10 @@ func (s *session) sendPipelined(ctx context.Context, snd *pipeline.Sender, c *sm
 	return snd.Send(m)
 }
 
-// pipelineResult turns a pipeline outcome into the error deliverOne
-// records for the same event.
+// pipelineResult turns a pipeline outcome into the error the queue
+// records: the customer's refusal as an *Error, errLocalError for a body
+// that cannot be opened, and errLostConnection, which leaves the
+// recipient queued, for everything else.
 func (s *session) pipelineResult(env Envelope, err error) error {
 	if err == nil {
 		return nil
@@ -136,21 +83,23 @@ func (s *session) pipelineResult(env Envelope, err error) error {
 	return fmt.Errorf("%w: %v", errLostConnection, err)
 }
 
-// mailParams are the MAIL parameters go-smtp's Client.Mail sends for the
-// options deliverOne gives it.
-func mailParams(c *smtp.Client, env Envelope) string {
+// mailParams are the MAIL parameters of env for a customer whose EHLO
+// reply listed ext, each with a leading space. BODY=8BITMIME goes to
+// every customer that offers 8BITMIME, as the provider has always sent
+// it (the golden transcripts pin it): it is true of 7-bit mail too.
+func mailParams(ext map[string]string, env Envelope) string {
 	var b strings.Builder
-	if ok, _ := c.Extension("8BITMIME"); ok {
+	if _, ok := ext["8BITMIME"]; ok {
 		b.WriteString(" BODY=8BITMIME")
 	}
-	if ok, _ := c.Extension("SIZE"); ok && env.Size != 0 {
+	if _, ok := ext["SIZE"]; ok && env.Size != 0 {
 		b.WriteString(" SIZE=")
 		b.WriteString(strconv.FormatInt(env.Size, 10))
 	}
-	if ok, _ := c.Extension("SMTPUTF8"); ok && env.UTF8 {
+	if _, ok := ext["SMTPUTF8"]; ok && env.UTF8 {
 		b.WriteString(" SMTPUTF8")
 	}
-	if ok, _ := c.Extension("DSN"); ok {
+	if _, ok := ext["DSN"]; ok {
 		b.WriteString(dsnMailParams(env))
 	}
 	return b.String()
@@ -160,6 +109,10 @@ func mailParams(c *smtp.Client, env Envelope) string {
 // record an earlier message's results, which may happen while this one waits
 // for its 354: the connection is cut before the final dot, so the customer
 // discards it instead of receiving it once more after the next session.
+// With the Sender's Overlap, results read in the same wait as a 354 are
+// recorded only after that body is sent (the customer holds the 354 and
+// waits for it): a failed record is then noticed one message later, so at
+// most one more message goes out past it.
 type recordCheckBody struct {
 	io.ReadCloser
 	s *session

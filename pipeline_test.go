@@ -18,15 +18,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/go-odmr/odmr/internal/oneconn"
 	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
 	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
-// recQueue is a MemoryQueue that records every Complete and can make
+// recQueue is a memqueue.Queue that records every Complete and can make
 // bodies fail to open or to read.
 type recQueue struct {
-	*MemoryQueue
+	memQueue
 	openErr map[string]bool // message IDs whose Open fails
 	readErr map[string]bool // message IDs whose body fails half-way
 
@@ -35,7 +34,7 @@ type recQueue struct {
 }
 
 func (q *recQueue) Claim(ctx context.Context, domains []string) (Batch, error) {
-	b, err := q.MemoryQueue.Claim(ctx, domains)
+	b, err := q.memQueue.Claim(ctx, domains)
 	return &recBatch{Batch: b, q: q}, err
 }
 
@@ -103,7 +102,7 @@ type plMode struct {
 }
 
 var plModes = []plMode{
-	{"plain", nil, false, false},
+	{"lock-step", nil, false, false},
 	{"pipelined DATA", []string{"PIPELINING"}, false, true},
 	{"pipelined BDAT", []string{"PIPELINING", "CHUNKING"}, true, true},
 }
@@ -414,10 +413,12 @@ func plScenarios() []plScenario {
 	}
 }
 
-// TestPipelinedOutcomesMatchPlainPath runs each scenario with the plain
-// path, pipelined with DATA and pipelined with BDAT, over net.Pipe and
-// TCP, and compares what every recipient of every message ends up with.
-func TestPipelinedOutcomesMatchPlainPath(t *testing.T) {
+// TestOutcomesSameInEveryMode runs each scenario through the one
+// delivery engine in its three modes, lock-step, pipelined with DATA and
+// pipelined with BDAT, over net.Pipe and TCP, and compares what every
+// recipient of every message ends up with: how the commands travel must
+// not change what the queue records.
+func TestOutcomesSameInEveryMode(t *testing.T) {
 	for _, sc := range plScenarios() {
 		t.Run(sc.name, func(t *testing.T) {
 			for _, tcp := range []bool{false, true} {
@@ -425,24 +426,24 @@ func TestPipelinedOutcomesMatchPlainPath(t *testing.T) {
 				if tcp {
 					transport = "TCP"
 				}
-				var plain plRun
+				var lockstep plRun
 				for _, mode := range plModes {
 					if sc.dataOnly && mode.chunking {
 						continue
 					}
 					srv := sc.script()
 					srv.Ext = append(append([]string{}, mode.ext...), sc.ext...)
-					q := &recQueue{MemoryQueue: &MemoryQueue{}, openErr: set(sc.openErr), readErr: set(sc.readErr)}
+					q := &recQueue{memQueue: newMemQueue(), openErr: set(sc.openErr), readErr: set(sc.readErr)}
 					run := runReversed(t, sc.msgs, srv, q, mode, tcp)
 					if sc.check != nil {
 						sc.check(t, run)
 					}
 					if !mode.pipelined {
-						plain = run
+						lockstep = run
 						continue
 					}
-					assert.Equal(t, sortedLines(plain.outcome), sortedLines(run.outcome), "%s, %s: outcomes differ from the plain path", transport, mode.name)
-					assert.Equal(t, plain.delivered, run.delivered, "%s, %s: the customer got other mail", transport, mode.name)
+					assert.Equal(t, sortedLines(lockstep.outcome), sortedLines(run.outcome), "%s, %s: outcomes differ from lock-step", transport, mode.name)
+					assert.Equal(t, lockstep.delivered, run.delivered, "%s, %s: the customer got other mail", transport, mode.name)
 				}
 			}
 		})
@@ -480,7 +481,7 @@ func TestPipelinedPathSendsGroupsAndOverlapsMessages(t *testing.T) {
 			ahead = append(ahead, pipetest.SentAhead(br, conn, "MAIL FROM"))
 		}
 	}}
-	q := &recQueue{MemoryQueue: &MemoryQueue{}}
+	q := &recQueue{memQueue: newMemQueue()}
 	run := runReversed(t, msgs, srv, q, plModes[1], false)
 	require.NoError(t, run.err)
 	assert.Equal(t, []bool{true, true, true}, ahead)
@@ -491,9 +492,9 @@ func TestPipelinedPathSendsGroupsAndOverlapsMessages(t *testing.T) {
 
 func TestPlainCustomerGetsLockstepSMTP(t *testing.T) {
 	// Without PIPELINING in the EHLO reply the provider waits for every
-	// reply, as go-smtp's client does.
+	// reply (RFC 2920 section 3.1 leaves it no choice).
 	srv := &pipetest.Server{Ext: []string{"8BITMIME"}}
-	q := &recQueue{MemoryQueue: &MemoryQueue{}}
+	q := &recQueue{memQueue: newMemQueue()}
 	run := runReversed(t, []plMsg{{"s@x.test", "hi\r\n", []string{"a@example.org", "b@example.org"}}}, srv, q, plModes[0], false)
 	require.NoError(t, run.err)
 	for _, r := range srv.Reads() {
@@ -504,12 +505,42 @@ func TestPlainCustomerGetsLockstepSMTP(t *testing.T) {
 	assert.Equal(t, 0, q.Len())
 }
 
+func TestHELOOnlyCustomerGetsLockstepSMTP(t *testing.T) {
+	// A customer that refuses EHLO (an RFC 821 server) gets HELO, and
+	// the mail in lock-step with no MAIL parameter it did not offer.
+	srv := &pipetest.Server{HELOOnly: true, Rcpt: rcptBy}
+	q := &recQueue{memQueue: newMemQueue()}
+	run := runReversed(t, []plMsg{
+		{"s@x.test", "hi\r\n", []string{"a@example.org", "perm@example.org"}},
+		{"s@x.test", "again\r\n", []string{"b@example.org"}},
+	}, srv, q, plModes[0], false)
+	require.NoError(t, run.err)
+	assert.Equal(t, []string{
+		"EHLO provider.test", "HELO provider.test",
+		"MAIL FROM:<s@x.test>", "RCPT TO:<a@example.org>", "RCPT TO:<perm@example.org>", "DATA",
+		"MAIL FROM:<s@x.test>", "RCPT TO:<b@example.org>", "DATA", "QUIT",
+	}, run.commands)
+	assert.Len(t, run.delivered, 2)
+	for k, v := range run.outcome {
+		if strings.Contains(k, "perm@") {
+			assert.Equal(t, "550 5.1.1 no such user", v)
+		} else {
+			assert.Equal(t, "delivered", v, k)
+		}
+	}
+	for _, r := range srv.Reads() {
+		if !strings.HasSuffix(r, "\r\n.\r\n") {
+			assert.Equal(t, 1, strings.Count(r, "\r\n"), "one command per write: %q", r)
+		}
+	}
+}
+
 func TestPipelinedPathWithDebugTranscript(t *testing.T) {
 	// The debug transcript is written from the reply reader's goroutine
 	// and the writer's; the race detector watches.
-	var buf syncWriter
+	var buf syncBuffer
 	srv := &pipetest.Server{Ext: []string{"PIPELINING"}, Rcpt: rcptBy}
-	q := &recQueue{MemoryQueue: &MemoryQueue{}}
+	q := &recQueue{memQueue: newMemQueue()}
 	for i := range 3 {
 		_, err := q.Enqueue(Envelope{From: "s@x.test", To: []string{fmt.Sprintf("a%d@example.org", i), "perm@example.org"}}, strings.NewReader("hi\r\n"))
 		require.NoError(t, err)
@@ -523,74 +554,6 @@ func TestPipelinedPathWithDebugTranscript(t *testing.T) {
 	assert.Contains(t, buf.String(), "C: 550 5.1.1 no such user")
 	assert.Contains(t, buf.String(), "P: QUIT")
 }
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
-// refusingBackend is a go-smtp backend playing the customer: it refuses
-// recipients by their local part (temp: 450, perm: 550) and bodies that
-// contain "virus" (554), and keeps the rest.
-type refusingBackend struct {
-	mu  sync.Mutex
-	got []string
-}
-
-func (b *refusingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
-	return &refusingSession{b: b}, nil
-}
-
-type refusingSession struct {
-	b    *refusingBackend
-	from string
-	to   []string
-}
-
-func (s *refusingSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.from, s.to = from, nil
-	return nil
-}
-
-func (s *refusingSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	switch {
-	case strings.HasPrefix(to, "temp"):
-		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "Mailbox busy"}
-	case strings.HasPrefix(to, "perm"):
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
-	}
-	s.to = append(s.to, to)
-	return nil
-}
-
-func (s *refusingSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if strings.Contains(string(b), "virus") {
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Content refused"}
-	}
-	s.b.mu.Lock()
-	s.b.got = append(s.b.got, fmt.Sprintf("%s->%v %q", s.from, s.to, b))
-	s.b.mu.Unlock()
-	return nil
-}
-
-func (s *refusingSession) Reset()        { s.from, s.to = "", nil }
-func (s *refusingSession) Logout() error { return nil }
 
 func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 	// go-smtp's server offers PIPELINING and CHUNKING; the plain run
@@ -610,31 +573,20 @@ func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 	}
 	for _, tcp := range []bool{false, true} {
 		var plain plRun
-		var plainGot []string
+		var plainGot []smtptest.Message
 		for _, mode := range plModes {
-			b := &refusingBackend{}
+			b := &smtptest.Refusing{}
 			srv := smtp.NewServer(b)
 			srv.Domain = "customer.test"
 			srv.ErrorLog = silentLog{}
-			var pc net.Conn
-			if tcp {
-				l, err := net.Listen("tcp", "127.0.0.1:0")
-				require.NoError(t, err)
-				go srv.Serve(l)
-				pc, err = net.Dial("tcp", l.Addr().String())
-				require.NoError(t, err)
-			} else {
-				var cc net.Conn
-				pc, cc = net.Pipe()
-				go srv.Serve(oneconn.New(cc))
-			}
+			pc := smtptest.Dial(t, srv, tcp)
 			var hide [][]byte
 			if !mode.pipelined {
 				hide = [][]byte{[]byte("-PIPELINING"), []byte("-CHUNKING")}
 			} else if !mode.chunking {
 				hide = [][]byte{[]byte("-CHUNKING")}
 			}
-			q := &recQueue{MemoryQueue: &MemoryQueue{}}
+			q := &recQueue{memQueue: newMemQueue()}
 			var ids []string
 			for _, m := range msgs {
 				id, err := q.Enqueue(Envelope{From: m.from, To: m.to}, strings.NewReader(m.body))
@@ -653,9 +605,7 @@ func TestPipelinedAgainstGoSMTPServer(t *testing.T) {
 					run.outcome[id+" "+r.Recipient] = plClass(r.Err)
 				}
 			}
-			b.mu.Lock()
-			got := b.got
-			b.mu.Unlock()
+			got := b.Messages()
 			if !mode.pipelined {
 				plain, plainGot = run, got
 				assert.Len(t, got, 20)

@@ -13,21 +13,13 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr/internal/accept"
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/odmrtrace"
 )
 
 // ErrProviderClosed is returned by [Provider.ServeListener] and
 // [Provider.ListenAndServe] after [Provider.Shutdown] or [Provider.Close].
 var ErrProviderClosed = errors.New("odmr: provider closed")
-
-// Default limits of a [Provider]; a zero field in the struct means these.
-const (
-	DefaultCommandTimeout  = 5 * time.Minute
-	DefaultReplyTimeout    = 5 * time.Minute
-	DefaultDataTimeout     = 10 * time.Minute
-	DefaultWriteTimeout    = time.Minute
-	DefaultMaxErrors       = 10
-	DefaultMaxAuthFailures = 3
-)
 
 // Provider is the side of ODMR that holds mail and answers ATRN (RFC 2645
 // section 4). Set its fields, then call [Provider.Serve] for each
@@ -39,6 +31,8 @@ const (
 type Provider struct {
 	// Hostname names the provider in its greeting, EHLO reply and CRAM-MD5
 	// challenges. "" means os.Hostname(), or "localhost" if that fails.
+	// A name with a space, a line break or a NUL is refused: every
+	// session is then answered 421 and Serve returns an error saying why.
 	Hostname string
 
 	// Authenticator looks up credentials for AUTH.
@@ -72,24 +66,33 @@ type Provider struct {
 	ExternalAuth func(ctx context.Context, cs tls.ConnectionState) (identity string, err error)
 
 	// CommandTimeout is how long the provider waits for each command before
-	// the role swap. 0 means DefaultCommandTimeout.
+	// the role swap. 0 means 5 minutes.
 	CommandTimeout time.Duration
 	// ReplyTimeout is how long the provider, once the roles are reversed,
-	// waits for the customer's greeting and for each reply. 0 means
-	// DefaultReplyTimeout.
+	// waits for the customer's greeting and for each reply. 0 means 5
+	// minutes.
 	ReplyTimeout time.Duration
 	// DataTimeout is how long it waits for the reply to the end of a
-	// message. 0 means DefaultDataTimeout.
+	// message. 0 means 10 minutes.
 	DataTimeout time.Duration
-	// WriteTimeout bounds each write to the connection. 0 means
-	// DefaultWriteTimeout.
+	// WriteTimeout bounds each write to the connection. 0 means 1
+	// minute.
 	WriteTimeout time.Duration
+	// BackendTimeout bounds each call the customer waits on to the
+	// Authorizer and the Queue: Domains and HasMail at ATRN, Claim and
+	// each Next while delivering. The call's context ends then, and the
+	// customer gets 451 (at ATRN) or QUIT, the rest of its mail staying
+	// queued, instead of waiting on a database that no longer answers.
+	// Complete is not bounded: results are recorded whatever it takes.
+	// 0 means 1 minute; negative means no bound. (AUTH's lookups are
+	// bounded by AuthTimeout.)
+	BackendTimeout time.Duration
 
 	// MaxErrors is how many error replies a session may earn before it is
-	// closed with 421. 0 means DefaultMaxErrors.
+	// closed with 421. 0 means 10.
 	MaxErrors int
 	// MaxAuthFailures is how many failed AUTH commands a session may make;
-	// the next failure closes it with 421. 0 means DefaultMaxAuthFailures.
+	// the next failure closes it with 421. 0 means 3.
 	MaxAuthFailures int
 	// AuthFailuresAllowed is how many failed AUTH attempts one source (an
 	// IPv4 address or an IPv6 /64) may make before each further failure
@@ -99,11 +102,9 @@ type Provider struct {
 	// count once a user was named. A success forgives only the failures
 	// at the same identity (the customer's own typos), not those at
 	// others; the count is forgotten after MaxAuthBackoff without
-	// failures. 0 means DefaultAuthFailuresAllowed;
-	// negative turns the penalty off.
+	// failures. 0 means 5; negative turns the penalty off.
 	AuthFailuresAllowed int
-	// AuthBackoff and MaxAuthBackoff: 0 means DefaultAuthBackoff and
-	// DefaultMaxAuthBackoff.
+	// AuthBackoff and MaxAuthBackoff: 0 means 1 second and 5 minutes.
 	AuthBackoff, MaxAuthBackoff time.Duration
 	// AuthGuessInterval and AuthGuessBurst slow the guessing of one
 	// identity's secret, from however many sources: each identity has a
@@ -113,23 +114,21 @@ type Provider struct {
 	// none left the attempt is answered 454 whatever the secret. Sources
 	// that have logged in as the identity before (the last four), and
 	// have no failures at other identities, skip the bucket: the customer
-	// gets in from its usual address while others guess. 0 means DefaultAuthGuessInterval and
-	// DefaultAuthGuessBurst; a negative interval turns the buckets off.
+	// gets in from its usual address while others guess. 0 means 6
+	// seconds and 10; a negative interval turns the buckets off.
 	AuthGuessInterval time.Duration
 	AuthGuessBurst    int
 	// AuthLimiterEntries caps the sources, and separately the identities,
 	// whose state the AUTH limits keep; the least recently used of a
 	// sample go first. Keys are hashed: a long name costs no more than a
-	// short one. 0 means DefaultAuthLimiterEntries (about 10 MB per table
-	// when full).
+	// short one. 0 means 100000 (about 10 MB per table when full).
 	AuthLimiterEntries int
 	// AuthLogsPerSecond caps the log records about failed AUTH, and
 	// separately those about sessions that end, are refused or are closed
 	// to make room without having authenticated (a flood of connections
 	// would otherwise write a record or two each); the next one written
 	// says how many were suppressed. User names are cut to
-	// 64 bytes and escaped. 0 means DefaultAuthLogsPerSecond; negative
-	// means no cap.
+	// 64 bytes and escaped. 0 means 10; negative means no cap.
 	AuthLogsPerSecond int
 	// SCRAMSaltKey derives the SCRAM salt of accounts stored with a shared
 	// secret, and of unknown users, as HMAC-SHA-256(key, mechanism, name):
@@ -140,13 +139,12 @@ type Provider struct {
 	SCRAMSaltKey []byte
 	// SCRAMCacheSize caps the SCRAM keys derived from shared secrets that
 	// are kept, so that a login costs PBKDF2 only the first time. 0 means
-	// DefaultSCRAMCacheSize; negative means no cache.
+	// 10000; negative means no cache.
 	SCRAMCacheSize int
 	// ATRNInterval and ATRNBurst limit each identity to a burst of
 	// ATRNBurst commands, then one per ATRNInterval (RFC 2645 section 5.2.1
-	// lets a provider refuse frequent requests with 450). 0 means
-	// DefaultATRNInterval and DefaultATRNBurst; a negative interval turns
-	// the limit off.
+	// lets a provider refuse frequent requests with 450). 0 means 1 second
+	// and 30; a negative interval turns the limit off.
 	ATRNInterval time.Duration
 	ATRNBurst    int
 
@@ -154,40 +152,38 @@ type Provider struct {
 	// the oldest session that has not authenticated is closed with 421 to
 	// make room for the newcomer; if every session has authenticated, the
 	// newcomer is answered 421 and closed. Authenticated sessions are
-	// never closed to make room. 0 means DefaultMaxSessions; negative
-	// means no cap.
+	// never closed to make room. 0 means 1000; negative means no cap.
 	MaxSessions int
 	// MaxSessionsPerAddr caps the sessions from one remote network, as
 	// IPv4Prefix and IPv6Prefix size it (by default one IPv4 address or one
 	// IPv6 /64). Further connections from it are answered 421 and closed;
-	// they make no other session give way. 0 means
-	// DefaultMaxSessionsPerAddr; negative means no cap.
+	// they make no other session give way. 0 means 20; negative means no
+	// cap.
 	MaxSessionsPerAddr int
 	// IPv4Prefix and IPv6Prefix are the prefix lengths of the networks
 	// MaxSessionsPerAddr counts and the AUTH limits penalise as one
 	// source; IPv4-mapped IPv6 addresses count as IPv4.
-	// 0 means DefaultIPv4Prefix (32) and DefaultIPv6Prefix (64).
+	// 0 means 32 and 64.
 	IPv4Prefix, IPv6Prefix int
 	// ConnLogsPerSecond caps the log records about connections refused by
 	// MaxSessions or MaxSessionsPerAddr, sessions closed to make room and
 	// sessions that ended without authenticating, which anyone able to
 	// connect can cause; the next one written says
-	// how many were suppressed. 0 means DefaultConnLogsPerSecond; negative
-	// means no cap.
+	// how many were suppressed. 0 means 10; negative means no cap.
 	ConnLogsPerSecond int
 	// AuthTimeout bounds the time from connection to a successful AUTH;
 	// a session still unauthenticated then is closed with 421 4.7.0.
-	// 0 means DefaultAuthTimeout; negative means no limit (SessionTimeout
+	// 0 means 1 minute; negative means no limit (SessionTimeout
 	// still applies).
 	AuthTimeout time.Duration
 	// SessionTimeout bounds the time from connection to the role swap,
-	// whatever the customer does. 0 means DefaultSessionTimeout.
+	// whatever the customer does. 0 means 15 minutes.
 	SessionTimeout time.Duration
 
 	// DisableChunking stops the provider from sending message bodies with
 	// BDAT (RFC 3030). By default a customer that offers CHUNKING as well
 	// as PIPELINING gets BDAT: no dot-stuffing, and no wait at all between
-	// messages, two to three times the throughput of DATA (BENCHMARKS.md).
+	// messages; BENCHMARKS.md measures it against DATA.
 	// Customers that offer PIPELINING always get pipelined commands (RFC
 	// 2920); the others get one command at a time and DATA.
 	DisableChunking bool
@@ -201,6 +197,11 @@ type Provider struct {
 	// Logger receives one record per session event. Secrets and SASL
 	// payloads are never logged. nil means slog.Default().
 	Logger *slog.Logger
+
+	// Trace, if set, receives the events of the sessions (started,
+	// ended, AUTH, ATRN, each recipient delivered, deferred or bounced) to
+	// feed a metrics system. nil means none, at no cost.
+	Trace *odmrtrace.ProviderTrace
 
 	// challenge, when set, replaces the CRAM-MD5 challenge generator so
 	// tests can replay golden transcripts.
@@ -241,17 +242,17 @@ func (p *Provider) initLocked() {
 		p.sessions = make(map[*session]struct{})
 		p.table.all = make(map[*session]struct{})
 		p.table.perNet = make(map[string]int)
-		free := orDefault(p.AuthFailuresAllowed, DefaultAuthFailuresAllowed)
+		free := orDefault(p.AuthFailuresAllowed, defaults.AuthFailuresAllowed)
 		if free < 0 {
 			free = int(^uint(0) >> 1)
 		}
-		p.authLimits = newAuthLimiter(free, orDefault(p.AuthBackoff, DefaultAuthBackoff), orDefault(p.MaxAuthBackoff, DefaultMaxAuthBackoff),
-			orDefault(p.AuthGuessInterval, DefaultAuthGuessInterval), orDefault(p.AuthGuessBurst, DefaultAuthGuessBurst),
-			orDefault(p.AuthLimiterEntries, DefaultAuthLimiterEntries))
-		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, DefaultAuthLogsPerSecond)}
-		p.anonLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, DefaultConnLogsPerSecond)}
-		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, DefaultSCRAMCacheSize))
-		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, DefaultATRNInterval), burst: orDefault(p.ATRNBurst, DefaultATRNBurst)}
+		p.authLimits = newAuthLimiter(free, orDefault(p.AuthBackoff, defaults.AuthBackoff), orDefault(p.MaxAuthBackoff, defaults.MaxAuthBackoff),
+			orDefault(p.AuthGuessInterval, defaults.AuthGuessInterval), orDefault(p.AuthGuessBurst, defaults.AuthGuessBurst),
+			orDefault(p.AuthLimiterEntries, defaults.AuthLimiterEntries))
+		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, defaults.AuthLogsPerSecond)}
+		p.anonLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, defaults.ConnLogsPerSecond)}
+		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, defaults.SCRAMCacheSize))
+		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, defaults.ATRNInterval), burst: orDefault(p.ATRNBurst, defaults.ATRNBurst)}
 	}
 }
 
@@ -300,8 +301,12 @@ func (p *Provider) Serve(conn net.Conn) error {
 
 // refuse answers a connection that will not be served with 421.
 func (p *Provider) refuse(conn net.Conn, why, text string) error {
+	p.observeRefused(conn)
 	p.logAnon(p.logger(), slog.LevelWarn, "odmr: connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
-	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	// The whole deadline, not the write's alone: on an implicit-TLS
+	// listener the write starts the handshake, which reads, and a client
+	// that sends nothing would hold the refused connection for good.
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(conn, "421 4.7.0 %s\r\n", text)
 	conn.Close()
 	return fmt.Errorf("odmr: connection refused: %s", why)
@@ -318,7 +323,7 @@ func (p *Provider) ListenAndServeTLS(addr string) error {
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("odmr: %w", err)
 	}
 	return p.ServeListener(tls.NewListener(l, p.TLSConfig))
 }
@@ -331,7 +336,7 @@ func (p *Provider) ListenAndServe(addr string) error {
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("odmr: %w", err)
 	}
 	return p.ServeListener(l)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/internal/crlf"
+	"github.com/go-odmr/odmr/memqueue"
 	"github.com/go-odmr/odmr/spool"
 )
 
@@ -127,7 +128,7 @@ func TestProviderNeverSendsBareLineEndings(t *testing.T) {
 	// BDAT.
 	queues := map[string]func(t *testing.T) (odmr.QueueSource, func(env odmr.Envelope, body string)){
 		"memory": func(t *testing.T) (odmr.QueueSource, func(odmr.Envelope, string)) {
-			q := &odmr.MemoryQueue{}
+			q := &memqueue.Queue{}
 			return q, func(env odmr.Envelope, body string) {
 				_, err := q.Enqueue(env, strings.NewReader(body))
 				require.NoError(t, err)

@@ -18,6 +18,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
 )
 
 const (
@@ -45,7 +48,7 @@ func (s *syncBuffer) String() string {
 
 type fixture struct {
 	p    *Provider
-	q    *MemoryQueue
+	q    memQueue
 	addr string
 	logs *syncBuffer
 	// stopped is closed when ServeListener has returned: Shutdown or
@@ -58,8 +61,8 @@ type fixture struct {
 func newFixture(t *testing.T, opts ...func(*Provider)) *fixture {
 	t.Helper()
 	logs := &syncBuffer{}
-	q := &MemoryQueue{}
-	accts := Accounts{
+	q := newMemQueue()
+	accts := testAccounts{
 		testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org", "example.com"}},
 		"bob":    {Name: "bob", Secret: "bobs-secret", Domains: []string{"example.net"}},
 	}
@@ -160,7 +163,7 @@ func (c *client) authCRAM(user, secret string, code int) {
 	chal := c.cmd(334, "AUTH CRAM-MD5")
 	raw, err := base64.StdEncoding.DecodeString(chal)
 	require.NoError(c.t, err)
-	resp, _ := NewCRAMMD5Client(user, secret).Next(raw)
+	resp, _ := saslmech.NewCRAMMD5Client(user, secret).Next(raw)
 	c.cmd(code, base64.StdEncoding.EncodeToString(resp))
 }
 
@@ -340,7 +343,7 @@ func TestTooManyAuthFailuresClose(t *testing.T) {
 	f := newFixture(t)
 	c := f.dial(t)
 	c.cmd(250, "EHLO customer.test")
-	for i := 0; i < DefaultMaxAuthFailures; i++ {
+	for i := 0; i < defaults.MaxAuthFailures; i++ {
 		c.authCRAM(testUser, "wrong", 535)
 	}
 	c.authCRAM(testUser, "wrong", 421)

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/sockaddr"
 )
 
 // relayGrace is how long a relay waits for one side to finish once the
@@ -37,8 +39,11 @@ const relayGrace = 30 * time.Second
 // queued, and the error matches [ErrLocalDelivery], as does a failure of
 // the local server in the middle of the session. Run by a Customer, the
 // relay counts in the [FetchResult] the messages, recipients and bytes the
-// local server took and the refusals, its own and the local server's;
-// passing bytes through, it sees no messages and counts none.
+// local server took and the refusals, its own and the local server's,
+// reports each message taken to [Customer.Progress], and logs it at
+// debug level with the first line of the local server's reply, which
+// often names its queue ID; passing bytes through, it sees no messages
+// and counts none.
 func Relay(addr string) Handler {
 	return &relay{addr: addr}
 }
@@ -47,21 +52,10 @@ type relay struct {
 	addr string
 }
 
-// splitAddr separates a Unix socket path from a TCP address.
-func splitAddr(addr string) (network, address string) {
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return "unix", p
-	}
-	if strings.HasPrefix(addr, "/") {
-		return "unix", addr
-	}
-	return "tcp", addr
-}
-
 // ServeReversed relays conn to the local server.
 func (r *relay) ServeReversed(ctx context.Context, conn net.Conn) error {
 	var d net.Dialer
-	network, address := splitAddr(r.addr)
+	network, address := sockaddr.Split(r.addr)
 	local, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		// The provider waits for a greeting: tell it to try later.
@@ -151,8 +145,12 @@ func (fc *fetchCounts) addTo(res *FetchResult) {
 	}
 }
 
-// handlerCounts are what a Relay run by a Customer counts.
+// handlerCounts are what a Relay run by a Customer counts, with the
+// Customer's progress function (nil: none) and logger.
 type handlerCounts struct {
+	progress func(fetchCounts)
+	log      *slog.Logger
+
 	mu sync.Mutex
 	fetchCounts
 }
@@ -161,7 +159,7 @@ func countsFromContext(ctx context.Context) *handlerCounts {
 	if hc, ok := ctx.Value(handlerCountsKey{}).(*handlerCounts); ok {
 		return hc
 	}
-	return &handlerCounts{}
+	return &handlerCounts{log: slog.New(slog.DiscardHandler)}
 }
 
 // add adds the counts to res.
@@ -169,6 +167,20 @@ func (hc *handlerCounts) add(res *FetchResult) {
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	hc.addTo(res)
+}
+
+// taken counts a message the local server took for rcpts recipients,
+// and reports it.
+func (hc *handlerCounts) taken(rcpts int, bytes int64) {
+	hc.mu.Lock()
+	hc.messages++
+	hc.recipients += rcpts
+	hc.bytes += bytes
+	fc := hc.fetchCounts
+	hc.mu.Unlock()
+	if hc.progress != nil {
+		hc.progress(fc)
+	}
 }
 
 // count runs f with the counts locked.

@@ -87,6 +87,9 @@ func (r *relay) serveFiltered(ctx context.Context, conn, local net.Conn, accept 
 			err = f.reply("550 5.7.1 " + recipientRefusal(rcptPath(arg), accept, f.routing))
 		case verb == "BDAT":
 			err = f.bdat(line, arg)
+		case verb == "MAIL":
+			f.from = rcptPath(arg)
+			err = f.pass(line, verb)
 		default:
 			err = f.pass(line, verb)
 		}
@@ -112,6 +115,10 @@ type relayFilter struct {
 	rcpts  int    // recipients the local server took in this transaction
 	size   int64  // bytes of the message under way
 	last   *Error // the local server's last reply
+	// For the log: the sender of the transaction under way and the text
+	// of the local server's last reply.
+	from      string
+	lastReply string
 }
 
 // counted counts the local server's reply code to verb: recipients and
@@ -134,11 +141,8 @@ func (f *relayFilter) counted(verb string, code int, end bool) {
 		f.counts.count(func(hc *handlerCounts) { hc.refused++; refusal(hc) })
 		f.rcpts, f.size = 0, 0
 	case (verb == "DATA" || verb == "BDAT") && end && code < 400:
-		f.counts.count(func(hc *handlerCounts) {
-			hc.messages++
-			hc.recipients += f.rcpts
-			hc.bytes += f.size
-		})
+		f.counts.log.Debug("odmr: message relayed", "from", f.from, "rcpts", f.rcpts, "bytes", f.size, "reply", f.lastReply)
+		f.counts.taken(f.rcpts, f.size)
 		f.rcpts, f.size = 0, 0
 	}
 }
@@ -281,6 +285,7 @@ func (f *relayFilter) passReplyCode(verb string) (int, error) {
 		}
 	}
 	code, _ := strconv.Atoi(lines[0][:3])
+	f.lastReply = oneLine(lines[0])
 	if code >= 400 {
 		text := make([]string, len(lines))
 		for i, l := range lines {

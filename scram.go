@@ -1,7 +1,6 @@
 package odmr
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
@@ -12,6 +11,9 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/xdg-go/scram"
+
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
 )
 
 // The SCRAM mechanisms (RFC 5802, RFC 7677).
@@ -19,10 +21,6 @@ const (
 	SCRAMSHA256 = "SCRAM-SHA-256"
 	SCRAMSHA1   = "SCRAM-SHA-1"
 )
-
-// DefaultSCRAMIterations is the PBKDF2 iteration count of credentials this
-// package derives (RFC 7677 asks for at least 4096).
-const DefaultSCRAMIterations = 4096
 
 // ErrNoSecret is returned by an [Authenticator] that keeps no shared
 // secret for a user, only SCRAM credentials: CRAM-MD5 cannot work for that
@@ -40,38 +38,16 @@ type SCRAMCredentials struct {
 	ServerKey  []byte
 }
 
-// SCRAMAuthenticator is an optional interface of an [Authenticator] whose
-// store keeps SCRAM credentials. The provider asks it first for SCRAM
-// logins, and checks PLAIN and LOGIN passwords against it when Secret
-// returns ErrNoSecret. Without it, SCRAM credentials are derived from the
-// shared secret at each login.
-type SCRAMAuthenticator interface {
-	// SCRAMCredentials returns the credentials of username for mechanism,
-	// ErrUnknownUser, or ErrNoSecret when the user has none for that
-	// mechanism.
-	SCRAMCredentials(ctx context.Context, mechanism, username string) (SCRAMCredentials, error)
-}
-
-func scramHash(mech string) (scram.HashGeneratorFcn, error) {
-	switch mech {
-	case SCRAMSHA256:
-		return scram.SHA256, nil
-	case SCRAMSHA1:
-		return scram.SHA1, nil
-	}
-	return nil, fmt.Errorf("odmr: unknown SCRAM mechanism %q", mech)
-}
-
 // NewSCRAMCredentials derives credentials for password with a fresh random
-// salt. iterations 0 means DefaultSCRAMIterations.
+// salt. iterations 0 means 4096 (RFC 7677 asks for at least 4096).
 func NewSCRAMCredentials(mechanism, username, password string, iterations int) (SCRAMCredentials, error) {
 	salt := make([]byte, 16)
 	rand.Read(salt)
-	return deriveSCRAM(mechanism, username, password, salt, orDefault(iterations, DefaultSCRAMIterations))
+	return deriveSCRAM(mechanism, username, password, salt, orDefault(iterations, defaults.SCRAMIterations))
 }
 
 func deriveSCRAM(mech, username, password string, salt []byte, iters int) (SCRAMCredentials, error) {
-	h, err := scramHash(mech)
+	h, err := saslmech.SCRAMHash(mech)
 	if err != nil {
 		return SCRAMCredentials{}, err
 	}
@@ -105,7 +81,7 @@ func ParseSCRAMCredentials(s string) (SCRAMCredentials, error) {
 	}
 	var c SCRAMCredentials
 	c.Mechanism = strings.ToUpper(parts[0])
-	h, err := scramHash(c.Mechanism)
+	h, err := saslmech.SCRAMHash(c.Mechanism)
 	if err != nil {
 		return bad("unknown mechanism " + parts[0])
 	}
@@ -150,7 +126,7 @@ type scramServer struct {
 }
 
 func newSCRAMServer(mech string, user *string, lookup func(string) (SCRAMCredentials, error)) (sasl.Server, error) {
-	h, err := scramHash(mech)
+	h, err := saslmech.SCRAMHash(mech)
 	if err != nil {
 		return nil, err
 	}
@@ -213,50 +189,4 @@ func (s *scramServer) Next(resp []byte) ([]byte, bool, error) {
 		return nil, true, nil
 	}
 	return nil, false, sasl.ErrUnexpectedClientResponse
-}
-
-// scramClient bridges xdg-go/scram to go-sasl's Client.
-type scramClient struct {
-	mech string
-	conv *scram.ClientConversation
-	err  error
-}
-
-// NewSCRAMClient returns a go-sasl client for SCRAM-SHA-256 or SCRAM-SHA-1.
-// It checks the server's signature: a provider that does not know the
-// secret cannot pass for one that does.
-func NewSCRAMClient(mechanism, username, password string) sasl.Client {
-	h, err := scramHash(mechanism)
-	if err != nil {
-		return &scramClient{mech: mechanism, err: err}
-	}
-	c, err := h.NewClient(username, password, "")
-	if err != nil {
-		return &scramClient{mech: mechanism, err: fmt.Errorf("odmr: %w", err)}
-	}
-	return &scramClient{mech: mechanism, conv: c.NewConversation()}
-}
-
-func (c *scramClient) Start() (string, []byte, error) {
-	if c.err != nil {
-		return "", nil, c.err
-	}
-	first, err := c.conv.Step("")
-	return c.mech, []byte(first), err
-}
-
-func (c *scramClient) Next(challenge []byte) ([]byte, error) {
-	if c.conv.Done() {
-		return nil, sasl.ErrUnexpectedServerChallenge
-	}
-	out, err := c.conv.Step(string(challenge))
-	// Check the signature first: xdg-go/scram reports a bad one as a
-	// generic validation error.
-	if c.conv.Done() && !c.conv.Valid() {
-		return nil, errors.New("odmr: SCRAM: the server's signature is wrong")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("odmr: SCRAM: %w", err)
-	}
-	return []byte(out), nil
 }

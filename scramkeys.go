@@ -9,15 +9,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// DefaultSCRAMCacheSize is how many derived SCRAM keys a [Provider] keeps
-// by default.
-const DefaultSCRAMCacheSize = 10000
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
+)
 
 // scramKeys derives SCRAM credentials from shared secrets with a salt that
 // is stable per user, and caches them: without it every SCRAM start costs
-// a PBKDF2 of DefaultSCRAMIterations. Users who do not exist get
+// a PBKDF2 of defaults.SCRAMIterations. Users who do not exist get
 // credentials whose salt, iteration count and timing look like a real
 // user's (see unknown).
 type scramKeys struct {
@@ -50,7 +49,7 @@ func newSCRAMKeys(key []byte, max int) *scramKeys {
 	// What a derivation costs, for unknown users to wait as long before
 	// any real user's has been derived.
 	start := time.Now()
-	deriveSCRAM(SCRAMSHA256, "", string(dummy), k.salt(SCRAMSHA256, ""), DefaultSCRAMIterations)
+	deriveSCRAM(SCRAMSHA256, "", string(dummy), k.salt(SCRAMSHA256, ""), defaults.SCRAMIterations)
 	k.measure(time.Since(start))
 	return k
 }
@@ -93,7 +92,7 @@ func (k *scramKeys) derive(mech, user string, secret []byte) (SCRAMCredentials, 
 	}
 	k.mu.Unlock()
 	start := time.Now()
-	c, err := deriveSCRAM(mech, user, string(secret), salt, DefaultSCRAMIterations)
+	c, err := deriveSCRAM(mech, user, string(secret), salt, defaults.SCRAMIterations)
 	k.measure(time.Since(start))
 	if err != nil || k.max < 0 {
 		return c, err
@@ -113,13 +112,13 @@ func (k *scramKeys) derive(mech, user string, secret []byte) (SCRAMCredentials, 
 // unknown returns credentials for a user who does not exist, that no
 // proof matches, with a salt made as a real user's. They cost no PBKDF2:
 // a flood of SCRAM starts at made-up names, each cancelled, kept a core
-// of odmr-provider busy (about 1 ms each), and pushed the real users' keys
-// out of the cache. Instead the first start at a name waits (without
-// using the CPU) as long as a derivation has lately taken, as a real
-// user's first start does, and later ones are as fast as a cached key:
-// timing tells no more than it did.
+// of odmr-provider busy, and pushed the real users' keys out of the
+// cache. Instead the first start at a name waits (without using the
+// CPU) as long as a derivation has lately taken, as a real user's first
+// start does, and later ones are as fast as a cached key: timing tells
+// no more than it did.
 func (k *scramKeys) unknown(mech, user string) (SCRAMCredentials, error) {
-	if _, err := scramHash(mech); err != nil {
+	if _, err := saslmech.SCRAMHash(mech); err != nil {
 		return SCRAMCredentials{}, err
 	}
 	m := hmac.New(sha256.New, k.key)
@@ -139,7 +138,7 @@ func (k *scramKeys) unknown(mech, user string) (SCRAMCredentials, error) {
 	stored.Write([]byte("stored"))
 	server := hmac.New(sha256.New, sum)
 	server.Write([]byte("server"))
-	return SCRAMCredentials{Mechanism: mech, Salt: k.salt(mech, user), Iterations: DefaultSCRAMIterations,
+	return SCRAMCredentials{Mechanism: mech, Salt: k.salt(mech, user), Iterations: defaults.SCRAMIterations,
 		StoredKey: stored.Sum(nil)[:size], ServerKey: server.Sum(nil)[:size]}, nil
 }
 

@@ -20,14 +20,14 @@ import (
 // pipeProvider is a provider with the fixture's accounts that tests feed
 // net.Pipe connections, so that synctest can run its clocks.
 func pipeProvider(logs io.Writer, opts ...func(*Provider)) *Provider {
-	accts := Accounts{
+	accts := testAccounts{
 		testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}},
 	}
 	p := &Provider{
 		Hostname:      "provider.test",
 		Authenticator: accts,
 		Authorizer:    accts,
-		Queue:         &MemoryQueue{},
+		Queue:         newMemQueue(),
 		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
 	}
 	for _, o := range opts {
@@ -92,4 +92,56 @@ func TestServeListenerSurvivesEMFILE(t *testing.T) {
 		require.NoError(t, p.Close())
 		assert.ErrorIs(t, <-done, ErrProviderClosed)
 	})
+}
+
+// TestListenAndServe serves on a TCP address of its own, as an
+// http.Server user would, until Shutdown; after it, ListenAndServe
+// refuses to start.
+func TestListenAndServe(t *testing.T) {
+	p := pipeProvider(io.Discard)
+	var conn net.Conn
+	var done chan error
+	for conn == nil {
+		// A free port: another process may take it between Close and
+		// ListenAndServe, and then the next one is tried.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := l.Addr().String()
+		l.Close()
+		done = make(chan error, 1)
+		go func() { done <- p.ListenAndServe(addr) }()
+		conn = dialServing(t, addr, done)
+	}
+	defer conn.Close()
+	c := &client{t: t, conn: conn, tp: textproto.NewConn(conn)}
+	c.expect(220)
+	c.login()
+	c.cmd(221, "QUIT")
+
+	// A second provider cannot have the same address.
+	err := pipeProvider(io.Discard).ListenAndServe(conn.RemoteAddr().String())
+	assert.ErrorContains(t, err, "odmr: listen tcp")
+	assert.ErrorIs(t, err, syscall.EADDRINUSE)
+
+	require.NoError(t, p.Shutdown(t.Context()))
+	assert.ErrorIs(t, <-done, ErrProviderClosed)
+	assert.ErrorIs(t, p.ListenAndServe("127.0.0.1:0"), ErrProviderClosed)
+}
+
+// dialServing connects to addr once the provider serving it listens; nil
+// when serving ended first (the address was taken).
+func dialServing(t *testing.T, addr string, done <-chan error) net.Conn {
+	for {
+		conn, err := net.Dial("tcp", addr)
+		if err == nil {
+			return conn
+		}
+		select {
+		case err := <-done:
+			t.Logf("ListenAndServe(%s): %v; trying another port", addr, err)
+			return nil
+		case <-time.After(time.Millisecond):
+			// Not listening yet: the goroutine has not got there.
+		}
+	}
 }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/termsafe"
 	"github.com/go-odmr/odmr/internal/wire"
 )
 
@@ -56,6 +58,11 @@ type session struct {
 	// cannot record what was delivered (a full disk), so the session sends
 	// nothing more, and what it would send could only be sent again later.
 	recordErr error
+
+	// For the Trace: the code of the last reply, and the 421 the
+	// session was closed with.
+	lastCode   int
+	closedWith *Error
 }
 
 func newSession(p *Provider, conn net.Conn) *session {
@@ -100,6 +107,7 @@ func (s *session) run(ctx context.Context) (err error) {
 	stop := context.AfterFunc(ctx, func() { s.raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	defer func() {
+		s.observeEnd(s.State(), err)
 		s.state.Store(int32(StateClosed))
 		lingeringClose(s.conn)
 		// The identity and the domains are on s.log already.
@@ -119,57 +127,94 @@ func (s *session) run(ctx context.Context) (err error) {
 		}
 	}()
 
+	s.observeStart()
 	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
-		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Service not configured, closing connection"})
-		return errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")
+		return s.result(&closing{errNotConfigured, errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")})
+	}
+	if h := s.p.hostname(); strings.ContainsAny(h, " \t\r\n\x00") {
+		// It goes into the greeting, the EHLO reply and the EHLO the
+		// provider sends: a line break there would forge protocol lines.
+		return s.result(&closing{errNotConfigured, fmt.Errorf("odmr: invalid Provider.Hostname %q", h)})
 	}
 	s.log.Debug("odmr: session started")
-	if err := s.replyLine(220, s.p.hostname()+" on-demand mail relay server ready"); err != nil {
+	if err := s.implicitHandshake(ctx); err != nil {
+		return err
+	}
+	if err := s.replyLine(220, s.p.hostname()+" "+replyGreeting); err != nil {
 		return err
 	}
 	for {
 		line, err := s.readCommand()
 		if err != nil {
-			return s.readFailed(ctx, err)
+			return s.result(s.readFailed(ctx, err))
 		}
-		if err := s.dispatch(ctx, line); err != nil {
+		if err := s.result(s.dispatch(ctx, line)); err != nil {
 			return err
 		}
 	}
 }
 
-// readFailed answers the error that ended reading a command.
+// implicitHandshake runs the TLS handshake of a connection with implicit
+// TLS under the deadline of the first command: otherwise the greeting
+// would start it with no read deadline, and a client that sends nothing
+// would hold its session for good.
+func (s *session) implicitHandshake(ctx context.Context) error {
+	tc, ok := s.conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	deadline := time.Now().Add(s.commandTimeout())
+	if end := s.authDeadline(); !end.IsZero() && end.Before(deadline) {
+		deadline = end
+	}
+	hsCtx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(hsCtx); err != nil {
+		return fmt.Errorf("odmr: TLS handshake: %w", err)
+	}
+	return nil
+}
+
+// readFailed turns the error that ended reading a command into the
+// session's end, with a reply where the connection can still take one.
 func (s *session) readFailed(ctx context.Context, err error) error {
 	var ne net.Error
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return fmt.Errorf("odmr: connection closed by customer in %s state", s.State())
 	case errors.Is(err, wire.ErrFlood):
-		s.reply(&Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Line too long, closing connection"})
-		return err
+		return &closing{errLineFlood, err}
 	case errors.As(err, &ne) && ne.Timeout():
 		if s.p.shutdown.Load() || ctx.Err() != nil {
-			s.reply(errShuttingDown)
-			return errSessionOver
+			return &closing{errShuttingDown, errSessionOver}
 		}
 		if err := s.limitTimeout(); err != nil {
 			return err
 		}
-		s.reply(errTimeout)
-		return fmt.Errorf("odmr: customer idle for %v", s.commandTimeout())
+		return &closing{errTimeout, fmt.Errorf("odmr: customer idle for %v", s.commandTimeout())}
 	}
 	return err
 }
 
 func (s *session) commandTimeout() time.Duration {
-	return orDefault(s.p.CommandTimeout, DefaultCommandTimeout)
+	return orDefault(s.p.CommandTimeout, defaults.CommandTimeout)
+}
+
+// backendCtx bounds one call to the Authorizer or the Queue by
+// BackendTimeout.
+func (s *session) backendCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := orDefault(s.p.BackendTimeout, defaults.BackendTimeout)
+	if d < 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // readLine reads one line under the command timeout. Errors about the
 // line itself (too long, bare CR) come back as *Error.
 func (s *session) readLine(max int) (string, error) {
 	deadline := time.Now().Add(s.commandTimeout())
-	if end := s.start.Add(orDefault(s.p.SessionTimeout, DefaultSessionTimeout)); end.Before(deadline) {
+	if end := s.start.Add(orDefault(s.p.SessionTimeout, defaults.SessionTimeout)); end.Before(deadline) {
 		deadline = end
 	}
 	if s.identity == "" {
@@ -191,7 +236,7 @@ func (s *session) readLine(max int) (string, error) {
 	case errors.Is(err, wire.ErrLineTooLong):
 		return "", errLineTooLong
 	case errors.Is(err, wire.ErrBareCR):
-		return "", errSyntax.withMessage("Bare CR or NUL in command")
+		return "", errBareCRCommand
 	}
 	return string(line), err
 }
@@ -200,9 +245,8 @@ func (s *session) readLine(max int) (string, error) {
 func (s *session) readCommand() (string, error) {
 	for {
 		line, err := s.readLine(maxCommandLine)
-		var e *Error
-		if errors.As(err, &e) {
-			if err := s.fail(e); err != nil {
+		if e, ok := err.(*Error); ok {
+			if err := s.result(e); err != nil {
 				return "", err
 			}
 			continue
@@ -211,7 +255,8 @@ func (s *session) readCommand() (string, error) {
 	}
 }
 
-// dispatch runs one command; a non-nil error ends the session.
+// dispatch runs one command and returns its handler's result, which
+// s.result writes (see closing).
 func (s *session) dispatch(ctx context.Context, line string) error {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
@@ -224,28 +269,36 @@ func (s *session) dispatch(ctx context.Context, line string) error {
 	case "AUTH":
 		return s.handleAuth(ctx, arg)
 	case "ATRN":
-		return s.handleATRN(ctx, arg)
+		err := s.handleATRN(ctx, arg)
+		if s.State() < StateReversed {
+			// Refused: the Trace hears of the reply once it is out.
+			err = s.result(err)
+			s.observeATRN()
+		}
+		return err
 	case "NOOP":
-		return s.replyLine(250, "2.0.0 OK")
+		return s.replyLine(250, replyOK)
 	case "RSET":
-		return s.replyLine(250, "2.0.0 OK")
+		return s.replyLine(250, replyOK)
 	case "QUIT":
-		s.replyLine(221, "2.0.0 Bye")
+		s.replyLine(221, replyBye)
 		return errSessionOver
 	case "GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE":
 		// Cross-protocol requests (a browser aimed at port 366) are not
 		// a confused mail client: close at once.
-		s.reply(errCrossProtocol)
-		return errors.New("odmr: HTTP request on the ODMR port")
+		return &closing{errCrossProtocol, errors.New("odmr: HTTP request on the ODMR port")}
 	case "":
-		return s.fail(errSyntax.withMessage("Empty command"))
+		return errEmptyCommand
 	}
-	return s.fail(ErrNotImplemented.withMessage("Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT"))
+	return errNotODMR
 }
 
 func (s *session) handleHello(verb, arg string) error {
+	if e := s.checkState(errBadSequence, StateInitial, StateAuthenticated); e != nil {
+		return e
+	}
 	if arg == "" {
-		return s.fail(errBadArguments.withMessage("%s requires a domain or address", verb))
+		return errHelloArgument.withArgs(verb)
 	}
 	s.helo = arg
 	host := s.p.hostname()
@@ -263,21 +316,21 @@ func (s *session) handleHello(verb, arg string) error {
 	return s.replyLines(250, lines...)
 }
 
-// errTLSRequired answers AUTH and ATRN in clear when TLS is required.
-var errTLSRequired = &Error{Code: 530, EnhancedCode: EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
-
 func (s *session) handleStartTLS(ctx context.Context, arg string) error {
+	// The state check comes after the others, so that a session that is
+	// already under TLS hears that first, whatever its state.
 	switch {
 	case s.isTLS:
-		return s.fail(errBadSequence.withMessage("TLS already active"))
+		return errTLSActive
 	case s.p.TLSConfig == nil:
-		return s.reply(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "TLS not available"})
+		return errTLSUnavailable
 	case arg != "":
-		return s.fail(errBadArguments.withMessage("STARTTLS takes no parameters"))
-	case s.identity != "":
-		return s.fail(errBadSequence.withMessage("Already authenticated"))
+		return errStartTLSArgs
 	}
-	if err := s.replyLine(220, "2.0.0 Ready to start TLS"); err != nil {
+	if e := s.checkState(errAuthenticated, StateInitial); e != nil {
+		return e
+	}
+	if err := s.replyLine(220, replyStartTLS); err != nil {
 		return err
 	}
 	// Bytes that came after STARTTLS in clear are not part of the TLS
@@ -304,24 +357,32 @@ func (s *session) handleStartTLS(ctx context.Context, arg string) error {
 }
 
 func (s *session) handleATRN(ctx context.Context, arg string) error {
+	// An authenticated session runs under TLS whenever RequireTLS is
+	// set (AUTH needs it), so only a session in the initial state is
+	// told to start TLS first.
+	refusal := ErrAuthRequired
 	if s.p.RequireTLS && !s.isTLS {
-		return s.fail(errTLSRequired)
+		refusal = errTLSRequired
 	}
-	if s.identity == "" {
-		return s.fail(ErrAuthRequired)
+	if e := s.checkState(refusal, StateAuthenticated); e != nil {
+		return e
 	}
 	if !s.p.atrnLimits.allow(s.identity, time.Now()) {
 		s.log.Info("odmr: ATRN refused", "reason", "rate limit")
-		return s.fail(ErrATRNRefused.withMessage("Too many ATRN requests; wait before asking again"))
+		return errATRNRate
 	}
 	domains, err := ParseATRN(arg)
 	if err != nil {
-		return s.fail(errBadArguments.withMessage("%s", strings.TrimPrefix(err.Error(), "odmr: ")))
+		return errBadArguments.withMessage("%s", errText(err))
 	}
-	allowed, err := s.p.Authorizer.Domains(ctx, s.identity)
+	// The customer waits on these two calls: a backend that stops
+	// answering costs it a 451, not the rest of its session.
+	dctx, cancel := s.backendCtx(ctx)
+	allowed, err := s.p.Authorizer.Domains(dctx, s.identity)
+	cancel()
 	if err != nil {
 		s.log.Warn("odmr: domain authorizer failed", "err", err)
-		return s.fail(ErrTryLater)
+		return ErrTryLater
 	}
 	permitted := make(map[string]bool, len(allowed))
 	var all []string
@@ -336,29 +397,32 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 		domains = all
 		if len(domains) == 0 {
 			s.log.Info("odmr: ATRN refused", "reason", "identity has no domains")
-			return s.fail(errNoDomains)
+			return errNoDomains
 		}
 	}
 	for _, d := range domains {
 		if !permitted[d] {
 			s.log.Info("odmr: ATRN refused", "domains", domains, "denied", d)
-			return s.fail(ErrATRNRefused.withMessage("Access to domain %s denied", d))
+			return errDomainDenied.withArgs(d)
 		}
 	}
-	has, err := s.p.Queue.HasMail(ctx, domains)
+	hctx, cancel := s.backendCtx(ctx)
+	has, err := s.p.Queue.HasMail(hctx, domains)
+	cancel()
 	if err != nil {
 		s.log.Warn("odmr: queue failed", "domains", domains, "err", err)
-		return s.fail(ErrTryLater)
+		return ErrTryLater
 	}
 	if !has {
 		s.log.Info("odmr: no mail", "domains", domains)
-		return s.reply(ErrNoMail)
+		return ErrNoMail
 	}
 	s.log = s.log.With("domains", domains)
 	s.domains = domains
-	if err := s.replyLine(250, "2.0.0 OK now reversing the connection"); err != nil {
+	if err := s.replyLine(250, replyReversing); err != nil {
 		return err
 	}
+	s.observeATRN()
 	s.state.Store(int32(StateReversed))
 	buffered, _ := s.br.Peek(s.br.Buffered())
 	rc := Reverse(s.conn, buffered)
@@ -368,11 +432,52 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 	return errSessionOver
 }
 
+// closing is a handler's result that ends the session with a reply: why
+// it ends, and the last thing the customer hears.
+type closing struct {
+	reply *Error
+	err   error
+}
+
+func (c *closing) Error() string { return c.err.Error() }
+func (c *closing) Unwrap() error { return c.err }
+
+// result is the one place a handler's result reaches the wire, as in
+// go-imap's imapserver: nil means the handler wrote its own success reply
+// and the session goes on; an *Error is a refused command, written and
+// counted (fail); a *closing is written, and ends the session; any other
+// error ends it without a reply: the connection failed or was handed
+// over. Only an *Error itself is a reply, not one an error wraps: after
+// the swap, deliver's errors wrap the customer's replies.
+func (s *session) result(err error) error {
+	switch e := err.(type) {
+	case nil:
+		return nil
+	case *Error:
+		return s.fail(e)
+	case *closing:
+		s.reply(e.reply)
+		return e.err
+	}
+	return err
+}
+
+// checkState is the state check at the top of a handler (go-imap's
+// checkState): refusal, unless the session is in one of the states valid.
+func (s *session) checkState(refusal *Error, valid ...State) *Error {
+	for _, st := range valid {
+		if s.State() == st {
+			return nil
+		}
+	}
+	return refusal
+}
+
 // fail sends an error reply and counts it; too many errors end the session.
 func (s *session) fail(e *Error) error {
 	if e.Code >= 500 {
 		s.errs++
-		if s.errs >= orDefault(s.p.MaxErrors, DefaultMaxErrors) {
+		if s.errs >= orDefault(s.p.MaxErrors, defaults.MaxErrors) {
 			s.reply(errTooManyErrors)
 			return errors.New("odmr: too many errors")
 		}
@@ -382,6 +487,7 @@ func (s *session) fail(e *Error) error {
 
 // reply sends e as a single-line reply.
 func (s *session) reply(e *Error) error {
+	s.noteReply(e)
 	text := e.Message
 	if ec := e.EnhancedCode.String(); ec != "" {
 		text = ec + " " + text
@@ -396,6 +502,7 @@ func (s *session) replyLine(code int, text string) error {
 // replyLines writes a reply, multi-line when given several lines, in one
 // write: fetchmail reads the EHLO reply as it arrives.
 func (s *session) replyLines(code int, lines ...string) error {
+	s.lastCode = code
 	for i, l := range lines {
 		sep := byte('-')
 		if i == len(lines)-1 {
@@ -409,7 +516,7 @@ func (s *session) replyLines(code int, lines ...string) error {
 			s.debug("P: ", fmt.Sprintf("%03d%c%s", code, sep, l))
 		}
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(orDefault(s.p.WriteTimeout, DefaultWriteTimeout)))
+	s.conn.SetWriteDeadline(time.Now().Add(orDefault(s.p.WriteTimeout, defaults.WriteTimeout)))
 	return s.bw.Flush()
 }
 
@@ -426,5 +533,5 @@ func (s *session) debug(prefix, line string) {
 	}
 	s.p.debugMu.Lock()
 	defer s.p.debugMu.Unlock()
-	fmt.Fprintf(s.p.Debug, "%s %s%s\n", s.raw.RemoteAddr(), prefix, line)
+	fmt.Fprintf(s.p.Debug, "%s %s%s\n", s.raw.RemoteAddr(), prefix, termsafe.Escape(line))
 }

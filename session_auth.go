@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
+	"github.com/go-odmr/odmr/odmrtrace"
 )
 
 // mechanisms lists the SASL mechanisms offered on this connection.
@@ -34,24 +38,26 @@ func (s *session) mechanisms() []string {
 }
 
 func (s *session) handleAuth(ctx context.Context, arg string) error {
-	if s.helo == "" {
-		return s.fail(errBadSequence.withMessage("Send EHLO first"))
+	// An authenticated session has said EHLO: the order of the first two
+	// checks shows only in the reply to AUTH before EHLO.
+	if e := s.checkState(errAuthenticated, StateInitial); e != nil {
+		return e
 	}
-	if s.identity != "" {
-		return s.fail(errBadSequence.withMessage("Already authenticated"))
+	if s.helo == "" {
+		return errEHLOFirst
 	}
 	if s.p.RequireTLS && !s.isTLS {
-		return s.fail(errTLSRequired)
+		return errTLSRequired
 	}
-	src := s.netKey
-	if wait := s.p.authLimits.blocked(src, time.Now()); wait > 0 {
+	if wait := s.p.authLimits.blocked(s.netKey, time.Now()); wait > 0 {
 		s.logAuth(slog.LevelInfo, "odmr: AUTH refused while the address is penalised", "wait", wait.Round(time.Second))
-		return s.fail(errAuthLocked(wait))
+		s.observeAuth("", "", odmrtrace.AuthRateLimited)
+		return errAuthLocked.withArgs(wait.Round(time.Second) + time.Second)
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	mech = strings.ToUpper(mech)
 	if mech == "" {
-		return s.fail(errBadArguments.withMessage("AUTH requires a mechanism"))
+		return errNoMechanism
 	}
 	offered := false
 	for _, m := range s.mechanisms() {
@@ -59,26 +65,43 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	}
 	if !offered {
 		if (mech == sasl.Plain || mech == sasl.Login) && !s.isTLS {
-			return s.fail(errEncryptionReq)
+			return errEncryptionReq
 		}
-		return s.fail(errUnknownMech)
+		return errUnknownMech
 	}
 
 	var user string
 	s.ticket = authTicket{}
-	srv := s.saslServer(ctx, mech, &user)
+	// The credential store's lookups end at the authentication deadline
+	// too: a store that hangs (a database that stopped answering) must
+	// not keep an unauthenticated session, and its goroutine, past it.
+	lookupCtx := ctx
+	if end := s.authDeadline(); !end.IsZero() {
+		var cancel context.CancelFunc
+		lookupCtx, cancel = context.WithDeadline(ctx, end)
+		defer cancel()
+	}
+	srv := s.saslServer(lookupCtx, mech, &user)
+	return s.saslExchange(ctx, mech, srv, &user, ir, hasIR)
+}
+
+// saslExchange runs the SASL exchange of AUTH mech with srv, from the
+// initial response ir when the command had one, and returns the result
+// for the session to write. *user is the name the mechanism saw, which
+// srv sets.
+func (s *session) saslExchange(ctx context.Context, mech string, srv sasl.Server, user *string, ir string, hasIR bool) error {
 	var resp []byte
 	if hasIR {
 		ir = strings.TrimSpace(ir)
 		switch ir {
 		case "*":
-			return s.authFailed(mech, user, errAuthCancelled)
+			return s.authFailed(mech, *user, errAuthCancelled)
 		case "=":
 			resp = []byte{}
 		default:
 			b, err := base64.StdEncoding.DecodeString(ir)
 			if err != nil {
-				return s.fail(errBadBase64)
+				return errBadBase64
 			}
 			resp = b
 		}
@@ -88,43 +111,43 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	for {
 		chal, done, err := srv.Next(resp)
 		if err != nil {
-			return s.authFailed(mech, user, err)
+			return s.authFailed(mech, *user, err)
 		}
 		if done {
 			if !s.p.promote(s) {
 				// Closed to make room while the secret was checked:
 				// answered as a wrong secret would be (see authFailed).
-				return s.authFailed(mech, user, ErrAuthFailed)
+				return s.authFailed(mech, *user, ErrAuthFailed)
 			}
 			// The source's failures stay: a login to an account of one's
 			// own must not buy more guesses at another's.
-			s.p.authLimits.succeed(src, user, s.ticket, time.Now())
-			s.identity = user
+			s.p.authLimits.succeed(s.netKey, *user, s.ticket, time.Now())
+			s.identity = *user
 			s.state.Store(int32(StateAuthenticated))
-			s.log = s.log.With("identity", loggedName(user))
+			s.log = s.log.With("identity", loggedName(*user))
 			s.log.Info("odmr: authenticated", "mechanism", mech)
-			return s.replyLine(235, "2.7.0 Authentication successful")
+			s.observeAuth(mech, *user, odmrtrace.AuthSuccess)
+			return s.replyLine(235, replyAuthOK)
 		}
 		if err := s.replyLine(334, base64.StdEncoding.EncodeToString(chal)); err != nil {
-			s.countAuthFailure(mech, user, "abandoned")
+			s.countAuthFailure(mech, *user, "abandoned", odmrtrace.AuthFailure)
 			return err
 		}
 		line, err := s.readLine(maxSASLLine)
-		var e *Error
-		if errors.As(err, &e) {
-			return s.authFailed(mech, user, e)
+		if e, ok := err.(*Error); ok {
+			return s.authFailed(mech, *user, e)
 		} else if err != nil {
 			// A dropped connection or a timeout mid-exchange counts as
 			// a failure, or guessers would abandon each wrong guess.
-			s.countAuthFailure(mech, user, "abandoned")
+			s.countAuthFailure(mech, *user, "abandoned", odmrtrace.AuthFailure)
 			return s.readFailed(ctx, err)
 		}
 		if line == "*" {
-			return s.authFailed(mech, user, errAuthCancelled)
+			return s.authFailed(mech, *user, errAuthCancelled)
 		}
 		resp, err = base64.StdEncoding.DecodeString(line)
 		if err != nil {
-			return s.authFailed(mech, user, errBadBase64)
+			return s.authFailed(mech, *user, errBadBase64)
 		}
 	}
 }
@@ -204,15 +227,15 @@ func (s *session) checkPassword(ctx context.Context, user, password string) erro
 func (s *session) saslServer(ctx context.Context, mech string, user *string) sasl.Server {
 	switch mech {
 	case CRAMMD5:
-		srv := NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
+		srv := saslmech.NewCRAMMD5Server(s.p.hostname(), func(u string) ([]byte, error) {
 			*user = u
 			if err := s.admit(u); err != nil {
 				return nil, err
 			}
 			return s.secret(ctx, u)
-		}).(*cramMD5Server)
+		}, ErrUnknownUser, ErrAuthFailed)
 		if s.p.challenge != nil {
-			srv.challenge = s.p.challenge(s.p.hostname())
+			srv.Challenge = s.p.challenge(s.p.hostname())
 		}
 		return srv
 	case sasl.Plain:
@@ -261,22 +284,26 @@ func (s *session) saslServer(ctx context.Context, mech string, user *string) sas
 	panic("odmr: unexpected mechanism " + mech)
 }
 
-// authFailed answers an AUTH exchange that ended without success. Every
-// such ending but a credential store failure counts against the session
-// and the source: wrong secrets, cancelled and malformed exchanges, and
-// attempts refused because the identity had no guesses left.
+// authFailed returns the result of an AUTH exchange that ended without
+// success. Every such ending but a credential store failure counts
+// against the session and the source: wrong secrets, cancelled and
+// malformed exchanges, and attempts refused because the identity had no
+// guesses left.
 func (s *session) authFailed(mech, user string, err error) error {
 	var temp errTempAuth
 	if errors.As(err, &temp) {
-		s.logAuth(slog.LevelWarn, "odmr: credential store failed", "mechanism", mech, "user", loggedName(user), "err", temp.err)
-		return s.fail(&Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"})
+		s.logAuth(slog.LevelWarn, "odmr: credential store failed", "mechanism", mech, "identity", loggedName(user), "err", temp.err)
+		s.observeAuth(mech, user, odmrtrace.AuthTempFail)
+		return errTempAuthFailed
 	}
 	reply := ErrAuthFailed
 	why := "failed"
+	result := odmrtrace.AuthFailure
 	var e *Error
 	switch {
 	case errors.As(err, &e) && e == errAuthThrottled:
 		reply, why = errAuthThrottled, "refused: too many guesses at this identity"
+		result = odmrtrace.AuthRateLimited
 	case errors.As(err, &e) && e.Code != ErrAuthFailed.Code:
 		reply, why = e, strings.ToLower(e.Message)
 	case mech == CRAMMD5 && errors.Is(err, ErrNoSecret):
@@ -284,29 +311,29 @@ func (s *session) authFailed(mech, user string, err error) error {
 		// secret, but the operator learns why the customer cannot get in.
 		why = "failed: no CRAM-MD5 secret stored for this account"
 	}
-	if s.countAuthFailure(mech, user, why) || s.evicted.Load() {
+	if s.countAuthFailure(mech, user, why, result) || s.evicted.Load() {
 		if s.evicted.Load() {
 			// Right and wrong secrets alike: a guesser who evicts its
 			// own session mid-AUTH learns nothing from the reply.
-			s.reply(errGaveWay)
-			return errors.New("odmr: unauthenticated session closed to make room for others")
+			return &closing{errGaveWay, errors.New("odmr: unauthenticated session closed to make room for others")}
 		}
-		s.reply(errTooManyAuth)
-		return errors.New("odmr: too many failed authentication attempts")
+		return &closing{errTooManyAuth, errors.New("odmr: too many failed authentication attempts")}
 	}
-	return s.fail(reply)
+	return reply
 }
 
-// countAuthFailure counts a failed attempt and reports whether the session
-// has had too many. Only attempts that named a user count against the
-// source: the others guessed nothing and cost next to nothing.
-func (s *session) countAuthFailure(mech, user, why string) bool {
+// countAuthFailure counts a failed attempt, logs it with why and reports
+// it to the Trace as result, and reports whether the session has had too
+// many. Only attempts that named a user count against the source: the
+// others guessed nothing and cost next to nothing.
+func (s *session) countAuthFailure(mech, user, why string, result odmrtrace.AuthResult) bool {
 	s.authFailures++
 	if user != "" {
 		s.p.authLimits.fail(s.netKey, user, time.Now())
 	}
-	s.logAuth(slog.LevelInfo, "odmr: authentication "+why, "mechanism", mech, "user", loggedName(user), "failures", s.authFailures)
-	return s.authFailures > orDefault(s.p.MaxAuthFailures, DefaultMaxAuthFailures)
+	s.logAuth(slog.LevelWarn, "odmr: authentication "+why, "mechanism", mech, "identity", loggedName(user), "failures", s.authFailures)
+	s.observeAuth(mech, user, result)
+	return s.authFailures > orDefault(s.p.MaxAuthFailures, defaults.MaxAuthFailures)
 }
 
 // logAuth writes a record about AUTH unless too many were written in the
@@ -331,14 +358,4 @@ func (s *session) admit(user string) error {
 	}
 	s.ticket = t
 	return nil
-}
-
-// errAuthThrottled refuses an attempt on an identity that has no guesses
-// left, before its secret is checked: the reply is the same whatever the
-// secret.
-var errAuthThrottled = &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "Too many failed authentication attempts; try again later"}
-
-func errAuthLocked(wait time.Duration) *Error {
-	return &Error{Code: 454, EnhancedCode: EnhancedCode{4, 7, 0},
-		Message: fmt.Sprintf("Too many failed authentication attempts; try again in %v", wait.Round(time.Second)+time.Second)}
 }

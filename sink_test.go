@@ -21,6 +21,8 @@ import (
 
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/memqueue"
+	"github.com/go-odmr/odmr/smtpsink"
 )
 
 // localMTA is a go-smtp server standing in for the customer's own mail
@@ -140,7 +142,7 @@ func startLocalMTA(t *testing.T, mta *localMTA, lmtp bool, network string) strin
 
 func TestRelayPassesTheSessionToALocalServer(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	b1 := "Subject: one\r\n\r\n.dot line\r\nFirst.\r\n"
 	b2 := "Subject: two\r\n\r\n8-bit \xc3\xa9\r\n"
 	custEnqueue(t, q, "a@sender.test", b1, "u1@example.org")
@@ -170,7 +172,7 @@ func TestRelayPassesTheSessionToALocalServer(t *testing.T) {
 }
 
 func TestRelayRefusalsOfTheLocalServerReachTheProvider(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org", "nobody@example.org")
 	addr := custProvider(t, q)
 	mta := &localMTA{refuse: map[string]*smtp.SMTPError{
@@ -194,7 +196,7 @@ func TestRelayRefusalsOfTheLocalServerReachTheProvider(t *testing.T) {
 
 func TestRelayToAnUnreachableServerLeavesMailQueued(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -214,7 +216,7 @@ func TestRelayToAnUnreachableServerLeavesMailQueued(t *testing.T) {
 
 func TestSMTPSinkKeepsTheEnvelopeAndChecksRecipients(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	body := "Subject: env\r\n\r\nHello.\r\n..\r\n"
 	custEnqueue(t, q, "a@sender.test", body, "u1@example.org", "nobody@example.org", "u2@example.com")
 	custEnqueue(t, q, "", "Subject: bounce\r\n\r\nA bounce.\r\n", "u3@example.org")
@@ -222,7 +224,7 @@ func TestSMTPSinkKeepsTheEnvelopeAndChecksRecipients(t *testing.T) {
 	mta := &localMTA{refuse: map[string]*smtp.SMTPError{
 		"nobody@example.org": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"},
 	}}
-	sink := odmr.NewSMTPSink(startLocalMTA(t, mta, false, "tcp"))
+	sink := smtpsink.New(startLocalMTA(t, mta, false, "tcp"))
 	res, err := custCustomer(addr, sink, "example.org", "example.com").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Messages)
@@ -245,14 +247,14 @@ func TestSMTPSinkKeepsTheEnvelopeAndChecksRecipients(t *testing.T) {
 }
 
 func TestSMTPSinkLocalServerDownIsTemporary(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	custEnqueue(t, q, "a@sender.test", "Subject: x\r\n\r\nx\r\n", "u1@example.org")
 	addr := custProvider(t, q)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	down := l.Addr().String()
 	l.Close()
-	res, err := custCustomer(addr, odmr.NewSMTPSink(down), "example.org").Fetch(context.Background())
+	res, err := custCustomer(addr, smtpsink.New(down), "example.org").Fetch(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.RefusedRecipients)
 	assert.Equal(t, 1, res.LocalRefused, "a refusal of the local target")
@@ -272,8 +274,8 @@ func TestLMTPSinkPerRecipientResults(t *testing.T) {
 			},
 		}
 	}
-	enqueue := func(t *testing.T) *odmr.MemoryQueue {
-		q := &odmr.MemoryQueue{}
+	enqueue := func(t *testing.T) *memqueue.Queue {
+		q := &memqueue.Queue{}
 		custEnqueue(t, q, "a@sender.test", "Subject: lmtp\r\n\r\nx\r\n", "ok@example.org", "nobody@example.org", "full@example.org")
 		return q
 	}
@@ -283,7 +285,7 @@ func TestLMTPSinkPerRecipientResults(t *testing.T) {
 		q := enqueue(t)
 		addr := custProvider(t, q)
 		local := mta()
-		sink := odmr.NewLMTPSink(startLocalMTA(t, local, true, "unix"))
+		sink := smtpsink.NewLMTP(startLocalMTA(t, local, true, "unix"))
 		var mu sync.Mutex
 		var partial []odmr.RecipientResult
 		sink.OnPartialDelivery = func(env odmr.Envelope, failed []odmr.RecipientResult) {
@@ -316,7 +318,7 @@ func TestLMTPSinkPerRecipientResults(t *testing.T) {
 		q := enqueue(t)
 		addr := custProvider(t, q)
 		local := mta()
-		sink := odmr.NewLMTPSink("unix:" + startLocalMTA(t, local, true, "unix"))
+		sink := smtpsink.NewLMTP("unix:" + startLocalMTA(t, local, true, "unix"))
 		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
 		require.NoError(t, err)
 		assert.Equal(t, 1, res.Refused)
@@ -329,10 +331,10 @@ func TestLMTPSinkPerRecipientResults(t *testing.T) {
 	})
 
 	t.Run("all recipients failing after the data", func(t *testing.T) {
-		q := &odmr.MemoryQueue{}
+		q := &memqueue.Queue{}
 		custEnqueue(t, q, "a@sender.test", "Subject: lmtp\r\n\r\nx\r\n", "full@example.org")
 		addr := custProvider(t, q)
-		sink := odmr.NewLMTPSink(startLocalMTA(t, mta(), true, "tcp"))
+		sink := smtpsink.NewLMTP(startLocalMTA(t, mta(), true, "tcp"))
 		res, err := custCustomer(addr, sink, "example.org").Fetch(context.Background())
 		require.NoError(t, err)
 		assert.Equal(t, 1, res.Refused)
@@ -349,21 +351,15 @@ func TestSMTPSinkStopsOnCancel(t *testing.T) {
 	// context is cancelled once the sink is connected, waiting for the
 	// greeting; the command timeout is far off, so only the
 	// cancellation can end the wait.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		c, err := l.Accept()
-		if err == nil {
-			defer c.Close()
-			cancel()
-			io.Copy(io.Discard, c)
-		}
-	}()
-	sink := odmr.NewSMTPSink(l.Addr().String())
+	addr, _ := smtptest.Script(t, func(_ *textproto.Conn, conn net.Conn) {
+		cancel()
+		io.Copy(io.Discard, conn)
+	})
+	sink := smtpsink.New(addr)
 	sink.Timeout = time.Hour
+	var err error
 	done := make(chan error, 1)
 	go func() {
 		done <- sink.Deliver(ctx, odmr.Envelope{From: "a@b", To: []string{"c@d"}}, strings.NewReader("x\r\n"))
@@ -413,7 +409,7 @@ func TestRelayEximPatternEndsCleanly(t *testing.T) {
 
 func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	dsn := &odmr.DSN{Return: odmr.ReturnFull, EnvID: "env 42", Recipients: map[string]odmr.RecipientDSN{
 		"u1@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess}, ORcptType: "RFC822", ORcpt: "first@example.org"},
 	}}
@@ -421,7 +417,7 @@ func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
 		strings.NewReader("Subject: dsn\r\n\r\nHi.\r\n"))
 	require.NoError(t, err)
 	mta := &localMTA{}
-	sink := odmr.NewSMTPSink(startLocalMTA(t, mta, false, "tcp"))
+	sink := smtpsink.New(startLocalMTA(t, mta, false, "tcp"))
 	_, err = custCustomer(custProvider(t, q), sink, "example.org").Fetch(context.Background())
 	require.NoError(t, err)
 	got := mta.received()
@@ -443,7 +439,7 @@ func TestSMTPSinkPassesDSNRequestsOn(t *testing.T) {
 
 func TestSMTPSinkOffersDSNOnlyWhenTheLocalServerDoes(t *testing.T) {
 	custNoLeaks(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	dsn := &odmr.DSN{Return: odmr.ReturnHeaders, Recipients: map[string]odmr.RecipientDSN{
 		"u1@example.org": {Notify: []odmr.DSNNotify{odmr.NotifySuccess}},
 	}}
@@ -461,7 +457,7 @@ func TestSMTPSinkOffersDSNOnlyWhenTheLocalServerDoes(t *testing.T) {
 	go func() { defer close(done); srv.Serve(l) }()
 	t.Cleanup(func() { smtptest.Shutdown(t, srv); <-done })
 
-	sink := odmr.NewSMTPSink(l.Addr().String())
+	sink := smtpsink.New(l.Addr().String())
 	ok, err := sink.ProbeDSN(context.Background())
 	require.NoError(t, err)
 	assert.False(t, ok)
@@ -478,9 +474,39 @@ func TestSMTPSinkOffersDSNOnlyWhenTheLocalServerDoes(t *testing.T) {
 	assert.Contains(t, logs.String(), "the local server does not offer DSN")
 
 	// A server that does offer it.
-	sink = odmr.NewSMTPSink(startLocalMTA(t, &localMTA{}, true, "tcp"))
+	sink = smtpsink.New(startLocalMTA(t, &localMTA{}, true, "tcp"))
 	sink.LMTP = true
 	ok, err = sink.ProbeDSN(context.Background())
 	require.NoError(t, err)
 	assert.True(t, ok)
+}
+
+// TestSMTPSinkLocal421IsA451: a 421 of the local server closes the local
+// connection, not the provider's: by the sink's session and its one-shot
+// calls alike, the provider is told 451 with the same text, and keeps
+// the mail for the next fetch.
+func TestSMTPSinkLocal421IsA451(t *testing.T) {
+	mta := &localMTA{refuse: map[string]*smtp.SMTPError{
+		"busy@example.org": {Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down"},
+	}}
+	sink := smtpsink.New(startLocalMTA(t, mta, false, "tcp"))
+	env := odmr.Envelope{From: "a@sender.test", To: []string{"busy@example.org"}}
+	ctx := context.Background()
+	want := func(what string, err error) {
+		t.Helper()
+		var e *odmr.Error
+		require.ErrorAs(t, err, &e, what)
+		assert.Equal(t, 451, e.Code, what)
+		assert.Equal(t, odmr.EnhancedCode{4, 3, 2}, e.EnhancedCode, what)
+		assert.Equal(t, "Shutting down", e.Message, what)
+	}
+	want("CheckRecipient", sink.CheckRecipient(ctx, env, "busy@example.org"))
+	want("Deliver", sink.Deliver(ctx, env, strings.NewReader("Subject: x\r\n\r\nx\r\n")))
+
+	ss, err := sink.Begin(ctx)
+	require.NoError(t, err)
+	defer ss.Close()
+	require.NoError(t, ss.Mail(ctx, env))
+	want("session RCPT", ss.Rcpt(ctx, env, "busy@example.org"))
+	assert.Empty(t, mta.received())
 }

@@ -19,8 +19,8 @@ import (
 // past the greeting, for a provider with p's timeouts and one account, and a channel that yields Serve's result.
 func pipeSession(t *testing.T, p *Provider) (*textproto.Conn, net.Conn, chan error) {
 	t.Helper()
-	accts := Accounts{testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}}}
-	p.Hostname, p.Authenticator, p.Authorizer, p.Queue = "provider.test", accts, accts, &MemoryQueue{}
+	accts := testAccounts{testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}}}
+	p.Hostname, p.Authenticator, p.Authorizer, p.Queue = "provider.test", accts, accts, newMemQueue()
 	p.Logger = slog.New(slog.DiscardHandler)
 	cli, srv := net.Pipe()
 	served := make(chan error, 1)

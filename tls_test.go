@@ -2,15 +2,9 @@ package odmr
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
-	"math/big"
 	"net"
 	"net/textproto"
 	"strings"
@@ -18,16 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-odmr/odmr/internal/testcert"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// testPKI is a CA with a server certificate for 127.0.0.1/localhost and
-// client certificates, all made in the test.
+// testPKI is a CA with a server certificate for 127.0.0.1/localhost; it
+// issues the client certificates.
 type testPKI struct {
-	caPool *x509.CertPool
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	*testcert.CA
 	server tls.Certificate
 }
 
@@ -39,67 +32,22 @@ var (
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
 	pkiOnce.Do(func() {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		tmpl := &x509.Certificate{
-			SerialNumber:          big.NewInt(1),
-			Subject:               pkix.Name{CommonName: "odmr test CA"},
-			NotBefore:             time.Now().Add(-time.Hour),
-			NotAfter:              time.Now().Add(24 * time.Hour),
-			IsCA:                  true,
-			KeyUsage:              x509.KeyUsageCertSign,
-			BasicConstraintsValid: true,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		require.NoError(t, err)
-		ca, err := x509.ParseCertificate(der)
-		require.NoError(t, err)
-		p := &testPKI{caPool: x509.NewCertPool(), ca: ca, caKey: key}
-		p.caPool.AddCert(ca)
-		p.server = p.issue(t, "provider.test", false, ca, key)
-		pki = p
+		ca := testcert.NewCA(t, "odmr test CA")
+		pki = &testPKI{CA: ca, server: ca.Server(t, "provider.test", "localhost", "127.0.0.1")}
 	})
 	return pki
-}
-
-// issue makes a leaf certificate signed by parent (self-signed when parent
-// is nil).
-func (p *testPKI) issue(t *testing.T, cn string, client bool, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", cn},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	require.NoError(t, err)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func (p *testPKI) serverConfig() *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{p.server},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    p.caPool,
+		ClientCAs:    p.Pool,
 	}
 }
 
 func (p *testPKI) clientConfig(certs ...tls.Certificate) *tls.Config {
-	return &tls.Config{RootCAs: p.caPool, ServerName: "provider.test", Certificates: certs}
+	return &tls.Config{RootCAs: p.Pool, ServerName: "provider.test", Certificates: certs}
 }
 
 // startTLS runs STARTTLS on c and returns the client over TLS.
@@ -110,6 +58,15 @@ func (c *client) startTLS(cfg *tls.Config) {
 	require.NoError(c.t, tc.Handshake())
 	c.conn = tc
 	c.tp = textproto.NewConn(tc)
+}
+
+// mapTestUserCert is an ExternalAuth that takes a client certificate
+// whose common name is testUser as that user, and no other.
+func mapTestUserCert(ctx context.Context, cs tls.ConnectionState) (string, error) {
+	if cn := cs.PeerCertificates[0].Subject.CommonName; cn == testUser {
+		return cn, nil
+	}
+	return "", errors.New("certificate not mapped to an account")
 }
 
 // withTLS configures TLS; the test must have called newTestPKI first.
@@ -187,9 +144,9 @@ func TestRequireTLS(t *testing.T) {
 
 func TestImplicitTLS(t *testing.T) {
 	newTestPKI(t)
-	q := &MemoryQueue{}
+	q := newMemQueue()
 	q.Enqueue(Envelope{From: "s@x.test", To: []string{"u@example.org"}}, strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
-	accts := Accounts{testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}}}
+	accts := testAccounts{testUser: {Name: testUser, Secret: testSecret, Domains: []string{"example.org"}}}
 	p := &Provider{Hostname: "provider.test", Authenticator: accts, Authorizer: accts, Queue: q, TLSConfig: pki.serverConfig(), Logger: discardLogger()}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -216,18 +173,12 @@ func TestListenAndServeTLSNeedsConfig(t *testing.T) {
 
 func TestEXTERNAL(t *testing.T) {
 	newTestPKI(t)
-	mapCert := func(ctx context.Context, cs tls.ConnectionState) (string, error) {
-		if cn := cs.PeerCertificates[0].Subject.CommonName; cn == testUser {
-			return cn, nil
-		}
-		return "", errors.New("certificate not mapped to an account")
-	}
-	f := newFixture(t, withTLS, func(p *Provider) { p.ExternalAuth = mapCert })
+	f := newFixture(t, withTLS, func(p *Provider) { p.ExternalAuth = mapTestUserCert })
 
 	t.Run("a mapped certificate authenticates", func(t *testing.T) {
 		c := f.dial(t)
 		c.cmd(250, "EHLO customer.test")
-		c.startTLS(pki.clientConfig(pki.issue(t, testUser, true, pki.ca, pki.caKey)))
+		c.startTLS(pki.clientConfig(pki.Client(t, testUser)))
 		assert.Contains(t, c.cmd(250, "EHLO customer.test"), "EXTERNAL")
 		c.cmd(235, "AUTH EXTERNAL =")
 		c.cmd(453, "ATRN")
@@ -235,14 +186,14 @@ func TestEXTERNAL(t *testing.T) {
 	t.Run("an authorization identity of another user is refused", func(t *testing.T) {
 		c := f.dial(t)
 		c.cmd(250, "EHLO customer.test")
-		c.startTLS(pki.clientConfig(pki.issue(t, testUser, true, pki.ca, pki.caKey)))
+		c.startTLS(pki.clientConfig(pki.Client(t, testUser)))
 		c.cmd(250, "EHLO customer.test")
 		c.cmd(535, "AUTH EXTERNAL "+base64.StdEncoding.EncodeToString([]byte("bob")))
 	})
 	t.Run("an unmapped certificate is refused", func(t *testing.T) {
 		c := f.dial(t)
 		c.cmd(250, "EHLO customer.test")
-		c.startTLS(pki.clientConfig(pki.issue(t, "mallory", true, pki.ca, pki.caKey)))
+		c.startTLS(pki.clientConfig(pki.Client(t, "mallory")))
 		c.cmd(250, "EHLO customer.test")
 		c.cmd(535, "AUTH EXTERNAL =")
 	})
@@ -252,9 +203,9 @@ func TestEXTERNAL(t *testing.T) {
 		c.cmd(220, "STARTTLS")
 		// GetClientCertificate sends the certificate even though the
 		// server's CA list does not include its issuer.
-		selfSigned := pki.issue(t, testUser, true, nil, nil)
+		untrusted := testcert.NewCA(t, "untrusted CA").Client(t, testUser)
 		cfg := pki.clientConfig()
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &selfSigned, nil }
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &untrusted, nil }
 		tc := tls.Client(c.conn, cfg)
 		err := tc.Handshake()
 		if err == nil {

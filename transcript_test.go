@@ -66,8 +66,8 @@ func replayAsCustomer(t *testing.T, conn net.Conn, path string) {
 }
 
 func TestGoldenTranscriptRFC2645Section6(t *testing.T) {
-	accts := Accounts{"example.org": {Name: "example.org", Secret: "tanstaaftanstaaf", Domains: []string{"example.org", "example.com"}}}
-	q := &MemoryQueue{}
+	accts := testAccounts{"example.org": {Name: "example.org", Secret: "tanstaaftanstaaf", Domains: []string{"example.org", "example.com"}}}
+	q := newMemQueue()
 	_, err := q.Enqueue(Envelope{From: "Lester.Tester@dot.foo.bar", To: []string{"l.eva.msg@example.com"}},
 		strings.NewReader("Subject: test\r\n\r\nHello from the provider's queue.\r\n.\r\n"))
 	require.NoError(t, err)
@@ -98,8 +98,8 @@ const (
 	transcriptBody = "Subject: test\r\n\r\nHello from the provider's queue.\r\n.\r\n"
 )
 
-func transcriptAccounts() Accounts {
-	return Accounts{
+func transcriptAccounts() testAccounts {
+	return testAccounts{
 		transcriptUser: {Name: transcriptUser, Secret: transcriptSecret, Domains: []string{"example.org", "example.com"}},
 		"other":        {Name: "other", Secret: "other-secret", Domains: []string{"example.edu"}},
 	}
@@ -110,21 +110,21 @@ func transcriptAccounts() Accounts {
 // accounts for its transcript and checks the queue afterwards.
 var providerTranscripts = []struct {
 	file  string
-	setup func(t *testing.T, p *Provider, q *MemoryQueue)
+	setup func(t *testing.T, p *Provider, q memQueue)
 	// queued is the number of messages still queued afterwards.
 	queued int
 }{
 	// 250: a message delivered, with pipelining, and gone from the queue.
-	{"250-delivery.txt", func(t *testing.T, p *Provider, q *MemoryQueue) {
+	{"250-delivery.txt", func(t *testing.T, p *Provider, q memQueue) {
 		transcriptEnqueue(t, q, "Lester.Tester@dot.foo.bar", transcriptBody, "l.eva.msg@example.com")
 	}, 0},
 	// 450: mail for both domains named stays queued.
-	{"450-foreign-domain.txt", func(t *testing.T, p *Provider, q *MemoryQueue) {
+	{"450-foreign-domain.txt", func(t *testing.T, p *Provider, q memQueue) {
 		transcriptEnqueue(t, q, "a@sender.example", "Subject: a\r\n\r\na\r\n", "u@example.org")
 		transcriptEnqueue(t, q, "b@sender.example", "Subject: b\r\n\r\nb\r\n", "v@example.edu")
 	}, 2},
 	// 451: the authorizer fails; the queued mail stays.
-	{"451-authorizer-failure.txt", func(t *testing.T, p *Provider, q *MemoryQueue) {
+	{"451-authorizer-failure.txt", func(t *testing.T, p *Provider, q memQueue) {
 		p.Authorizer = DomainAuthorizerFunc(func(context.Context, string) ([]string, error) {
 			return nil, errors.New("mapping database unavailable")
 		})
@@ -135,16 +135,16 @@ var providerTranscripts = []struct {
 	// 502: other commands in both states, nothing queued.
 	{"502-other-command.txt", nil, 0},
 	// 530: ATRN before AUTH with mail queued, which stays.
-	{"530-atrn-before-auth.txt", func(t *testing.T, p *Provider, q *MemoryQueue) {
+	{"530-atrn-before-auth.txt", func(t *testing.T, p *Provider, q memQueue) {
 		transcriptEnqueue(t, q, "a@sender.example", "Subject: a\r\n\r\na\r\n", "u@example.org")
 	}, 1},
 	// 535: a wrong secret, with mail queued, which stays.
-	{"535-wrong-secret.txt", func(t *testing.T, p *Provider, q *MemoryQueue) {
+	{"535-wrong-secret.txt", func(t *testing.T, p *Provider, q memQueue) {
 		transcriptEnqueue(t, q, "a@sender.example", "Subject: a\r\n\r\na\r\n", "u@example.org")
 	}, 1},
 }
 
-func transcriptEnqueue(t *testing.T, q *MemoryQueue, from, body string, to ...string) {
+func transcriptEnqueue(t *testing.T, q memQueue, from, body string, to ...string) {
 	t.Helper()
 	_, err := q.Enqueue(Envelope{From: from, To: to}, strings.NewReader(body))
 	require.NoError(t, err)
@@ -157,7 +157,7 @@ func TestGoldenTranscriptsProvider(t *testing.T) {
 	for _, tc := range providerTranscripts {
 		t.Run(tc.file, func(t *testing.T) {
 			accts := transcriptAccounts()
-			q := &MemoryQueue{}
+			q := newMemQueue()
 			p := &Provider{
 				Hostname: transcriptProvider, Authenticator: accts, Authorizer: accts, Queue: q,
 				Logger:    slog.New(slog.DiscardHandler),

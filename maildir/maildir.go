@@ -40,15 +40,17 @@ type Sink struct {
 	// Maildir delivery agents (qmail, Dovecot) that mail readers expect.
 	KeepCRLF bool
 
-	// ReturnPath prepends a "Return-Path: <sender>" header, as a final
-	// delivery agent does (RFC 5321 section 4.4). False means the message
-	// is stored as received.
-	ReturnPath bool
-	// DeliveredTo prepends one "Delivered-To: <recipient>" header for each
-	// recipient of the envelope, as qmail and Postfix local delivery do.
-	// False means none. Note that it reveals every envelope recipient,
-	// Bcc included, to whoever reads the mailbox.
-	DeliveredTo bool
+	// NoReturnPath turns off the "Return-Path: <sender>" header that a
+	// Sink prepends by default, as a final delivery agent does (RFC 5321
+	// section 4.4): without it the envelope sender, the address bounces
+	// go to, is lost once the message is in the mailbox.
+	NoReturnPath bool
+	// NoDeliveredTo turns off the "Delivered-To: <recipient>" headers a
+	// Sink prepends by default, one for each recipient of the envelope,
+	// as qmail and Postfix local delivery do. They reveal every envelope
+	// recipient, Bcc included, to whoever reads the mailbox: set it when
+	// several people read one Maildir.
+	NoDeliveredTo bool
 
 	// Hostname is the host part of file names. "" means os.Hostname().
 	Hostname string
@@ -163,13 +165,13 @@ func (s *Sink) writeHeaders(w *bufio.Writer, env odmr.Envelope) error {
 	if s.KeepCRLF {
 		eol = "\r\n"
 	}
-	if s.ReturnPath {
+	if !s.NoReturnPath {
 		if err := checkHeaderValue(env.From); err != nil {
 			return err
 		}
 		fmt.Fprintf(w, "Return-Path: <%s>%s", env.From, eol)
 	}
-	if s.DeliveredTo {
+	if !s.NoDeliveredTo {
 		for _, to := range env.To {
 			if err := checkHeaderValue(to); err != nil {
 				return err

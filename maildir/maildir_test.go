@@ -70,7 +70,7 @@ func TestMaildirDeliverConvertsCRLFToLFByDefault(t *testing.T) {
 	err := s.Deliver(context.Background(), odmr.Envelope{From: "a@b"}, iotest.OneByteReader(strings.NewReader(body)))
 	require.NoError(t, err)
 	name, got := only(t, files(t, dir, "new"))
-	assert.Equal(t, "Subject: x\n\nline\nodd\rcr\n8-bit: \xc3\xa9\n", got)
+	assert.Equal(t, "Return-Path: <a@b>\nSubject: x\n\nline\nodd\rcr\n8-bit: \xc3\xa9\n", got)
 	assert.Empty(t, files(t, dir, "tmp"))
 
 	// SECONDS.M<usec>P<pid>Q<n>R<random>.HOST, with / and : escaped.
@@ -83,15 +83,18 @@ func TestMaildirDeliverConvertsCRLFToLFByDefault(t *testing.T) {
 func TestMaildirDeliverKeepCRLFStoresTheBytesAsReceived(t *testing.T) {
 	s, dir := newSink(t)
 	s.KeepCRLF = true
+	s.NoReturnPath = true
 	body := "Subject: x\r\n\r\n..dots\r\n\x00\xff\r"
 	require.NoError(t, s.Deliver(context.Background(), odmr.Envelope{}, strings.NewReader(body)))
 	_, got := only(t, files(t, dir, "new"))
 	assert.Equal(t, body, got)
 }
 
+// The zero Sink and New add the envelope headers a final delivery agent
+// adds, as odmr-customer -maildir does: a Sink used from Go must not lose
+// the envelope sender the program keeps.
 func TestMaildirDeliverAddsEnvelopeHeaders(t *testing.T) {
 	s, dir := newSink(t)
-	s.ReturnPath, s.DeliveredTo = true, true
 	env := odmr.Envelope{From: "sender@example.net", To: []string{"a@example.org", "b@example.org"}}
 	require.NoError(t, s.Deliver(context.Background(), env, strings.NewReader("Subject: x\r\n\r\nx\r\n")))
 	_, got := only(t, files(t, dir, "new"))
@@ -99,10 +102,16 @@ func TestMaildirDeliverAddsEnvelopeHeaders(t *testing.T) {
 
 	// A bounce has the null reverse path.
 	s2, dir2 := newSink(t)
-	s2.ReturnPath = true
 	require.NoError(t, s2.Deliver(context.Background(), odmr.Envelope{}, strings.NewReader("x\r\n")))
 	_, got = only(t, files(t, dir2, "new"))
 	assert.Equal(t, "Return-Path: <>\nx\n", got)
+
+	// Both can be turned off.
+	s3, dir3 := newSink(t)
+	s3.NoReturnPath, s3.NoDeliveredTo = true, true
+	require.NoError(t, s3.Deliver(context.Background(), env, strings.NewReader("x\r\n")))
+	_, got = only(t, files(t, dir3, "new"))
+	assert.Equal(t, "x\n", got)
 
 	// An address that would break the header is refused.
 	err := s.Deliver(context.Background(), odmr.Envelope{From: "a@b\r\nX-Injected: 1"}, strings.NewReader("x\r\n"))

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,13 @@ type queueBugs struct {
 	// bounceAllTemp: a message whose every recipient failed temporarily
 	// at once (a 4xx to MAIL) is bounced, that is dropped.
 	bounceAllTemp bool
+	// stopAfterTemp: a batch ends after a message that failed
+	// temporarily, leaving the rest queued for the next ATRN (no bug:
+	// Exim does so).
+	stopAfterTemp bool
+	// loseRest: a batch ends after its second message and deletes the
+	// messages it did not get to.
+	loseRest bool
 }
 
 // fakeQueue is a small queue with bugs.
@@ -110,12 +118,24 @@ type fakeBatch struct {
 	seen    map[*fakeMsg]bool
 	n       int
 	leases  []*fakeLease
+	stopped bool // the batch ends (stopAfterTemp, loseRest)
 }
 
 func (b *fakeBatch) Next(context.Context) (odmr.Message, error) {
 	q := b.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.bugs.loseRest && b.n >= 2 {
+		b.stopped = true
+	}
+	if b.stopped {
+		if q.bugs.loseRest {
+			q.msgs = slices.DeleteFunc(q.msgs, func(m *fakeMsg) bool {
+				return !m.leased && !b.seen[m] && len(q.matching(m, b.domains)) > 0
+			})
+		}
+		return nil, io.EOF
+	}
 	for _, m := range q.msgs {
 		to := q.matching(m, b.domains)
 		if m.leased || b.seen[m] || len(to) == 0 {
@@ -139,7 +159,7 @@ func (b *fakeBatch) Next(context.Context) (odmr.Message, error) {
 				env.Body = odmr.Body8BitMIME
 			}
 		}
-		l := &fakeLease{q: q, m: m, env: env}
+		l := &fakeLease{q: q, b: b, m: m, env: env}
 		b.leases = append(b.leases, l)
 		return l, nil
 	}
@@ -168,6 +188,7 @@ func contains(list []string, s string) bool {
 
 type fakeLease struct {
 	q    *fakeQueue
+	b    *fakeBatch
 	m    *fakeMsg
 	env  odmr.Envelope
 	done bool
@@ -192,6 +213,7 @@ func (l *fakeLease) Complete(_ context.Context, results []odmr.RecipientResult) 
 			allTemp = false
 		default:
 			l.m.failed = append(l.m.failed, r.Recipient)
+			l.b.stopped = l.b.stopped || q.bugs.stopAfterTemp
 		}
 	}
 	if q.bugs.dropOthers || q.bugs.bounceAllTemp && allTemp {
@@ -437,6 +459,45 @@ func TestSuiteCatchesBrokenTenantProviders(t *testing.T) {
 			_, good := odmrtest.NewProvider(t)
 			if res := c.Run(context.Background(), good); res.Status != odmrtest.Pass {
 				t.Errorf("against the correct provider: %s, want PASS", res)
+			}
+		})
+	}
+}
+
+// TestOutcomesAllowRunEndingAfterTemporaryFailure runs the outcome
+// checks against providers that end a delivery run at the first
+// temporary failure, as Exim 4.99.1 does: one that keeps the messages it
+// did not get to for the next ATRN passes (RFC 2645 does not make one
+// ATRN empty the queue, and RFC 5321 section 4.5.4.1 lets a client put
+// off a destination that failed). One that ends a run after its second
+// message, which fails temporarily, and deletes the rest fails: the next
+// run lacks them. 5.3/4xx-keeps-mail-queued allows the same end of a run.
+func TestOutcomesAllowRunEndingAfterTemporaryFailure(t *testing.T) {
+	type outcome struct {
+		bugs queueBugs
+		want odmrtest.Status
+	}
+	keeps := outcome{queueBugs{stopAfterTemp: true}, odmrtest.Pass}
+	loses := outcome{queueBugs{loseRest: true}, odmrtest.Fail}
+	for id, cases := range map[string][]outcome{
+		"5.3/per-recipient-outcomes":  {keeps, loses},
+		"RFC2920/PIPELINING-outcomes": {keeps, loses},
+		"RFC3030/CHUNKING-outcomes":   {keeps, loses},
+		// Its two messages are both tried before loseRest ends a run.
+		"5.3/4xx-keeps-mail-queued": {keeps},
+	} {
+		t.Run(id, func(t *testing.T) {
+			for _, tt := range cases {
+				q := &fakeQueue{bugs: tt.bugs}
+				_, cfg := odmrtest.NewProvider(t, func(p *odmr.Provider) { p.Queue = q })
+				cfg.Enqueue = q.enqueue
+				cfg.Timeout = 5 * time.Second
+				res := findCheck(t, id).Run(context.Background(), cfg)
+				if res.Status != tt.want {
+					t.Errorf("%+v: %s, want %s", tt.bugs, res, tt.want)
+				} else {
+					t.Logf("%+v: %s", tt.bugs, res)
+				}
 			}
 		})
 	}

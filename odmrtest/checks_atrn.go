@@ -14,65 +14,29 @@ func checkATRNBeforeAuth(p *probe) error {
 			return err
 		}
 	}
-	c, err := p.dial()
-	if err != nil {
-		return err
-	}
 	why := "ATRN MUST be rejected with 530 when the session is not authenticated"
-	if _, err := c.expect("ATRN "+d1(p), why+" (here before EHLO)", 530); err != nil {
-		return err
-	}
-	if _, err := c.ehlo(); err != nil {
-		return err
-	}
-	if _, err := c.expect("ATRN "+d1(p), why, 530); err != nil {
-		return err
-	}
-	r, err := c.expect("ATRN", why+" (here a bare ATRN)", 530)
-	if err != nil {
-		return err
-	}
-	if err := c.quit("the session is still in the initial state"); err != nil {
-		return err
-	}
-	p.decide(r)
-	return nil
+	return exchange((*probe).dial, "the session is still in the initial state", steps(
+		step{"ATRN " + d1(p), why + " (here before EHLO)", []int{530}},
+		step{"EHLO " + p.cfg.Hostname, "EHLO is the same as in ESMTP (RFC 2645 section 5.1.1)", []int{250}},
+		step{"ATRN " + d1(p), why, []int{530}},
+		step{"ATRN", why + " (here a bare ATRN)", []int{530}},
+	))(p)
 }
 
-func checkInvalidDomain(p *probe) error {
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	var last *reply
+// invalidDomainSteps are ATRNs whose arguments break the ABNF of RFC
+// 2645 section 5.2.1.
+func invalidDomainSteps(p *probe) []step {
+	var s []step
 	for _, arg := range []string{"exa_mple.org", "example..org", "-example.org", d1(p) + ",,"} {
-		r, err := c.expect("ATRN "+arg, "an argument outside the ABNF is a syntax error", 501, 450)
-		if err != nil {
-			return err
-		}
-		last = r
+		s = append(s, step{"ATRN " + arg, "an argument outside the ABNF is a syntax error", []int{501, 450}})
 	}
-	if err := c.quit("the session is still in the authenticated state"); err != nil {
-		return err
-	}
-	p.decide(last)
-	return nil
+	return s
 }
 
-func checkForeignDomain(p *probe) error {
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	r, err := c.expect("ATRN "+p.cfg.ForeignDomain, "the account may not pull "+p.cfg.ForeignDomain, 450)
-	if err != nil {
-		return err
-	}
-	if err := c.quit("the session is still in the authenticated state"); err != nil {
-		return err
-	}
-	p.decide(r)
-	return nil
+// foreignDomainSteps is an ATRN for the domain the account may not pull.
+func foreignDomainSteps(p *probe) []step {
+	f := p.cfg.ForeignDomain
+	return []step{{"ATRN " + f, "the account may not pull " + f, []int{450}}}
 }
 
 func checkUnauthorizedDomain(p *probe) error {
@@ -98,11 +62,7 @@ func checkUnauthorizedDomain(p *probe) error {
 		return err
 	}
 	// The mail is still queued: a correct ATRN gets it.
-	c, err = p.dialLogin()
-	if err != nil {
-		return err
-	}
-	pl, err = c.atrn("ATRN "+d1(p), []string{d1(p)}, sinkOptions{})
+	pl, err = p.pullDomain(d1(p), sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -168,24 +128,34 @@ func checkNoMail(p *probe) error {
 	if err := checkNoMailAnswer(p, pl); err != nil {
 		return err
 	}
-	if pl.atrn.Code == 453 {
-		// Bare ATRN, all the domains, has no mail either.
-		r, err := c.atrnReply("ATRN", p.cfg.Domains)
-		if err != nil {
-			return err
-		}
-		p.decide(r)
-		if r.Code == 450 {
-			return c.rateLimited(p.cfg.Domains)
-		}
-		if r.Code != 453 {
-			return p.failf("ATRN answered %d, want 453: a bare ATRN asks for the same domains, which have no mail", r.Code)
-		}
-		if err := c.quit("453 leaves the session in the authenticated state"); err != nil {
-			return err
-		}
-		p.decide(r)
+	if pl.atrn.Code != 453 {
+		return nil
 	}
+	if err := c.quit("453 leaves the session in the authenticated state"); err != nil {
+		return err
+	}
+	// A bare ATRN, all the domains, has no mail either. It goes in a
+	// session of its own: whether a second ATRN is taken after a 453 is
+	// ATRN-again-after-453's question, not this one's.
+	c, err = p.dialLogin()
+	if err != nil {
+		return err
+	}
+	r, err := c.atrnReply("ATRN", p.cfg.Domains)
+	if err != nil {
+		return err
+	}
+	p.decide(r)
+	if r.Code == 450 {
+		return c.rateLimited(p.cfg.Domains)
+	}
+	if r.Code != 453 {
+		return p.failf("a bare ATRN answered %d, want 453: it asks for every domain of the account, which have no mail", r.Code)
+	}
+	if err := c.quit("453 leaves the session in the authenticated state"); err != nil {
+		return err
+	}
+	p.decide(r)
 	return nil
 }
 
@@ -300,12 +270,8 @@ func checkOnlyRequested(p *probe) error {
 	if shared == nil && other == nil {
 		return p.skipf("needs a second domain, or a message with a recipient in ForeignDomain")
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
 	// The sink fails the check on any recipient outside d1.
-	pl, err := c.atrn("ATRN "+d1(p), []string{d1(p)}, sinkOptions{})
+	pl, err := p.pullDomain(d1(p), sinkOptions{})
 	if err != nil {
 		return err
 	}

@@ -33,11 +33,7 @@ func checkGreeting(p *probe) error {
 }
 
 func checkEHLO(p *probe) error {
-	c, err := p.dial()
-	if err != nil {
-		return err
-	}
-	info, err := c.ehlo()
+	_, info, err := p.dialInfo()
 	if err != nil {
 		return err
 	}
@@ -54,11 +50,7 @@ func checkEHLO(p *probe) error {
 }
 
 func checkCRAMOffered(p *probe) error {
-	c, err := p.dial()
-	if err != nil {
-		return err
-	}
-	info, err := c.ehlo()
+	_, info, err := p.dialInfo()
 	if err != nil {
 		return err
 	}
@@ -114,20 +106,32 @@ func checkChallengeUnique(p *probe) error {
 	return nil
 }
 
-func checkWrongSecret(p *probe) error {
-	c, err := p.dialEHLO()
-	if err != nil {
-		return err
+// cramRefused returns the check that AUTH CRAM-MD5 with the account's
+// user or an unknown one (unknownUser), and the account's secret or a
+// wrong one, fails with 535; what names the mistake in the failure.
+func cramRefused(unknownUser, wrongSecret bool, what string) func(*probe) error {
+	return func(p *probe) error {
+		c, err := p.dialEHLO()
+		if err != nil {
+			return err
+		}
+		user, secret := p.cfg.User, p.cfg.Secret
+		if unknownUser {
+			user = "odmrtest-no-such-user"
+		}
+		if wrongSecret {
+			secret += "-wrong"
+		}
+		r, _, err := c.authCRAM(user, secret)
+		if err != nil {
+			return err
+		}
+		p.decide(r)
+		if r.Code != 535 {
+			return p.failf("%s was answered %d, want 535", what, r.Code)
+		}
+		return nil
 	}
-	r, _, err := c.authCRAM(p.cfg.User, p.cfg.Secret+"-wrong")
-	if err != nil {
-		return err
-	}
-	p.decide(r)
-	if r.Code != 535 {
-		return p.failf("a CRAM-MD5 response made with a wrong secret was answered %d, want 535", r.Code)
-	}
-	return nil
 }
 
 func checkRetryAfterFailure(p *probe) error {
@@ -150,22 +154,6 @@ func checkRetryAfterFailure(p *probe) error {
 	p.decide(r)
 	if r.Code != 235 {
 		return p.failf("AUTH with the right secret after a failure was answered %d, want 235", r.Code)
-	}
-	return nil
-}
-
-func checkUnknownUser(p *probe) error {
-	c, err := p.dialEHLO()
-	if err != nil {
-		return err
-	}
-	r, _, err := c.authCRAM("odmrtest-no-such-user", p.cfg.Secret)
-	if err != nil {
-		return err
-	}
-	p.decide(r)
-	if r.Code != 535 {
-		return p.failf("AUTH as an unknown user was answered %d, want 535 as for a wrong secret", r.Code)
 	}
 	return nil
 }
@@ -198,46 +186,56 @@ func checkNotAuthenticated(p *probe) error {
 	return err
 }
 
-func checkSecondAuth(p *probe) error {
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	_, err = c.expect("AUTH CRAM-MD5", "a second AUTH is rejected with 503 (RFC 4954 section 4)", 503)
-	return err
+// step is one line of a scripted exchange, the codes that may answer it,
+// and why, for the failure.
+type step struct {
+	line string
+	why  string
+	want []int
 }
 
-func checkAuthCancel(p *probe) error {
-	c, err := p.dialEHLO()
-	if err != nil {
-		return err
+// script gives the steps of an exchange, which may depend on the
+// configuration.
+type script func(*probe) []step
+
+// steps is the script of steps that do not depend on the configuration.
+func steps(s ...step) script { return func(*probe) []step { return s } }
+
+// exchange returns the check that opens a session with open (a probe's
+// dial, dialEHLO or dialLogin) and sends each step of the script, failing
+// unless the reply has one of the step's codes. With quitWhy set the
+// session then ends with QUIT, which must be answered 221 and followed by
+// the close; the last step's reply stays the decisive one.
+func exchange(open func(*probe) (*conn, error), quitWhy string, sc script) func(*probe) error {
+	return func(p *probe) error {
+		c, err := open(p)
+		if err != nil {
+			return err
+		}
+		last, err := c.play(sc(p))
+		if err != nil || quitWhy == "" {
+			return err
+		}
+		if err := c.quit(quitWhy); err != nil {
+			return err
+		}
+		p.decide(last)
+		return nil
 	}
-	if _, err := c.expect("AUTH CRAM-MD5", "a challenge", 334); err != nil {
-		return err
-	}
-	_, err = c.expect("*", "\"*\" cancels the exchange and the server MUST reject the AUTH with 501", 501)
-	return err
 }
 
-func checkInvalidBase64(p *probe) error {
-	c, err := p.dialEHLO()
-	if err != nil {
-		return err
+// play sends each step's line and fails unless the reply has one of the
+// step's codes. It returns the last reply.
+func (c *conn) play(steps []step) (*reply, error) {
+	var last *reply
+	for _, s := range steps {
+		r, err := c.expect(s.line, s.why, s.want...)
+		if err != nil {
+			return nil, err
+		}
+		last = r
 	}
-	if _, err := c.expect("AUTH CRAM-MD5", "a challenge", 334); err != nil {
-		return err
-	}
-	_, err = c.expect("%%% not base64 %%%", "a response that cannot be base64-decoded MUST be rejected with 501", 501)
-	return err
-}
-
-func checkUnknownMech(p *probe) error {
-	c, err := p.dialEHLO()
-	if err != nil {
-		return err
-	}
-	_, err = c.expect("AUTH X-ODMRTEST-UNKNOWN", "an unsupported mechanism is rejected with 504", 504)
-	return err
+	return last, nil
 }
 
 func plainResponse(user, secret string) string {
@@ -248,11 +246,7 @@ func checkNoPlaintext(p *probe) error {
 	if p.cfg.InsecureAuth {
 		return p.skipf("the configuration says the provider offers PLAIN or LOGIN without TLS (InsecureAuth)")
 	}
-	c, err := p.dial()
-	if err != nil {
-		return err
-	}
-	info, err := c.ehlo()
+	c, info, err := p.dialInfo()
 	if err != nil {
 		return err
 	}
@@ -267,11 +261,7 @@ func checkNoPlaintext(p *probe) error {
 }
 
 func checkPlain(p *probe) error {
-	c, err := p.dial()
-	if err != nil {
-		return err
-	}
-	info, err := c.ehlo()
+	c, info, err := p.dialInfo()
 	if err != nil {
 		return err
 	}

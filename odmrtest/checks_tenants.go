@@ -44,11 +44,7 @@ func foreignStillQueued(p *probe, why string, msgs ...*message) error {
 		return nil
 	}
 	f := p.cfg.ForeignDomain
-	c, err := p.dialForeign()
-	if err != nil {
-		return err
-	}
-	pl, err := c.atrn("ATRN "+f, []string{f}, sinkOptions{})
+	pl, err := p.pullAs((*probe).dialForeign, f, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -83,12 +79,8 @@ func checkEveryMessageFiltered(p *probe) error {
 			mixed = append(mixed, m)
 		}
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
 	// The sink fails the check on any recipient outside d.
-	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{})
+	pl, err := p.pullDomain(d, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -118,11 +110,7 @@ func checkOthersStayQueued(p *probe) error {
 	if err != nil {
 		return err
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{})
+	pl, err := p.pullDomain(d, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -162,12 +150,8 @@ func checkLookAlikeNotDelivered(p *probe) error {
 	if queued == 0 {
 		return p.skipf("the provider queues no mail for domains that look like %s", d)
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
 	// The sink fails the check on any recipient outside d.
-	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{})
+	pl, err := p.pullDomain(d, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -178,25 +162,15 @@ func checkLookAlikeNotDelivered(p *probe) error {
 	return nil
 }
 
-func checkLookAlikeATRN(p *probe) error {
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
+// lookAlikeATRNSteps are ATRNs for domains that merely contain the
+// account's first domain.
+func lookAlikeATRNSteps(p *probe) []step {
 	d := d1(p)
-	var last *reply
+	var s []step
 	for _, la := range append([]string{d + ".invalid"}, lookAlikes(d)...) {
-		r, err := c.expect("ATRN "+la, la+" is not "+d+": the account may not pull it, so 450, not 453 or 250", 450)
-		if err != nil {
-			return err
-		}
-		last = r
+		s = append(s, step{"ATRN " + la, la + " is not " + d + ": the account may not pull it, so 450, not 453 or 250", []int{450}})
 	}
-	if err := c.quit("the session is still in the authenticated state"); err != nil {
-		return err
-	}
-	p.decide(last)
-	return nil
+	return s
 }
 
 func checkRefusalHolds(p *probe) error {
@@ -209,11 +183,12 @@ func checkRefusalHolds(p *probe) error {
 	if err != nil {
 		return err
 	}
-	both := []string{d1(p), f}
-	for _, line := range []string{"ATRN " + f, "ATRN " + f, "ATRN " + strings.Join(both, ","), "ATRN " + f} {
-		if _, err := c.expect(line, "the account may not pull "+f+", however often it asks in the session", 450); err != nil {
-			return err
-		}
+	var script []step
+	for _, arg := range []string{f, f, d1(p) + "," + f, f} {
+		script = append(script, step{"ATRN " + arg, "the account may not pull " + f + ", however often it asks in the session", []int{450}})
+	}
+	if _, err := c.play(script); err != nil {
+		return err
 	}
 	decisive := p.decisive
 	if err := c.quit("after a 450 the session is still in the authenticated state"); err != nil {
@@ -240,11 +215,7 @@ func checkTempFailStaysInDomain(p *probe) error {
 	if err != nil {
 		return err
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	pl, err := c.atrn("ATRN "+d, []string{d}, sinkOptions{
+	pl, err := p.pullDomain(d, sinkOptions{
 		rcptReply: func(string) string { return "450 4.2.1 Mailbox busy, try again later" },
 	})
 	if err != nil {
@@ -256,15 +227,11 @@ func checkTempFailStaysInDomain(p *probe) error {
 	decisive := pl.atrn
 	// The other domain's pull must carry its own recipient alone: the
 	// sink fails the check on the recipient in d.
+	login := (*probe).dialLogin
 	if foreign {
-		c, err = p.dialForeign()
-	} else {
-		c, err = p.dialLogin()
+		login = (*probe).dialForeign
 	}
-	if err != nil {
-		return err
-	}
-	pl, err = c.atrn("ATRN "+other, []string{other}, sinkOptions{})
+	pl, err = p.pullAs(login, other, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -282,11 +249,7 @@ func checkTempFailStaysInDomain(p *probe) error {
 
 // pullAgain2 pulls domain and fails unless m arrives intact for rcpts.
 func pullAgain2(p *probe, domain string, m *message, rcpts []string, why string) error {
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	pl, err := c.atrn("ATRN "+domain, []string{domain}, sinkOptions{})
+	pl, err := p.pullDomain(domain, sinkOptions{})
 	if err != nil {
 		return err
 	}
@@ -298,11 +261,7 @@ func checkMAIL4xx(p *probe) error {
 	if err != nil {
 		return err
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
-	pl, err := c.atrn("ATRN "+d1(p), []string{d1(p)}, sinkOptions{
+	pl, err := p.pullDomain(d1(p), sinkOptions{
 		mailReply: func(n int) string {
 			if n == 1 {
 				return "451 4.3.0 Sender refused for now, try again later"
@@ -332,13 +291,9 @@ func checkBDATOctets(p *probe) error {
 	if err != nil {
 		return err
 	}
-	c, err := p.dialLogin()
-	if err != nil {
-		return err
-	}
 	// A BDAT size that counts characters, not octets, ends the chunk
 	// early: the sink then reads the rest of the text as a command.
-	pl, err := c.atrn("ATRN "+d1(p), []string{d1(p)}, sinkOptions{ext: []string{"PIPELINING", "CHUNKING", "8BITMIME", "SIZE 10240000"}})
+	pl, err := p.pullDomain(d1(p), sinkOptions{ext: []string{"PIPELINING", "CHUNKING", "8BITMIME", "SIZE 10240000"}})
 	if err != nil {
 		return err
 	}

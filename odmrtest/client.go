@@ -23,6 +23,12 @@ import (
 const maxLine = 8192
 
 // reply is one SMTP reply.
+//
+// This file reads replies with a parser of its own, on purpose: the suite
+// is an independent oracle for the implementation it checks, this
+// module's included, so it shares none of the module's wire code
+// (internal/wire). A bug in that codec must not hide itself by making
+// the checks read the wire the same wrong way.
 type reply struct {
 	Code  int
 	Lines []string // the text of each line, after "NNN-" or "NNN "
@@ -347,13 +353,19 @@ func (c *conn) loginAs(user, secret string, domains []string) error {
 	return nil
 }
 
-// dialEHLO dials and says EHLO.
-func (p *probe) dialEHLO() (*conn, error) {
+// dialInfo dials and says EHLO, and returns what the reply offers.
+func (p *probe) dialInfo() (*conn, *ehloInfo, error) {
 	c, err := p.dial()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	_, err = c.ehlo()
+	info, err := c.ehlo()
+	return c, info, err
+}
+
+// dialEHLO dials and says EHLO.
+func (p *probe) dialEHLO() (*conn, error) {
+	c, _, err := p.dialInfo()
 	return c, err
 }
 

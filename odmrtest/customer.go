@@ -42,10 +42,15 @@ const (
 	// tell apart from the others (a protocol error, a lost connection, a
 	// provider without ATRN).
 	OutcomeFailed
+	// OutcomeUnknown: the customer's own report is not known, as for a
+	// customer an operator runs by hand while the suite waits. The checks
+	// then judge only what the customer did on the wire and what its
+	// sink received, and note that the report went unseen.
+	OutcomeUnknown
 )
 
-// String returns "ok", "no mail", "refused", "try later", "auth failed"
-// or "failed".
+// String returns "ok", "no mail", "refused", "try later", "auth failed",
+// "failed" or "unknown".
 func (k OutcomeKind) String() string {
 	switch k {
 	case OutcomeOK:
@@ -65,7 +70,7 @@ func (k OutcomeKind) String() string {
 }
 
 // failure reports whether k is one of the failure kinds.
-func (k OutcomeKind) failure() bool { return k >= OutcomeRefused }
+func (k OutcomeKind) failure() bool { return k >= OutcomeRefused && k <= OutcomeFailed }
 
 // Message is one message a customer received and handed to its sink (its
 // local mail server, a mailbox), as the sink got it.

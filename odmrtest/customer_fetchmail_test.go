@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr/internal/fetchmailtest"
+	"github.com/go-odmr/odmr/internal/smtprecorder"
 	"github.com/go-odmr/odmr/internal/smtptest"
 	"github.com/go-odmr/odmr/odmrtest"
 )
@@ -51,71 +51,24 @@ func fetchmailOutcome(code int) odmrtest.OutcomeKind {
 	return odmrtest.OutcomeFailed
 }
 
-// relaySink is the local MTA behind fetchmail: a go-smtp server that
-// keeps what it receives and refuses odmrtest.FixtureRefusedRecipient.
-type relaySink struct {
-	mu   sync.Mutex
-	msgs []odmrtest.Message
-}
-
-func (s *relaySink) NewSession(*smtp.Conn) (smtp.Session, error) { return &relaySession{sink: s}, nil }
-
-func (s *relaySink) received() []odmrtest.Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]odmrtest.Message(nil), s.msgs...)
-}
-
-type relaySession struct {
-	sink *relaySink
-	cur  odmrtest.Message
-}
-
-func (rs *relaySession) Mail(from string, _ *smtp.MailOptions) error {
-	rs.cur = odmrtest.Message{From: from}
-	return nil
-}
-
-func (rs *relaySession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if strings.EqualFold(to, odmrtest.FixtureRefusedRecipient) {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"}
-	}
-	rs.cur.To = append(rs.cur.To, to)
-	return nil
-}
-
-func (rs *relaySession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	rs.cur.Body = string(b)
-	rs.sink.mu.Lock()
-	rs.sink.msgs = append(rs.sink.msgs, rs.cur)
-	rs.sink.mu.Unlock()
-	return nil
-}
-
-func (rs *relaySession) Reset()        { rs.cur = odmrtest.Message{} }
-func (rs *relaySession) Logout() error { return nil }
-
 // fetchmailConfig is the CustomerConfig that runs fetchmail once per
 // check, polling the suite's provider with ODMR and relaying to a fresh
-// relaySink.
+// smtprecorder.Recorder, the local MTA, which refuses
+// odmrtest.FixtureRefusedRecipient.
 func fetchmailConfig(t *testing.T, bin string) odmrtest.CustomerConfig {
 	return odmrtest.CustomerConfig{
 		Fetch: func(ctx context.Context, addr string) odmrtest.CustomerOutcome {
 			fail := func(err error) odmrtest.CustomerOutcome {
 				return odmrtest.CustomerOutcome{Kind: odmrtest.OutcomeFailed, Detail: "the test could not run fetchmail: " + err.Error()}
 			}
-			sink := &relaySink{}
+			sink := &smtprecorder.Recorder{Refuse: odmrtest.FixtureRefusedRecipient}
 			srv := smtp.NewServer(sink)
 			srv.Domain = "sink.test"
 			l, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				return fail(err)
 			}
-			go srv.Serve(strictEOFListener{l})
+			go srv.Serve(smtprecorder.StrictEOFListener{Listener: l})
 			defer smtptest.Shutdown(t, srv)
 
 			poll := fetchmailtest.Poll{Addr: addr, User: odmrtest.FixtureUser, Secret: odmrtest.FixtureSecret,
@@ -135,7 +88,7 @@ func fetchmailConfig(t *testing.T, bin string) odmrtest.CustomerConfig {
 			}
 			// fetchmail relays the sink's 250 only once the sink has
 			// the message, so the sink is complete when fetchmail exits.
-			out.Messages = sink.received()
+			out.Messages = sink.Messages()
 			return out
 		},
 		User:             odmrtest.FixtureUser,
@@ -159,50 +112,9 @@ var fetchmailExpected = map[string]odmrtest.Status{
 	"RFC3030/replies-to-each-chunk": odmrtest.Fail,
 }
 
-// strictEOFListener hands the local MTA connections whose end reads as an
-// error instead of io.EOF. go-smtp v0.25.1 copies a BDAT chunk with
-// io.Copy, which takes io.EOF for the chunk's end: without this the MTA
-// would store a message cut inside its last chunk as if it were whole, and
-// RFC3030/provider-cuts-mid-BDAT would fail on the MTA behind fetchmail
-// rather than on fetchmail. odmr.Customer does the same for itself.
-type strictEOFListener struct{ net.Listener }
-
-func (l strictEOFListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return strictEOFConn{c}, nil
-}
-
-type strictEOFConn struct{ net.Conn }
-
-func (c strictEOFConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err == io.EOF {
-		err = net.ErrClosed
-	}
-	return n, err
-}
-
 func TestFetchmailCustomer(t *testing.T) {
 	bin := fetchmailtest.Binary(t)
-	cfg := fetchmailConfig(t, bin)
-	var mu sync.Mutex
-	var transcripts strings.Builder
-	cfg.Debug = writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return transcripts.Write(p)
-	})
-	results := map[string]odmrtest.Result{}
-	_, err := odmrtest.RunCustomer(t.Context(), cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
-		results[r.Check.ID()] = r
-		t.Log(r)
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	results := runCustomerSuite(t, fetchmailConfig(t, bin))
 	for _, c := range odmrtest.CustomerChecks() {
 		r := results[c.ID()]
 		want, ok := fetchmailExpected[c.ID()]
@@ -213,9 +125,37 @@ func TestFetchmailCustomer(t *testing.T) {
 			t.Errorf("%s: %s, want %s", c.ID(), r, want)
 		}
 	}
-	if t.Failed() || os.Getenv("ODMRTEST_TRANSCRIPTS") != "" {
-		t.Logf("transcripts:\n%s", transcripts.String())
+}
+
+// runCustomerSuite runs the customer suite with cfg, logging each result,
+// and returns the results by check ID. The transcripts of the sessions
+// are logged at the end when the test failed, or always with
+// ODMRTEST_TRANSCRIPTS set.
+func runCustomerSuite(t *testing.T, cfg odmrtest.CustomerConfig) map[string]odmrtest.Result {
+	t.Helper()
+	var mu sync.Mutex
+	var transcripts strings.Builder
+	cfg.Debug = writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return transcripts.Write(p)
+	})
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("ODMRTEST_TRANSCRIPTS") != "" {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("transcripts:\n%s", transcripts.String())
+		}
+	})
+	results := map[string]odmrtest.Result{}
+	_, err := odmrtest.RunCustomer(t.Context(), cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
+		results[r.Check.ID()] = r
+		t.Log(r)
+	}))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return results
 }
 
 type writerFunc func([]byte) (int, error)

@@ -390,15 +390,8 @@ func (c *pconn) serveInitial(o provOptions) (*initial, error) {
 	if err := c.send("220 " + p.ccfg.Hostname + " ODMR conformance suite (provider) ready"); err != nil {
 		return nil, err
 	}
-	ext := o.ext
-	if ext == nil {
-		ext = defaultExt
-	}
-	var offered []string
-	for _, e := range ext {
-		if kw, params, _ := strings.Cut(e, " "); strings.EqualFold(kw, "AUTH") {
-			offered = strings.Fields(strings.ToUpper(params))
-		}
+	if o.ext == nil {
+		o.ext = defaultExt
 	}
 	st := &initial{}
 	for range maxInitialCommands {
@@ -416,68 +409,84 @@ func (c *pconn) serveInitial(o provOptions) (*initial, error) {
 			return nil, p.failf("the customer sent its secret in clear text")
 		}
 		p.saw(line)
-		verb, arg, _ := strings.Cut(line, " ")
-		verb = strings.ToUpper(verb)
-		st.verbs = append(st.verbs, verb)
-		switch verb {
-		case "EHLO", "HELO":
-			if strings.TrimSpace(arg) == "" {
-				p.decideText(line)
-				return nil, p.failf("the customer sent %q without a domain (RFC 5321 section 4.1.1.1)", line)
-			}
-			if st.hello == "" {
-				st.hello = line
-			}
-			if verb == "HELO" {
-				err = c.send("250 " + p.ccfg.Hostname)
-			} else {
-				st.ehlo = true
-				err = c.sendReply(250, append([]string{p.ccfg.Hostname}, ext...)...)
-			}
-		case "AUTH":
-			mech, ir, _ := strings.Cut(arg, " ")
-			mech = strings.ToUpper(mech)
-			st.mechs = append(st.mechs, mech)
-			switch {
-			case !st.ehlo:
-				err = c.send("503 5.5.1 Send EHLO first")
-			case st.authed:
-				err = c.send("503 5.5.1 Already authenticated")
-			case !slices.Contains(offered, mech):
-				err = c.send("504 5.5.4 Unrecognized authentication mechanism")
-			case mech == "PLAIN" || mech == "LOGIN":
-				p.decideText(redactAuth(line))
-				if ir != "" {
-					return nil, p.failf("the customer sent AUTH %s with its credentials on a connection without TLS (RFC 4954 section 4)", mech)
-				}
-				return nil, p.failf("the customer chose AUTH %s on a connection without TLS; its next line would carry the secret (RFC 4954 section 4)", mech)
-			case mech == "CRAM-MD5":
-				err = c.cram(st, o, ir)
-			default:
-				err = c.send("504 5.5.4 Unrecognized authentication mechanism")
-			}
-		case "ATRN":
-			if !st.authed {
-				p.decideText(line)
-				return nil, p.failf("the customer sent ATRN though it has not authenticated; the session is not authenticated until a success reply to AUTH (RFC 2645 section 5.1.2)")
-			}
-			st.atrn = line
-			return st, nil
-		case "QUIT":
-			st.quit = true
-			return st, c.send("221 2.0.0 " + p.ccfg.Hostname + " closing connection")
-		case "NOOP", "RSET":
-			err = c.send("250 2.0.0 OK")
-		case "STARTTLS":
-			err = c.send("454 4.7.0 TLS not available")
-		default:
-			err = c.send("502 5.5.1 Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT")
-		}
-		if err != nil {
-			return nil, err
+		if done, err := c.initialCommand(st, o, line); done || err != nil {
+			return st, err
 		}
 	}
 	return nil, p.failf("the customer sent %d commands without ATRN or QUIT", maxInitialCommands)
+}
+
+// initialCommand answers one command of the initial or authenticated
+// state and reports whether the state is over: ATRN or QUIT.
+func (c *pconn) initialCommand(st *initial, o provOptions, line string) (done bool, err error) {
+	p := c.p
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	st.verbs = append(st.verbs, verb)
+	switch verb {
+	case "EHLO", "HELO":
+		if strings.TrimSpace(arg) == "" {
+			p.decideText(line)
+			return true, p.failf("the customer sent %q without a domain (RFC 5321 section 4.1.1.1)", line)
+		}
+		if st.hello == "" {
+			st.hello = line
+		}
+		if verb == "HELO" {
+			return false, c.send("250 " + p.ccfg.Hostname)
+		}
+		st.ehlo = true
+		return false, c.sendReply(250, append([]string{p.ccfg.Hostname}, o.ext...)...)
+	case "AUTH":
+		return c.auth(st, o, line, arg)
+	case "ATRN":
+		if !st.authed {
+			p.decideText(line)
+			return true, p.failf("the customer sent ATRN though it has not authenticated; the session is not authenticated until a success reply to AUTH (RFC 2645 section 5.1.2)")
+		}
+		st.atrn = line
+		return true, nil
+	case "QUIT":
+		st.quit = true
+		return true, c.send("221 2.0.0 " + p.ccfg.Hostname + " closing connection")
+	case "NOOP", "RSET":
+		return false, c.send("250 2.0.0 OK")
+	case "STARTTLS":
+		return false, c.send("454 4.7.0 TLS not available")
+	}
+	return false, c.send("502 5.5.1 Command not implemented; ODMR accepts EHLO, AUTH, ATRN and QUIT")
+}
+
+// auth answers AUTH: CRAM-MD5 is verified, a mechanism not offered gets
+// 504, and PLAIN or LOGIN without TLS fails the check.
+func (c *pconn) auth(st *initial, o provOptions, line, arg string) (done bool, err error) {
+	p := c.p
+	mech, ir, _ := strings.Cut(arg, " ")
+	mech = strings.ToUpper(mech)
+	st.mechs = append(st.mechs, mech)
+	var offered []string
+	for _, e := range o.ext {
+		if kw, params, _ := strings.Cut(e, " "); strings.EqualFold(kw, "AUTH") {
+			offered = strings.Fields(strings.ToUpper(params))
+		}
+	}
+	switch {
+	case !st.ehlo:
+		return false, c.send("503 5.5.1 Send EHLO first")
+	case st.authed:
+		return false, c.send("503 5.5.1 Already authenticated")
+	case !slices.Contains(offered, mech):
+		return false, c.send("504 5.5.4 Unrecognized authentication mechanism")
+	case mech == "PLAIN" || mech == "LOGIN":
+		p.decideText(redactAuth(line))
+		if ir != "" {
+			return true, p.failf("the customer sent AUTH %s with its credentials on a connection without TLS (RFC 4954 section 4)", mech)
+		}
+		return true, p.failf("the customer chose AUTH %s on a connection without TLS; its next line would carry the secret (RFC 4954 section 4)", mech)
+	case mech == "CRAM-MD5":
+		return false, c.cram(st, o, ir)
+	}
+	return false, c.send("504 5.5.4 Unrecognized authentication mechanism")
 }
 
 // sendReply writes a reply, multi-line when given several lines.

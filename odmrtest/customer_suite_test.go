@@ -540,3 +540,43 @@ func (rc rawCustomer) serve(s *rawSession) odmrtest.CustomerOutcome {
 		}
 	}
 }
+
+// TestCustomerUnknownOutcome runs the suite against this library's
+// customer as if an operator ran it by hand: its own report unseen
+// (OutcomeUnknown). Every check still passes, judging the wire and the
+// sink, and notes that the report went unseen; a partial message in the
+// sink still fails.
+func TestCustomerUnknownOutcome(t *testing.T) {
+	unknown := func(out *odmrtest.CustomerOutcome) { out.Kind, out.Detail = odmrtest.OutcomeUnknown, "run by hand" }
+	cfg := mapOutcome(odmrtest.NewCustomer(), unknown)
+	var results []odmrtest.Result
+	failed, err := odmrtest.RunCustomer(t.Context(), cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
+		results = append(results, r)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed != 0 {
+		t.Errorf("%d checks failed:\n%v", failed, results)
+	}
+	found := false
+	for _, r := range results {
+		if r.Check.ID() == "5.2.1/453-is-no-mail" {
+			found = true
+			if !strings.Contains(r.Detail, "own report is unknown") {
+				t.Errorf("%s does not note the unknown report: %s", r.Check.ID(), r)
+			}
+		}
+	}
+	if !found {
+		t.Error("no result for 5.2.1/453-is-no-mail")
+	}
+	// A sink that reports a message after a 453 still fails the check.
+	bad := mapOutcome(odmrtest.NewCustomer(), func(out *odmrtest.CustomerOutcome) {
+		unknown(out)
+		out.Messages = append(out.Messages, odmrtest.Message{From: "x@example.net", To: []string{"y@example.org"}, Body: "x\r\n"})
+	})
+	if r := findCustomerCheck(t, "5.2.1/453-is-no-mail").RunCustomer(t.Context(), bad); r.Status != odmrtest.Fail {
+		t.Errorf("a message in the sink after a 453: %s, want FAIL", r)
+	}
+}

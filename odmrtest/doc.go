@@ -29,8 +29,8 @@
 // [Reporter]; examples/odmr-conformance is such a program.
 //
 // [NewProvider] starts this library's provider on a loopback port with a
-// [odmr.MemoryQueue] and two accounts, and returns the matching
-// [ProviderConfig]; [MemoryEnqueuer] turns any MemoryQueue into an Enqueue
+// [github.com/go-odmr/odmr/memqueue.Queue] and two accounts, and returns the matching
+// [ProviderConfig]; [MemoryEnqueuer] turns any memqueue.Queue into an Enqueue
 // hook.
 //
 // After a 250 to ATRN the suite plays the customer's SMTP server: it sends
@@ -68,5 +68,9 @@
 // [NewCustomer] returns the configuration for this library's
 // [odmr.Customer] with an in-memory sink, and [OutcomeOf] classifies what
 // [odmr.Customer.Fetch] returns; a program such as fetchmail is run by a
-// Fetch hook that maps its exit status to an [OutcomeKind].
+// Fetch hook that maps its exit status to an [OutcomeKind]. A customer
+// whose report the hook cannot see, one an operator runs by hand, is
+// [OutcomeUnknown]: the checks then judge the wire and the sink alone.
+// examples/odmr-conformance -customer runs this half from the shell, for
+// a customer command or a customer run by hand.
 package odmrtest

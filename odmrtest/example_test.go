@@ -7,6 +7,8 @@ import (
 	"net"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/memqueue"
 	"github.com/go-odmr/odmr/odmrtest"
 )
 
@@ -14,15 +16,15 @@ import (
 // provider is this library's, on a loopback port; the suite would reach a
 // provider written in any language the same way.
 func ExampleRunProvider() {
-	queue := &odmr.MemoryQueue{}
-	accounts := odmr.Accounts{
+	queue := &memqueue.Queue{}
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org"}},
 		"bob":   {Name: "bob", Secret: "other", Domains: []string{"example.net"}},
 	}
 	p := &odmr.Provider{
 		Hostname:      "provider.example",
-		Authenticator: accounts,
-		Authorizer:    accounts,
+		Authenticator: accts,
+		Authorizer:    accts,
 		Queue:         queue,
 		Logger:        slog.New(slog.DiscardHandler),
 	}

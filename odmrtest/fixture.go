@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // The accounts of the provider that [NewProvider] starts.
@@ -33,7 +35,7 @@ const (
 var FixtureDomains = []string{"example.org", "example.com"}
 
 // NewProvider starts this library's [odmr.Provider] on a loopback TCP port
-// with an [odmr.MemoryQueue] and two accounts: FixtureUser, who owns
+// with an [memqueue.Queue] and two accounts: FixtureUser, who owns
 // FixtureDomains, and FixtureForeignUser, who owns FixtureForeignDomain.
 // The ATRN rate limit is off, since the suite sends many ATRNs in a row;
 // every other field has its zero value. Each function in opts may change
@@ -41,18 +43,18 @@ var FixtureDomains = []string{"example.org", "example.com"}
 // provider is shut down when the test ends.
 //
 // It returns the provider and the [ProviderConfig] that reaches it, which
-// [TestProvider] accepts as it is; the queue is p.Queue.(*odmr.MemoryQueue).
+// [TestProvider] accepts as it is; the queue is p.Queue.(*memqueue.Queue).
 func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, ProviderConfig) {
 	t.Helper()
-	q := &odmr.MemoryQueue{}
-	accounts := odmr.Accounts{
+	q := &memqueue.Queue{}
+	accts := accounts.Map{
 		FixtureUser:        {Name: FixtureUser, Secret: FixtureSecret, Domains: slices.Clone(FixtureDomains)},
 		FixtureForeignUser: {Name: FixtureForeignUser, Secret: FixtureForeignSecret, Domains: []string{FixtureForeignDomain}},
 	}
 	p := &odmr.Provider{
 		Hostname:      FixtureHostname,
-		Authenticator: accounts,
-		Authorizer:    accounts,
+		Authenticator: accts,
+		Authorizer:    accts,
 		Queue:         q,
 		Logger:        slog.New(slog.DiscardHandler),
 		// The suite sends some 50 ATRNs in a second; the default limit
@@ -100,7 +102,7 @@ func NewProvider(t testing.TB, opts ...func(*odmr.Provider)) (*odmr.Provider, Pr
 
 // MemoryEnqueuer returns an Enqueue hook for [ProviderConfig] that queues
 // messages in q.
-func MemoryEnqueuer(q *odmr.MemoryQueue) func(from string, to []string, body string) error {
+func MemoryEnqueuer(q *memqueue.Queue) func(from string, to []string, body string) error {
 	return func(from string, to []string, body string) error {
 		_, err := q.Enqueue(odmr.Envelope{From: from, To: to}, strings.NewReader(body))
 		return err

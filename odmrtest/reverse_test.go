@@ -11,7 +11,7 @@ import (
 )
 
 // TestReverseConn checks that the reversed-state connection of odmr.Reverse
-// behaves as a net.Conn should (habit 10 of the style guide): over
+// behaves as a net.Conn should: over
 // net.Pipe and over TCP, with nothing buffered, and with bytes that the
 // command reader had read ahead, replayed and consumed before the
 // connection is handed to the test.

@@ -271,234 +271,269 @@ func (c *conn) restoreDeadline() {
 
 // serve plays the customer's SMTP server after the role swap.
 func (c *conn) serve(pl *pull, domains []string, o sinkOptions) error {
-	p := c.p
 	if !o.greeted {
-		if w := p.cfg.GreetingWait; w > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(w))
-			_, err := c.br.Peek(1)
-			c.restoreDeadline()
-			if err == nil {
-				early, _ := c.br.Peek(c.br.Buffered())
-				p.saw(fmt.Sprintf("%q", early))
-				p.decideText(p.seen)
-				return p.failf("after its 250 to ATRN the provider sent %q before the customer's greeting; the customer speaks first after the role swap (RFC 2645 section 5.3, RFC 5321 section 3.1)", early)
-			}
-			if !isTimeout(err) {
-				return c.readError(err, nil)
-			}
-		}
-		greeting := o.greeting
-		if greeting == "" {
-			greeting = c.greetingLine()
-		}
-		if err := c.writeLine(greeting); err != nil {
+		if done, err := c.greet(pl, o); done || err != nil {
 			return err
 		}
-		if !strings.HasPrefix(greeting, "220") {
-			return c.refused(pl)
-		}
 	}
-	pipelining, chunking := hasExt(o.ext, "PIPELINING"), hasExt(o.ext, "CHUNKING")
-	var tx *delivery
+	r := &reversed{c: c, pl: pl, domains: domains, o: o,
+		pipelining: hasExt(o.ext, "PIPELINING"), chunking: hasExt(o.ext, "CHUNKING")}
 	for {
 		line, err := c.readLine()
 		if err != nil {
 			if c.eof {
-				return p.failf("provider closed the connection in the reversed state without QUIT (RFC 5321 section 4.1.1.10); fetchmail waits for its QUIT")
+				return c.p.failf("provider closed the connection in the reversed state without QUIT (RFC 5321 section 4.1.1.10); fetchmail waits for its QUIT")
 			}
 			return err
 		}
-		p.saw(line)
-		verb, arg, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(verb) {
-		case "EHLO", "HELO":
-			if strings.TrimSpace(arg) == "" {
-				return p.failf("provider sent %q without a domain (RFC 5321 section 4.1.1.1)", line)
-			}
-			tx = nil
-			var err error
-			switch {
-			case o.ehloReply != "" && strings.EqualFold(verb, "EHLO"):
-				err = c.write(o.ehloReply + "\r\n")
-				pl.refusedEHLO = true
-				if err != nil {
-					return err
-				}
-				continue
-			case strings.EqualFold(verb, "EHLO"):
-				err = c.writeReply(250, append([]string{c.p.cfg.Hostname}, o.ext...)...)
-			default:
-				err = c.writeReply(250, c.p.cfg.Hostname)
-			}
-			pl.helo = line
-			if err != nil {
-				return err
-			}
-		case "MAIL":
-			if pl.helo == "" {
-				return p.failf("provider sent %q before EHLO (RFC 5321 section 4.1.4)", line)
-			}
-			if tx != nil {
-				return p.failf("provider sent MAIL inside a transaction (RFC 5321 section 4.1.4)")
-			}
-			path, params, ok := parsePath(arg, "FROM:")
-			if !ok {
-				return p.failf("malformed MAIL command %q (RFC 5321 section 4.1.1.2)", line)
-			}
-			if o.maxSize > 0 && sizeParam(params) > o.maxSize {
-				pl.refusedSize++
-				if err := c.writeReply(552, "5.3.4 Message size exceeds fixed maximum message size"); err != nil {
-					return err
-				}
-				continue
-			}
-			pl.mails++
-			if o.mailReply != nil {
-				if answer := o.mailReply(pl.mails); answer != "" {
-					if err := c.write(answer + "\r\n"); err != nil {
-						return err
-					}
-					continue
-				}
-			}
-			tx = &delivery{from: path, params: params}
-			if err := c.writeReply(250, "2.1.0 Sender OK"); err != nil {
-				return err
-			}
-		case "RCPT":
-			if tx == nil {
-				return p.failf("provider sent RCPT without MAIL (RFC 5321 section 4.1.4)")
-			}
-			rcpt, _, ok := parsePath(arg, "TO:")
-			if !ok || rcpt == "" {
-				return p.failf("malformed RCPT command %q (RFC 5321 section 4.1.1.3)", line)
-			}
-			if !inDomains(rcpt, domains) {
-				return p.failf("provider sent a recipient %s, outside the domains the ATRN asked for (%s)", rcpt, strings.Join(domains, ","))
-			}
-			answer := ""
-			if o.rcptReply != nil {
-				answer = o.rcptReply(rcpt)
-			}
-			if answer == "" {
-				answer = "250 2.1.5 Recipient OK"
-			}
-			if strings.HasPrefix(answer, "2") {
-				tx.rcpts = append(tx.rcpts, rcpt)
-			} else {
-				tx.refused = append(tx.refused, rcpt)
-			}
-			if err := c.write(answer + "\r\n"); err != nil {
-				return err
-			}
-		case "DATA":
-			if tx == nil || len(tx.rcpts) == 0 {
-				if !pipelining {
-					return p.failf("provider sent DATA without an accepted recipient (RFC 5321 section 3.3); the customer did not offer PIPELINING")
-				}
-				// RFC 2920 section 3.1: a pipelined DATA after refused
-				// recipients is refused, and no text may follow.
-				pl.dataRefused++
-				if err := c.writeReply(554, "5.5.1 No valid recipients"); err != nil {
-					return err
-				}
-				tx = nil
-				continue
-			}
-			if err := c.writeReply(354, "Start mail input; end with <CRLF>.<CRLF>"); err != nil {
-				return err
-			}
-			data, err := c.readData()
-			if err != nil {
-				return err
-			}
-			tx.data = data
-			done, err := c.endOfMessage(pl, tx, o)
-			if done || err != nil {
-				return err
-			}
-			tx = nil
-		case "BDAT":
-			if !chunking {
-				return p.failf("provider sent BDAT though the customer did not offer CHUNKING (RFC 3030 section 2)")
-			}
-			size, last, ok := parseBDAT(arg)
-			if !ok {
-				return p.failf("malformed BDAT command %q (RFC 3030 section 2)", line)
-			}
-			if size > maxMessage {
-				return p.failf("BDAT chunk of %d bytes", size)
-			}
-			chunk := make([]byte, size)
-			if _, err := io.ReadFull(c.br, chunk); err != nil {
-				return c.readError(err, nil)
-			}
-			pl.bdat = true
-			if tx == nil || len(tx.rcpts) == 0 {
-				// RFC 3030 section 2: the chunk is read, then refused.
-				pl.dataRefused++
-				tx = nil
-				if err := c.writeReply(554, "5.5.1 No valid recipients"); err != nil {
-					return err
-				}
-				continue
-			}
-			tx.data = append(tx.data, chunk...)
-			if len(tx.data) > maxMessage {
-				return p.failf("message longer than %d bytes", maxMessage)
-			}
-			if !last {
-				if err := c.writeReply(250, fmt.Sprintf("2.0.0 %d octets received", size)); err != nil {
-					return err
-				}
-				continue
-			}
-			if tx.data == nil {
-				tx.data = []byte{}
-			}
-			done, err := c.endOfMessage(pl, tx, o)
-			if done || err != nil {
-				return err
-			}
-			tx = nil
-		case "RSET":
-			if tx != nil && tx.data == nil {
-				pl.deliveries = append(pl.deliveries, tx)
-			}
-			tx = nil
-			if err := c.writeReply(250, "2.0.0 Reset"); err != nil {
-				return err
-			}
-		case "NOOP":
-			if err := c.writeReply(250, "2.0.0 OK"); err != nil {
-				return err
-			}
-		case "QUIT":
-			if tx != nil && tx.data == nil {
-				pl.deliveries = append(pl.deliveries, tx)
-			}
-			pl.quit = true
-			if err := c.writeReply(221, "2.0.0 "+c.p.cfg.Hostname+" closing connection"); err != nil {
-				return err
-			}
-			c.nc.SetReadDeadline(time.Now().Add(min(quitWait, p.cfg.Timeout)))
-			b, err := c.br.ReadByte()
-			c.restoreDeadline()
-			switch {
-			case err == nil:
-				p.saw(fmt.Sprintf("%q...", b))
-				return p.failf("provider sent more after QUIT and the customer's 221")
-			case isTimeout(err):
-				p.note("the provider did not close the connection after the 221 to its QUIT; the suite closed it")
-			default:
-				pl.closed = true
-			}
-			return nil
-		default:
-			// Most likely message text sent after a refused DATA.
-			return p.failf("provider sent %q in the reversed state, not an SMTP command it should send", redact(line))
+		c.p.saw(line)
+		if done, err := r.command(line); done || err != nil {
+			return err
 		}
 	}
+}
+
+// greet plays the customer's greeting after the 250 to ATRN. It first
+// listens for a provider that speaks before the greeting, which fails
+// the check. A greeting other than 220 refuses the session and ends it
+// (done).
+func (c *conn) greet(pl *pull, o sinkOptions) (done bool, err error) {
+	p := c.p
+	if w := p.cfg.GreetingWait; w > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(w))
+		_, err := c.br.Peek(1)
+		c.restoreDeadline()
+		if err == nil {
+			early, _ := c.br.Peek(c.br.Buffered())
+			p.saw(fmt.Sprintf("%q", early))
+			p.decideText(p.seen)
+			return true, p.failf("after its 250 to ATRN the provider sent %q before the customer's greeting; the customer speaks first after the role swap (RFC 2645 section 5.3, RFC 5321 section 3.1)", early)
+		}
+		if !isTimeout(err) {
+			return true, c.readError(err, nil)
+		}
+	}
+	greeting := o.greeting
+	if greeting == "" {
+		greeting = c.greetingLine()
+	}
+	if err := c.writeLine(greeting); err != nil {
+		return true, err
+	}
+	if !strings.HasPrefix(greeting, "220") {
+		return true, c.refused(pl)
+	}
+	return false, nil
+}
+
+// reversed is the customer's SMTP server of the reversed state, one
+// method per command the provider may send.
+type reversed struct {
+	c       *conn
+	pl      *pull
+	domains []string // the domains the ATRN asked for
+	o       sinkOptions
+
+	pipelining, chunking bool      // offered in the EHLO reply
+	tx                   *delivery // the transaction under way, if any
+}
+
+// command answers one command line and reports whether the session is
+// over.
+func (r *reversed) command(line string) (done bool, err error) {
+	verb, arg, _ := strings.Cut(line, " ")
+	switch strings.ToUpper(verb) {
+	case "EHLO", "HELO":
+		return false, r.hello(line, verb, arg)
+	case "MAIL":
+		return false, r.mail(line, arg)
+	case "RCPT":
+		return false, r.rcpt(line, arg)
+	case "DATA":
+		return r.data()
+	case "BDAT":
+		return r.bdat(line, arg)
+	case "RSET":
+		r.keepUnsent()
+		return false, r.c.writeReply(250, "2.0.0 Reset")
+	case "NOOP":
+		return false, r.c.writeReply(250, "2.0.0 OK")
+	case "QUIT":
+		return true, r.quit()
+	}
+	// Most likely message text sent after a refused DATA.
+	return true, r.c.p.failf("provider sent %q in the reversed state, not an SMTP command it should send", redact(line))
+}
+
+// keepUnsent records a transaction that ends without its text, for the
+// checks that look at the recipients, and ends it.
+func (r *reversed) keepUnsent() {
+	if r.tx != nil && r.tx.data == nil {
+		r.pl.deliveries = append(r.pl.deliveries, r.tx)
+	}
+	r.tx = nil
+}
+
+func (r *reversed) hello(line, verb, arg string) error {
+	c, p, pl := r.c, r.c.p, r.pl
+	if strings.TrimSpace(arg) == "" {
+		return p.failf("provider sent %q without a domain (RFC 5321 section 4.1.1.1)", line)
+	}
+	r.tx = nil
+	ehlo := strings.EqualFold(verb, "EHLO")
+	if ehlo && r.o.ehloReply != "" {
+		pl.refusedEHLO = true
+		return c.write(r.o.ehloReply + "\r\n")
+	}
+	pl.helo = line
+	if ehlo {
+		return c.writeReply(250, append([]string{p.cfg.Hostname}, r.o.ext...)...)
+	}
+	return c.writeReply(250, p.cfg.Hostname)
+}
+
+func (r *reversed) mail(line, arg string) error {
+	c, p, pl := r.c, r.c.p, r.pl
+	if pl.helo == "" {
+		return p.failf("provider sent %q before EHLO (RFC 5321 section 4.1.4)", line)
+	}
+	if r.tx != nil {
+		return p.failf("provider sent MAIL inside a transaction (RFC 5321 section 4.1.4)")
+	}
+	path, params, ok := parsePath(arg, "FROM:")
+	if !ok {
+		return p.failf("malformed MAIL command %q (RFC 5321 section 4.1.1.2)", line)
+	}
+	if r.o.maxSize > 0 && sizeParam(params) > r.o.maxSize {
+		pl.refusedSize++
+		return c.writeReply(552, "5.3.4 Message size exceeds fixed maximum message size")
+	}
+	pl.mails++
+	if r.o.mailReply != nil {
+		if answer := r.o.mailReply(pl.mails); answer != "" {
+			return c.write(answer + "\r\n")
+		}
+	}
+	r.tx = &delivery{from: path, params: params}
+	return c.writeReply(250, "2.1.0 Sender OK")
+}
+
+func (r *reversed) rcpt(line, arg string) error {
+	p := r.c.p
+	if r.tx == nil {
+		return p.failf("provider sent RCPT without MAIL (RFC 5321 section 4.1.4)")
+	}
+	rcpt, _, ok := parsePath(arg, "TO:")
+	if !ok || rcpt == "" {
+		return p.failf("malformed RCPT command %q (RFC 5321 section 4.1.1.3)", line)
+	}
+	if !inDomains(rcpt, r.domains) {
+		return p.failf("provider sent a recipient %s, outside the domains the ATRN asked for (%s)", rcpt, strings.Join(r.domains, ","))
+	}
+	answer := ""
+	if r.o.rcptReply != nil {
+		answer = r.o.rcptReply(rcpt)
+	}
+	if answer == "" {
+		answer = "250 2.1.5 Recipient OK"
+	}
+	if strings.HasPrefix(answer, "2") {
+		r.tx.rcpts = append(r.tx.rcpts, rcpt)
+	} else {
+		r.tx.refused = append(r.tx.refused, rcpt)
+	}
+	return r.c.write(answer + "\r\n")
+}
+
+func (r *reversed) data() (done bool, err error) {
+	c := r.c
+	if r.tx == nil || len(r.tx.rcpts) == 0 {
+		if !r.pipelining {
+			return true, c.p.failf("provider sent DATA without an accepted recipient (RFC 5321 section 3.3); the customer did not offer PIPELINING")
+		}
+		// RFC 2920 section 3.1: a pipelined DATA after refused
+		// recipients is refused, and no text may follow.
+		r.pl.dataRefused++
+		r.keepUnsent()
+		return false, c.writeReply(554, "5.5.1 No valid recipients")
+	}
+	if err := c.writeReply(354, "Start mail input; end with <CRLF>.<CRLF>"); err != nil {
+		return true, err
+	}
+	data, err := c.readData()
+	if err != nil {
+		return true, err
+	}
+	r.tx.data = data
+	return r.endOfMessage()
+}
+
+// endOfMessage answers the end of the transaction's text and ends the
+// transaction.
+func (r *reversed) endOfMessage() (done bool, err error) {
+	done, err = r.c.endOfMessage(r.pl, r.tx, r.o)
+	r.tx = nil
+	return done || err != nil, err
+}
+
+func (r *reversed) bdat(line, arg string) (done bool, err error) {
+	c, p := r.c, r.c.p
+	if !r.chunking {
+		return true, p.failf("provider sent BDAT though the customer did not offer CHUNKING (RFC 3030 section 2)")
+	}
+	size, last, ok := parseBDAT(arg)
+	if !ok {
+		return true, p.failf("malformed BDAT command %q (RFC 3030 section 2)", line)
+	}
+	if size > maxMessage {
+		return true, p.failf("BDAT chunk of %d bytes", size)
+	}
+	chunk := make([]byte, size)
+	if _, err := io.ReadFull(c.br, chunk); err != nil {
+		return true, c.readError(err, nil)
+	}
+	r.pl.bdat = true
+	if r.tx == nil || len(r.tx.rcpts) == 0 {
+		// RFC 3030 section 2: the chunk is read, then refused.
+		r.pl.dataRefused++
+		r.keepUnsent()
+		return false, c.writeReply(554, "5.5.1 No valid recipients")
+	}
+	r.tx.data = append(r.tx.data, chunk...)
+	if len(r.tx.data) > maxMessage {
+		return true, p.failf("message longer than %d bytes", maxMessage)
+	}
+	if !last {
+		return false, c.writeReply(250, fmt.Sprintf("2.0.0 %d octets received", size))
+	}
+	if r.tx.data == nil {
+		r.tx.data = []byte{}
+	}
+	return r.endOfMessage()
+}
+
+// quit answers QUIT with 221 and waits a moment for the provider to
+// close the connection.
+func (r *reversed) quit() error {
+	c, p, pl := r.c, r.c.p, r.pl
+	r.keepUnsent()
+	pl.quit = true
+	if err := c.writeReply(221, "2.0.0 "+p.cfg.Hostname+" closing connection"); err != nil {
+		return err
+	}
+	c.nc.SetReadDeadline(time.Now().Add(min(quitWait, p.cfg.Timeout)))
+	b, err := c.br.ReadByte()
+	c.restoreDeadline()
+	switch {
+	case err == nil:
+		p.saw(fmt.Sprintf("%q...", b))
+		return p.failf("provider sent more after QUIT and the customer's 221")
+	case isTimeout(err):
+		p.note("the provider did not close the connection after the 221 to its QUIT; the suite closed it")
+	default:
+		pl.closed = true
+	}
+	return nil
 }
 
 // refused plays a customer that refused the session in its greeting: the

@@ -22,6 +22,13 @@ import (
 // through a proxy applying mutate to each line the provider sends (CRLF
 // included); the customer's bytes pass unchanged.
 func mutatingDial(t *testing.T, cfg odmrtest.ProviderConfig, mutate func(line string) string) func() (net.Conn, error) {
+	return mutatingDialEach(t, cfg, func() func(string) string { return mutate })
+}
+
+// mutatingDialEach is mutatingDial with a mutate function of its own for
+// each connection, made by newMutate, for a provider whose fault depends
+// on what came before in the session.
+func mutatingDialEach(t *testing.T, cfg odmrtest.ProviderConfig, newMutate func() func(line string) string) func() (net.Conn, error) {
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
 	return func() (net.Conn, error) {
@@ -30,6 +37,7 @@ func mutatingDial(t *testing.T, cfg odmrtest.ProviderConfig, mutate func(line st
 			return nil, err
 		}
 		near, far := net.Pipe()
+		mutate := newMutate()
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
@@ -220,6 +228,62 @@ func TestSuiteSkips(t *testing.T) {
 		if got := r.Status == odmrtest.Skip; got != wantSkip {
 			t.Errorf("%s: skipped %v, want %v", r, got, wantSkip)
 		}
+	}
+}
+
+// TestNoMailOwnsOneRequirement runs the two checks of a 453 against
+// providers that fail one of them each, as Exim 4.99.1 does with other
+// mail queued: a provider that answers 502 to any ATRN after a 453 in
+// the same session fails ATRN-again-after-453 (a SHOULD) and passes
+// no-mail-453, whose bare ATRN comes in a session of its own; one that
+// wants a domain in every ATRN (501 to a bare one) fails
+// no-mail-453.
+func TestNoMailOwnsOneRequirement(t *testing.T) {
+	for _, tt := range []struct {
+		why       string
+		newMutate func() func(string) string
+		want      map[string]odmrtest.Status
+	}{
+		{"502 to an ATRN after a 453 in the session", func() func(string) string {
+			no := false
+			return func(l string) string {
+				switch {
+				case no && (strings.HasPrefix(l, "453 ") || strings.HasPrefix(l, "250 2.0.0 OK now reversing")):
+					return "502 5.5.1 ATRN command used when not advertised\r\n"
+				case strings.HasPrefix(l, "453 "):
+					no = true
+				}
+				return l
+			}
+		}, map[string]odmrtest.Status{"5.2.1/no-mail-453": odmrtest.Pass, "5.2.1/ATRN-again-after-453": odmrtest.Fail}},
+		{"501 to a bare ATRN", func() func() func(string) string {
+			// The first session drains the queue and gets a 453; the
+			// second is the bare ATRN's.
+			sessions := 0
+			return func() func(string) string {
+				sessions++
+				bare := sessions == 2
+				return func(l string) string {
+					if bare && strings.HasPrefix(l, "453 ") {
+						return "501 5.5.4 Name a domain\r\n"
+					}
+					return l
+				}
+			}
+		}(), map[string]odmrtest.Status{"5.2.1/no-mail-453": odmrtest.Fail}},
+	} {
+		t.Run(tt.why, func(t *testing.T) {
+			for id, want := range tt.want {
+				_, cfg := odmrtest.NewProvider(t)
+				cfg.Timeout = 5 * time.Second
+				cfg.Dial = mutatingDialEach(t, cfg, tt.newMutate)
+				if res := findCheck(t, id).Run(context.Background(), cfg); res.Status != want {
+					t.Errorf("%s, want %s", res, want)
+				} else {
+					t.Logf("%s", res)
+				}
+			}
+		})
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/ctxio"
 )
 
 // Bouncer sends the delivery status notifications of a [Spool].
@@ -56,7 +57,7 @@ func (d DirBouncer) Bounce(ctx context.Context, env odmr.Envelope, dsn io.Reader
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	_, err = io.Copy(tmp, &ctxReader{ctx, dsn})
+	_, err = io.Copy(tmp, ctxio.Reader(ctx, dsn))
 	if err == nil {
 		err = tmp.Sync()
 	}

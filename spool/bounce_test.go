@@ -3,12 +3,9 @@ package spool
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -62,7 +59,7 @@ func TestFailingBouncerIsRetried(t *testing.T) {
 	f.enqueue("s@origin.test", "Subject: x\r\n\r\nx\r\n", "gone@example.org")
 	failOne(t, f.s, "example.org")
 
-	f.bounces.fail = errors.New("smarthost unreachable")
+	f.bounces.Fail(errors.New("smarthost unreachable"))
 	sent, err := f.s.FlushBounces(ctx)
 	assert.ErrorContains(t, err, "smarthost unreachable")
 	assert.Zero(t, sent)
@@ -71,7 +68,7 @@ func TestFailingBouncerIsRetried(t *testing.T) {
 	assert.Equal(t, 1, n, "kept for a retry")
 
 	// The periodic flush honours the delay before the next attempt ...
-	f.bounces.fail = nil
+	f.bounces.Fail(nil)
 	sent, err = f.s.flush(ctx, true)
 	require.NoError(t, err)
 	assert.Zero(t, sent)
@@ -84,7 +81,7 @@ func TestFailingBouncerIsRetried(t *testing.T) {
 	sent, err = f.s.FlushBounces(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, 1, sent)
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	require.Len(t, dsns, 1)
 	n, err = f.s.PendingBounces()
 	require.NoError(t, err)
@@ -95,7 +92,7 @@ func TestPermanentlyRefusedDSNGoesToDead(t *testing.T) {
 	f := newFixture(t)
 	f.enqueue("s@origin.test", "Subject: x\r\n\r\nx\r\n", "gone@example.org")
 	failOne(t, f.s, "example.org")
-	f.bounces.fail = &odmr.Error{Code: 550, EnhancedCode: odmr.EnhancedCode{5, 1, 1}, Message: "no such sender"}
+	f.bounces.Fail(&odmr.Error{Code: 550, EnhancedCode: odmr.EnhancedCode{5, 1, 1}, Message: "no such sender"})
 	_, err := f.s.FlushBounces(context.Background())
 	assert.Error(t, err)
 	n, err := f.s.PendingBounces()
@@ -131,7 +128,7 @@ func TestBackgroundWork(t *testing.T) {
 		f.enqueue("s@origin.test", "Subject: x\r\n\r\nx\r\n", "gone@example.org")
 		failOne(t, f.s, "example.org")
 		synctest.Wait()
-		_, dsns := f.bounces.all()
+		_, dsns := f.bounces.All()
 		assert.Len(t, dsns, 1, "sent as soon as written")
 
 		f.enqueue("s@origin.test", "Subject: y\r\n\r\ny\r\n", "later@example.org")
@@ -141,96 +138,45 @@ func TestBackgroundWork(t *testing.T) {
 		time.Sleep(2 * time.Minute)
 		synctest.Wait()
 		assert.False(t, has(t, f.s, "example.org"), "expired by the maintenance")
-		_, dsns = f.bounces.all()
+		_, dsns = f.bounces.All()
 		require.Len(t, dsns, 2)
 		assert.Equal(t, "4.4.7", parseDSN(t, dsns[1]).recipient("later@example.org").Get("Status"))
 	})
 }
 
-// smarthost is a go-smtp server that records what it receives.
-type smarthost struct {
-	mu    sync.Mutex
-	mails []smarthostMail
-	// rcpt, if set, answers RCPT TO.
-	rcpt func(to string) error
-}
-
-type smarthostMail struct {
-	from string
-	to   []string
-	data string
-}
-
-type smarthostSession struct {
-	h   *smarthost
-	cur smarthostMail
-}
-
-func (s *smarthostSession) Reset()        { s.cur = smarthostMail{} }
-func (s *smarthostSession) Logout() error { return nil }
-func (s *smarthostSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.cur.from = from
-	return nil
-}
-func (s *smarthostSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if s.h.rcpt != nil {
-		if err := s.h.rcpt(to); err != nil {
-			return err
-		}
-	}
-	s.cur.to = append(s.cur.to, to)
-	return nil
-}
-func (s *smarthostSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.cur.data = string(b)
-	s.h.mu.Lock()
-	s.h.mails = append(s.h.mails, s.cur)
-	s.h.mu.Unlock()
-	return nil
-}
-
-func startSmarthost(t *testing.T, h *smarthost) string {
-	t.Helper()
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &smarthostSession{h: h}, nil
-	}))
-	srv.Domain = "smarthost.test"
-	srv.AllowInsecureAuth = true
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
-	return l.Addr().String()
-}
-
 func TestSMTPBouncer(t *testing.T) {
-	h := &smarthost{}
-	addr := startSmarthost(t, h)
+	h := &smtptest.Smarthost{}
+	h.Start(t)
 	f := newFixture(t, func(o *Options) {
-		o.Bouncer = &SMTPBouncer{Addr: addr, Security: Plaintext, Hostname: "mx.provider.test", Timeout: 10 * time.Second}
+		o.Bouncer = &SMTPBouncer{Addr: h.Addr, Security: Plaintext, Hostname: "mx.provider.test", Timeout: 10 * time.Second}
 	})
 	f.enqueue("sender@origin.test", "Subject: lost\r\n\r\n.dot line\r\n", "gone@example.org")
 	failOne(t, f.s, "example.org")
 	sent, err := f.s.FlushBounces(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 1, sent)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	require.Len(t, h.mails, 1)
-	m := h.mails[0]
-	assert.Equal(t, "", m.from, "MAIL FROM:<>")
-	assert.Equal(t, []string{"sender@origin.test"}, m.to)
-	p := parseDSN(t, m.data)
+	mails := h.Messages()
+	require.Len(t, mails, 1)
+	m := mails[0]
+	assert.Equal(t, "", m.From, "MAIL FROM:<>")
+	assert.Equal(t, []string{"sender@origin.test"}, m.To)
+	p := parseDSN(t, m.Body)
 	assert.Equal(t, "smtp; 550 5.1.1 User unknown", p.recipient("gone@example.org").Get("Diagnostic-Code"))
 }
 
 func TestSMTPBouncerErrors(t *testing.T) {
-	h := &smarthost{}
-	addr := startSmarthost(t, h)
+	// A smarthost that takes AUTH in clear, though the bouncer must not
+	// send it so, and one for each answer to RCPT.
+	h := &smtptest.Smarthost{AllowInsecureAuth: true}
+	h.Start(t)
+	addr := h.Addr
+	refusing := func(code int, ec smtp.EnhancedCode, msg string) string {
+		h := &smtptest.Smarthost{Rcpt: func(string) error {
+			return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: msg}
+		}}
+		h.Start(t)
+		return h.Addr
+	}
 	env := odmr.Envelope{ID: "x", From: "", To: []string{"sender@origin.test"}}
 	ctx := context.Background()
 
@@ -243,15 +189,9 @@ func TestSMTPBouncerErrors(t *testing.T) {
 	err = (&SMTPBouncer{Addr: addr, Security: Plaintext, Auth: fakeSASL{}}).Bounce(ctx, env, strings.NewReader("x\r\n"))
 	assert.ErrorContains(t, err, "without TLS")
 
-	h.rcpt = func(string) error {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-	}
-	err = (&SMTPBouncer{Addr: addr, Security: Plaintext}).Bounce(ctx, env, strings.NewReader("x\r\n"))
+	err = (&SMTPBouncer{Addr: refusing(550, smtp.EnhancedCode{5, 1, 1}, "no such user"), Security: Plaintext}).Bounce(ctx, env, strings.NewReader("x\r\n"))
 	assert.True(t, odmr.Permanent(err), "a 5xx is permanent: %v", err)
-	h.rcpt = func(string) error {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
-	}
-	err = (&SMTPBouncer{Addr: addr, Security: Plaintext}).Bounce(ctx, env, strings.NewReader("x\r\n"))
+	err = (&SMTPBouncer{Addr: refusing(451, smtp.EnhancedCode{4, 3, 0}, "later"), Security: Plaintext}).Bounce(ctx, env, strings.NewReader("x\r\n"))
 	require.Error(t, err)
 	assert.False(t, odmr.Permanent(err))
 

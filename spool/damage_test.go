@@ -33,7 +33,7 @@ func assertQuarantined(t *testing.T, f *fixture, id, why string) {
 	assert.False(t, has(t, f.s, "example.org"), "HasMail must not count a quarantined message")
 	assert.Contains(t, f.logs.String(), "damaged message quarantined")
 	assert.Contains(t, f.logs.String(), "level=ERROR")
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	assert.Empty(t, dsns, "a quarantined message is held for the operator, not bounced")
 }
 
@@ -179,7 +179,13 @@ func TestFullDiskStopsTheBatch(t *testing.T) {
 	full := &os.PathError{Op: "open", Path: filepath.Join(f.dir, tmpDir), Err: syscall.ENOSPC}
 	writeFault = func(string) error { return full }
 	t.Cleanup(func() { writeFault = nil })
-	code, first := pullThroughProvider(t, f.s, "example.org")
+	// With DATA the sender has one message in flight behind the one
+	// whose record fails: it waits for the 354 of each message, which
+	// comes after the reply to the previous one's end. (With BDAT as
+	// many messages as fit in its window may be in flight: how many
+	// depends on how fast the customer answers.)
+	dataOnly := func(p *odmr.Provider) { p.DisableChunking = true }
+	code, first := pullThroughProvider(t, f.s, "example.org", dataOnly)
 	require.Equal(t, 250, code)
 	writeFault = nil
 
@@ -190,7 +196,7 @@ func TestFullDiskStopsTheBatch(t *testing.T) {
 	require.Equal(t, 250, code)
 	seen := make(map[string]int)
 	for _, m := range append(first, second...) {
-		seen[subject(m.data)]++
+		seen[subject(m.Body)]++
 	}
 	dups := 0
 	for _, c := range seen {
@@ -198,7 +204,8 @@ func TestFullDiskStopsTheBatch(t *testing.T) {
 	}
 	t.Logf("full disk: %d delivered before the restart, %d after, %d duplicates", len(first), len(second), dups)
 	assert.Len(t, seen, n, "every message delivered")
-	assert.LessOrEqual(t, dups, 2, "only the messages in flight when the record failed")
+	assert.LessOrEqual(t, len(first), 2, "the session stops after the failed record: the message it was for and one in flight")
+	assert.Equal(t, len(first), dups, "no delivery was recorded while the disk was full, so each is made again")
 	assert.False(t, has(t, f.s, "example.org"))
 	assert.True(t, has(t, f.s, "example.com"))
 }

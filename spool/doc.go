@@ -54,11 +54,23 @@
 // Which messages are queued for a domain is read from its marker directory,
 // which every process keeps current: HasMail costs one directory read per
 // domain, whatever the size of the queue, and sees what other processes
-// did. Sizes and ages for quotas, List and Expire are kept in memory, built
-// at Open and refreshed from disk periodically. The file system must be
+// did. Sizes and ages for quotas, QueueStats, List and Expire are kept in
+// memory, about 80 bytes per queued message, built in the background after
+// Open (see [Spool.WaitIndexed]) and brought up to date with what other
+// processes did a few domains at each maintenance ([Options.RefreshDomains]);
+// no periodic work walks the whole queue. The file system must be
 // local: flock over NFS does not give these guarantees. Files are private
 // to their owner (0600, directories 0700), so the processes sharing a spool
 // run as one user.
+//
+// # Administration
+//
+// The Spool is a [queueadmin.Admin]: an operator lists messages, shows,
+// deletes, bounces, holds and releases them, safely while providers use
+// the spool (see [Spool.Hold] and [Spool.Delete]). A held message keeps
+// its recipients queued but has no markers, so no session is offered it
+// and it does not expire until released. [Options.ReadOnly] opens a spool
+// to read it without changing anything.
 //
 // # Delivery semantics
 //

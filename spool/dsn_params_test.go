@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/dsnreport"
 )
 
 // enqueueDSN queues a message for three recipients of example.org with
@@ -40,7 +41,7 @@ func (f *fixture) onlyReport() string {
 	sent, err := f.s.FlushBounces(context.Background())
 	require.NoError(f.t, err)
 	require.Equal(f.t, 1, sent)
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	require.Len(f.t, dsns, 1)
 	return dsns[0]
 }
@@ -141,7 +142,7 @@ func TestRelayedReportIsSentAtOnce(t *testing.T) {
 		f.enqueueDSN()
 		f.deliverWithoutDSN()
 		synctest.Wait()
-		_, dsns := f.bounces.all()
+		_, dsns := f.bounces.All()
 		assert.Len(t, dsns, 1, "sent as soon as written, not at the next maintenance")
 	})
 }
@@ -157,7 +158,7 @@ func TestRETFullReturnsTheMessage(t *testing.T) {
 		{"FULL", odmr.ReturnFull, body, true},
 		{"HDRS", odmr.ReturnHeaders, body, false},
 		{"none", "", body, false},
-		{"FULL, too large", odmr.ReturnFull, body + strings.Repeat("x", maxReturnedMessage), false},
+		{"FULL, too large", odmr.ReturnFull, body + strings.Repeat("x", dsnreport.MaxReturnedMessage), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -166,7 +167,7 @@ func TestRETFullReturnsTheMessage(t *testing.T) {
 			require.NoError(t, err)
 			failOne(t, f.s, "example.org")
 			dsn := f.onlyReport()
-			envs, _ := f.bounces.all()
+			envs, _ := f.bounces.All()
 			if c.full {
 				assert.Contains(t, dsn, "Content-Type: message/rfc822\r\n")
 				assert.Contains(t, dsn, "Content-Transfer-Encoding: 8bit\r\n")

@@ -7,11 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/wire"
 )
 
 // The envelope file.
@@ -74,6 +74,10 @@ type envelopeFile struct {
 	// NextAttempt is when a DSN that could not be handed to the Bouncer is
 	// tried again.
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+
+	// Held is set by Spool.Hold: the queued recipients have no markers and
+	// are not offered to any session until Spool.Release.
+	Held bool `json:"held,omitempty"`
 }
 
 type recipientFile struct {
@@ -197,8 +201,11 @@ func (e *envelopeFile) queued() bool {
 }
 
 // queuedIn reports whether a recipient whose domain lives in directory dir
-// is still queued.
+// is still queued, and offered: a held message is queued nowhere.
 func (e *envelopeFile) queuedIn(dir string) bool {
+	if e.Held {
+		return false
+	}
 	for _, r := range e.Recipients {
 		if r.State == Queued && dirName(odmr.RecipientDomain(r.Addr)) == dir {
 			return true
@@ -208,9 +215,12 @@ func (e *envelopeFile) queuedIn(dir string) bool {
 }
 
 // queuedDirs returns the domain directories of the queued recipients,
-// each with its domain.
+// each with its domain; none for a held message.
 func (e *envelopeFile) queuedDirs() map[string]string {
 	dirs := make(map[string]string)
+	if e.Held {
+		return dirs
+	}
 	for _, r := range e.Recipients {
 		if r.State == Queued {
 			d := odmr.RecipientDomain(r.Addr)
@@ -287,7 +297,7 @@ func (ef *errorFile) reply() *odmr.Error {
 	if ef == nil || ef.Code == 0 {
 		return nil
 	}
-	ec, _ := parseEnhancedCode(ef.Enhanced)
+	ec, _ := wire.ParseEnhancedCode(ef.Enhanced)
 	return &odmr.Error{Code: ef.Code, EnhancedCode: ec, Message: ef.Message}
 }
 
@@ -304,23 +314,6 @@ func (e *storedError) Unwrap() error {
 		return nil
 	}
 	return e.reply
-}
-
-// parseEnhancedCode parses "X.Y.Z".
-func parseEnhancedCode(s string) (odmr.EnhancedCode, bool) {
-	var ec odmr.EnhancedCode
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return ec, false
-	}
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 999 {
-			return odmr.EnhancedCode{}, false
-		}
-		ec[i] = n
-	}
-	return ec, true
 }
 
 // isNotExist reports whether err says a file is missing.

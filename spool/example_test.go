@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/queueadmin"
 	"github.com/go-odmr/odmr/spool"
 )
 
@@ -74,4 +75,73 @@ func ExampleOptions() {
 	}
 	fmt.Println(opts.MaxAge == 0) // 0 means DefaultMaxAge
 	// Output: true
+}
+
+// An operator holds a message, so that no customer gets it, and releases
+// it; the queue tools of odmr-provider do the same through
+// queueadmin.Admin. The ID may be chosen before the message is queued, to
+// be written into it.
+func ExampleSpool_Hold() {
+	dir, err := os.MkdirTemp("", "spool-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := spool.Open(dir, spool.Options{Hostname: "mx.example.net", MaintenanceInterval: -1})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+
+	ctx := context.Background()
+	id := spool.NewID()
+	body := "Received: by mx.example.net with ESMTP id " + id + "\r\nSubject: hello\r\n\r\nHi Bob!\r\n"
+	if _, err := s.Enqueue(ctx, odmr.Envelope{ID: id, From: "alice@example.com", To: []string{"bob@example.org"}}, strings.NewReader(body)); err != nil {
+		log.Fatal(err)
+	}
+	var admin queueadmin.Admin = s
+	if err := admin.Hold(ctx, id); err != nil {
+		log.Fatal(err)
+	}
+	has, _ := s.HasMail(ctx, []string{"example.org"})
+	m, _ := admin.Message(ctx, id)
+	fmt.Println("held:", m.Held, "offered:", has, "to:", m.Envelope.To)
+
+	if err := admin.Release(ctx, id); err != nil {
+		log.Fatal(err)
+	}
+	has, _ = s.HasMail(ctx, []string{"example.org"})
+	msgs, _ := admin.Messages(ctx)
+	fmt.Println("held:", msgs[0].Held, "offered:", has, "same ID:", msgs[0].Envelope.ID == id)
+	// Output:
+	// held: true offered: false to: [bob@example.org]
+	// held: false offered: true same ID: true
+}
+
+// Open returns before it has read the queue, so that a provider answers
+// ATRN at once however much mail is queued; a program that needs the
+// spool repaired and counted first (a quota check at start, a report)
+// waits for the index.
+func ExampleSpool_WaitIndexed() {
+	dir, err := os.MkdirTemp("", "spool-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	s, err := spool.Open(dir, spool.Options{Hostname: "mx.example.net"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.WaitIndexed(ctx); err != nil {
+		log.Fatal(err)
+	}
+	stats, err := s.QueueStats(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(stats), "domains with mail queued")
+	// Output: 0 domains with mail queued
 }

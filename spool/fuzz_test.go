@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"bytes"
 	"testing"
 )
@@ -30,51 +29,6 @@ func FuzzParseEnvelope(f *testing.F) {
 	})
 }
 
-// The CRLF writer leaves no bare LF, adds nothing else, and does not depend
-// on how the input is cut into writes.
-func FuzzCRLFWriter(f *testing.F) {
-	f.Add([]byte("a\nb\r\nc\r\r\n\n"), uint8(1))
-	f.Add([]byte("\n"), uint8(0))
-	f.Add([]byte("\r"), uint8(3))
-	f.Fuzz(func(t *testing.T, in []byte, cut uint8) {
-		var whole, pieces bytes.Buffer
-		w := &crlfWriter{w: bufio.NewWriter(&whole), limit: -1}
-		w.Write(in)
-		w.w.Flush()
-		pw := &crlfWriter{w: bufio.NewWriter(&pieces), limit: -1}
-		step := int(cut%7) + 1
-		for i := 0; i < len(in); i += step {
-			pw.Write(in[i:min(i+step, len(in))])
-		}
-		pw.w.Flush()
-		out := whole.Bytes()
-		if !bytes.Equal(out, pieces.Bytes()) {
-			t.Fatalf("depends on the cut: %q vs %q", out, pieces.Bytes())
-		}
-		if int64(len(out)) != w.n {
-			t.Fatalf("counted %d, wrote %d", w.n, len(out))
-		}
-		for i, c := range out {
-			if c == '\n' && (i == 0 || out[i-1] != '\r') {
-				t.Fatalf("bare LF at %d in %q", i, out)
-			}
-		}
-		// Taking out the CRs added gives the input back.
-		var back []byte
-		j := 0
-		for i := 0; i < len(out); i++ {
-			if out[i] == '\r' && i+1 < len(out) && out[i+1] == '\n' && (j >= len(in) || in[j] != '\r') {
-				continue
-			}
-			back = append(back, out[i])
-			j++
-		}
-		if !bytes.Equal(back, in) {
-			t.Fatalf("%q became %q", in, out)
-		}
-	})
-}
-
 // Every domain maps to a usable directory name, and back.
 func FuzzDirName(f *testing.F) {
 	for _, d := range []string{"example.org", "", ".", "..", "a/b", "[192.0.2.1]", "bücher.example", "%41"} {
@@ -87,25 +41,6 @@ func FuzzDirName(f *testing.F) {
 		}
 		if back, ok := domainOfDir(name); ok && back != d {
 			t.Fatalf("dirName(%q) = %q, back to %q", d, name, back)
-		}
-	})
-}
-
-// The header section is cut at a line boundary and within the limit.
-func FuzzReadHeaderSection(f *testing.F) {
-	f.Add([]byte("Subject: x\r\nFrom: y\r\n\r\nbody\r\n"), uint16(64))
-	f.Add([]byte("Subject: no end"), uint16(5))
-	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
-		max := int(limit) + 2
-		h, err := readHeaderSection(bytes.NewReader(msg), max)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(h) > max {
-			t.Fatalf("%d bytes, limit %d", len(h), max)
-		}
-		if len(h) > 0 && !bytes.HasSuffix(h, []byte("\r\n")) {
-			t.Fatalf("does not end in CRLF: %q", h)
 		}
 	})
 }

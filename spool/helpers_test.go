@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/bouncetest"
 )
 
 // logBuffer collects a Spool's log for assertions.
@@ -41,48 +42,19 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-// bounces collects the DSNs handed to a Bouncer.
-type bounces struct {
-	mu   sync.Mutex
-	envs []odmr.Envelope
-	dsns []string
-	fail error // returned instead of accepting, when set
-}
-
-func (b *bounces) Bounce(ctx context.Context, env odmr.Envelope, dsn io.Reader) error {
-	data, err := io.ReadAll(dsn)
-	if err != nil {
-		return err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.fail != nil {
-		return b.fail
-	}
-	b.envs = append(b.envs, env)
-	b.dsns = append(b.dsns, string(data))
-	return nil
-}
-
-func (b *bounces) all() ([]odmr.Envelope, []string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]odmr.Envelope(nil), b.envs...), append([]string(nil), b.dsns...)
-}
-
 type fixture struct {
 	t       *testing.T
 	dir     string
 	s       *Spool
 	logs    *logBuffer
-	bounces *bounces
+	bounces *bouncetest.Collector
 }
 
 // newFixture opens a spool in a fresh directory with background work off,
 // so every test drives Expire and FlushBounces itself.
 func newFixture(t *testing.T, opts ...func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dir: t.TempDir(), logs: &logBuffer{}, bounces: &bounces{}}
+	f := &fixture{t: t, dir: t.TempDir(), logs: &logBuffer{}, bounces: &bouncetest.Collector{}}
 	f.s = f.open(opts...)
 	return f
 }
@@ -105,6 +77,8 @@ func (f *fixture) open(opts ...func(*Options)) *Spool {
 	s, err := Open(f.dir, f.options(opts...))
 	require.NoError(f.t, err)
 	f.t.Cleanup(func() { s.Close() })
+	// The tests look at the spool as Open's background work leaves it.
+	require.NoError(f.t, s.WaitIndexed(context.Background()))
 	return s
 }
 

@@ -2,7 +2,8 @@ package spool
 
 import (
 	"cmp"
-	"path/filepath"
+	"context"
+	"encoding/hex"
 	"slices"
 	"sync"
 	"time"
@@ -19,38 +20,77 @@ import (
 // marker costs a little time but never a wrong delivery.
 //
 // The in-memory index adds what the markers do not say: the size and
-// arrival time of each queued message, which the quota, List and Expire
-// need. It is built from the envelope files at Open. This process's own
-// changes update it at once; those of other processes sharing the
-// directory are picked up by refresh, which List, Expire and the periodic
-// maintenance run. Only the envelopes of messages new to the index are
-// read, so a refresh of a large queue is mostly the listing of directories.
+// arrival time of each queued message, per domain directory, which the
+// quotas, QueueStats, List and Expire need. It holds 32 bytes per message
+// and domain (a binary ID, a size and a time) in one map per domain,
+// with the domain's totals kept as it changes, so a quota check costs a
+// map lookup and a metrics scrape a pass over the domains, not over the
+// messages.
+//
+// Open builds it in the background (see Spool.build), from the envelopes:
+// the Spool serves sessions from the markers meanwhile, and what needs the
+// index (a quota, QueueStats, List, Expire) waits for it. This process's
+// own changes update it at once; those of other processes sharing the
+// directory are picked up by reconciling domain directories with their
+// markers: a bounded number per maintenance (Options.RefreshDomains), all
+// of them in List.
+
+// msgKey is a message ID in binary: its 28 hex digits in 14 bytes.
+type msgKey [idLen / 2]byte
+
+// keyOf returns the key of id, which must have the form of an ID.
+func keyOf(id string) msgKey {
+	var k msgKey
+	hex.Decode(k[:], []byte(id))
+	return k
+}
+
+func (k msgKey) id() string { return hex.EncodeToString(k[:]) }
+
+// entry is what the index knows of a message queued in one domain
+// directory.
+type entry struct {
+	size     int64 // -1: the envelope could not be read (see the log)
+	received int64 // UnixNano
+}
+
+// domainIndex is the index of one domain directory.
+type domainIndex struct {
+	domain     string // "" when unknown: the directory's name says it
+	msgs       map[msgKey]entry
+	bytes      int64 // the sizes of the readable entries, added up
+	unreadable int
+	// oldest is the earliest arrival of msgs, or a bound below it when
+	// stale: removing the oldest message makes it stale, and it is
+	// computed again when it is needed.
+	oldest int64
+	stale  bool
+}
 
 type index struct {
 	mu      sync.Mutex
-	msgs    map[string]*indexEntry
-	usage   map[string]*usage // queued, per domain directory
-	pending map[string]*usage // reserved by Enqueue calls in progress
+	dirs    map[string]*domainIndex // queued, per domain directory
+	pending map[string]*usage       // reserved by Enqueue calls in progress
 
-	// While refresh walks the disk, the changes this process makes are
-	// noted here too and replayed over what the walk found.
-	walking bool
-	added   map[string]*indexEntry
-	removed map[string][]string
+	// ready is closed when the index is complete, with readyErr set if
+	// it could not be.
+	ready    chan struct{}
+	readyErr error
+
+	// While the index is built (all) or a directory reconciled with its
+	// markers (watch), the changes this process makes are noted, to be
+	// replayed over what was read from disk.
+	all   *[]change
+	watch map[string]*[]change
 }
 
-type indexEntry struct {
-	info   *msgInfo
-	queued map[string]bool // domain directories with a marker
-}
-
-// msgInfo is what the index knows of a message; it does not change.
-type msgInfo struct {
-	size     int64
-	received time.Time
-	// domains maps the directory of each recipient's domain to the domain.
-	domains    map[string]string
-	unreadable bool
+// change is one change this process made to the index.
+type change struct {
+	add    bool
+	key    msgKey
+	dir    string
+	domain string
+	e      entry
 }
 
 type usage struct {
@@ -59,177 +99,164 @@ type usage struct {
 }
 
 func (ix *index) init() {
-	ix.msgs = make(map[string]*indexEntry)
-	ix.usage = make(map[string]*usage)
+	ix.dirs = make(map[string]*domainIndex)
 	ix.pending = make(map[string]*usage)
+	ix.watch = make(map[string]*[]change)
+	ix.ready = make(chan struct{})
 }
 
-// add records a message queued by this process.
-func (ix *index) add(id string, info *msgInfo, dirs []string) {
-	e := &indexEntry{info: info, queued: make(map[string]bool, len(dirs))}
-	for _, d := range dirs {
-		e.queued[d] = true
+// wait waits until the index is complete.
+func (ix *index) wait(ctx context.Context) error {
+	select {
+	case <-ix.ready:
+		return ix.readyErr
+	case <-ctx.Done():
+		return ctx.Err()
 	}
+}
+
+// isReady reports whether the index is complete: built, and without
+// error.
+func (ix *index) isReady() bool {
+	select {
+	case <-ix.ready:
+		return ix.readyErr == nil
+	default:
+		return false
+	}
+}
+
+// msgInfo is what the index learns of a message from its envelope.
+type msgInfo struct {
+	size     int64
+	received time.Time
+	// domains maps the directory of each recipient's domain to the domain.
+	domains    map[string]string
+	unreadable bool
+}
+
+func infoOf(env *envelopeFile) *msgInfo {
+	info := &msgInfo{size: env.Size, received: env.Received, domains: make(map[string]string)}
+	for dir, d := range env.allDirs() {
+		info.domains[dir] = d
+	}
+	return info
+}
+
+func (info *msgInfo) entry() entry {
+	if info.unreadable {
+		return entry{size: -1, received: info.received.UnixNano()}
+	}
+	return entry{size: info.size, received: info.received.UnixNano()}
+}
+
+// add records a message queued by this process in dirs.
+func (ix *index) add(id string, info *msgInfo, dirs []string) {
+	k, e := keyOf(id), info.entry()
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if old := ix.msgs[id]; old != nil {
-		ix.account(old, -1)
-	}
-	ix.msgs[id] = e
-	ix.account(e, +1)
-	if ix.walking {
-		ix.added[id] = e
+	for _, d := range dirs {
+		c := change{add: true, key: k, dir: d, domain: info.domains[d], e: e}
+		ix.note(c)
+		put(ix.dirs, c)
 	}
 }
 
 // remove records that the message's recipients in dirs are no longer
 // queued.
 func (ix *index) remove(id string, dirs ...string) {
+	k := keyOf(id)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if ix.walking {
-		ix.removed[id] = append(ix.removed[id], dirs...)
+	for _, d := range dirs {
+		c := change{key: k, dir: d}
+		ix.note(c)
+		del(ix.dirs, c)
 	}
-	ix.removeLocked(ix.msgs, id, dirs, true)
 }
 
-// removeLocked takes dirs off the entry of id in msgs, and off the usage
-// when live; ix.mu must be held.
-func (ix *index) removeLocked(msgs map[string]*indexEntry, id string, dirs []string, live bool) {
-	e := msgs[id]
-	if e == nil {
+// note keeps c for a build or reconciliation in progress; ix.mu is held.
+func (ix *index) note(c change) {
+	if ix.all != nil {
+		*ix.all = append(*ix.all, c)
+	}
+	if w := ix.watch[c.dir]; w != nil {
+		*w = append(*w, c)
+	}
+}
+
+// apply makes change c in dirs.
+func apply(dirs map[string]*domainIndex, c change) {
+	if c.add {
+		put(dirs, c)
+	} else {
+		del(dirs, c)
+	}
+}
+
+func put(dirs map[string]*domainIndex, c change) {
+	di := dirs[c.dir]
+	if di == nil {
+		di = &domainIndex{msgs: make(map[msgKey]entry, 1), oldest: c.e.received}
+		dirs[c.dir] = di
+	}
+	if c.domain != "" {
+		di.domain = c.domain
+	}
+	if old, ok := di.msgs[c.key]; ok {
+		di.count(old, -1)
+	}
+	di.msgs[c.key] = c.e
+	di.count(c.e, +1)
+	if c.e.received < di.oldest {
+		di.oldest = c.e.received
+	}
+}
+
+func del(dirs map[string]*domainIndex, c change) {
+	di := dirs[c.dir]
+	if di == nil {
 		return
 	}
-	for _, d := range dirs {
-		if e.queued[d] {
-			delete(e.queued, d)
-			if live {
-				ix.usageOf(d).add(-1, -e.info.size)
+	e, ok := di.msgs[c.key]
+	if !ok {
+		return
+	}
+	delete(di.msgs, c.key)
+	di.count(e, -1)
+	if len(di.msgs) == 0 {
+		delete(dirs, c.dir)
+	} else if e.received <= di.oldest {
+		di.stale = true
+	}
+}
+
+// count adds (sign +1) or takes away (-1) e's share of the totals.
+func (di *domainIndex) count(e entry, sign int) {
+	if e.size < 0 {
+		di.unreadable += sign
+	} else {
+		di.bytes += int64(sign) * e.size
+	}
+}
+
+// oldestTime returns the earliest arrival of the domain's messages.
+func (di *domainIndex) oldestTime() int64 {
+	if di.stale {
+		first := true
+		for _, e := range di.msgs {
+			if first || e.received < di.oldest {
+				di.oldest, first = e.received, false
 			}
 		}
+		di.stale = false
 	}
-	if len(e.queued) == 0 {
-		delete(msgs, id)
-	}
-}
-
-// account adds (sign +1) or takes away (-1) e's share of the usage.
-func (ix *index) account(e *indexEntry, sign int) {
-	for d := range e.queued {
-		ix.usageOf(d).add(sign, int64(sign)*e.info.size)
-	}
-}
-
-func (ix *index) usageOf(dir string) *usage {
-	u := ix.usage[dir]
-	if u == nil {
-		u = new(usage)
-		ix.usage[dir] = u
-	}
-	return u
+	return di.oldest
 }
 
 func (u *usage) add(messages int, bytes int64) {
 	u.messages += messages
 	u.bytes += bytes
-}
-
-// refresh rebuilds the index from the markers on disk. known holds the
-// information read from envelopes already, by Open; for any other message
-// not yet in the index, the envelope is read.
-func (s *Spool) refresh(known map[string]*msgInfo) error {
-	s.refreshMu.Lock()
-	defer s.refreshMu.Unlock()
-	ix := &s.idx
-	ix.mu.Lock()
-	if known == nil {
-		known = make(map[string]*msgInfo, len(ix.msgs))
-	}
-	for id, e := range ix.msgs {
-		if known[id] == nil {
-			known[id] = e.info
-		}
-	}
-	ix.walking = true
-	ix.added = make(map[string]*indexEntry)
-	ix.removed = make(map[string][]string)
-	ix.mu.Unlock()
-
-	msgs, stale, err := s.walkMarkers(known)
-	for _, k := range stale {
-		if !s.readOnly {
-			s.cleanMarker(k.dir, k.id)
-		}
-	}
-
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	ix.walking = false
-	if err == nil {
-		for id, e := range ix.added {
-			msgs[id] = e
-		}
-		for id, dirs := range ix.removed {
-			ix.removeLocked(msgs, id, dirs, false)
-		}
-		ix.msgs = msgs
-		ix.usage = make(map[string]*usage)
-		for _, e := range msgs {
-			ix.account(e, +1)
-		}
-	}
-	ix.added, ix.removed = nil, nil
-	return err
-}
-
-// walkMarkers lists domains/ and reads the envelopes of the messages that
-// known does not describe. It also returns the markers it found without an
-// envelope: debris, or messages being enqueued.
-func (s *Spool) walkMarkers(known map[string]*msgInfo) (map[string]*indexEntry, []groupKey, error) {
-	dirs, err := readNames(s.path(domainsDir))
-	if err != nil {
-		return nil, nil, err
-	}
-	var stale []groupKey
-	msgs := make(map[string]*indexEntry, len(known))
-	for _, d := range dirs {
-		ids, err := s.readMarkers(d)
-		if err != nil {
-			continue // logged; the other domains are served
-		}
-		for _, id := range ids {
-			e := msgs[id]
-			if e == nil {
-				info := known[id]
-				if info == nil || info.unreadable {
-					info = s.loadInfo(id)
-				}
-				if info == nil {
-					stale = append(stale, groupKey{id, d})
-					continue
-				}
-				e = &indexEntry{info: info, queued: make(map[string]bool)}
-				msgs[id] = e
-			}
-			e.queued[d] = true
-		}
-	}
-	return msgs, stale, nil
-}
-
-// readMarkers lists the markers in domain directory dir. It logs, once,
-// a directory that cannot be read and entries that are not regular files,
-// and leaves both alone: one damaged domain must not stop the others.
-func (s *Spool) readMarkers(dir string) ([]string, error) {
-	ids, odd, err := readIDs(filepath.Join(s.path(domainsDir), dir))
-	if err != nil {
-		s.logOnce("dir:"+dir, "spool: cannot read a domain directory; its mail is not served until it is repaired", "dir", dir, "err", err)
-		return nil, err
-	}
-	for _, id := range odd {
-		s.logOnce("marker:"+dir+"/"+id, "spool: skipping a marker that is not a regular file; it is left in place", "dir", dir, "id", id)
-	}
-	return ids, nil
 }
 
 // loadInfo reads what the index needs of a message from its envelope. It
@@ -244,14 +271,6 @@ func (s *Spool) loadInfo(id string) *msgInfo {
 		return &msgInfo{unreadable: true, received: idTime(id)}
 	}
 	return infoOf(env)
-}
-
-func infoOf(env *envelopeFile) *msgInfo {
-	info := &msgInfo{size: env.Size, received: env.Received, domains: make(map[string]string)}
-	for dir, d := range env.allDirs() {
-		info.domains[dir] = d
-	}
-	return info
 }
 
 // DomainStats describes what is queued for one domain.
@@ -269,49 +288,49 @@ type DomainStats struct {
 	Unreadable int
 }
 
-// List refreshes the index from disk and returns what is queued, per
-// domain, sorted by domain: the view of an operator's list command.
+// List compares the index with every domain directory on disk and returns
+// what is queued, per domain, sorted by domain: the view of an operator's
+// list command. It waits for the index Open builds, and reads every
+// marker.
 func (s *Spool) List() ([]DomainStats, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	if err := s.refresh(nil); err != nil {
+	if err := s.idx.wait(s.ctx); err != nil {
+		return nil, err
+	}
+	if err := s.reconcileAll(); err != nil {
 		return nil, err
 	}
 	return s.stats(), nil
 }
 
-// stats sums up the index per domain, sorted by domain.
+// stats sums up the index per domain, sorted by domain. It costs a pass
+// over the domains, and one over the messages of each domain whose oldest
+// message left since the last call.
 func (s *Spool) stats() []DomainStats {
 	s.idx.mu.Lock()
 	defer s.idx.mu.Unlock()
-	stats := make(map[string]*DomainStats)
-	for id, e := range s.idx.msgs {
-		for dir := range e.queued {
-			domain, ok := e.info.domains[dir]
-			if !ok {
-				if domain, ok = domainOfDir(dir); !ok {
-					domain = dir
-				}
+	stats := make(map[string]*DomainStats, len(s.idx.dirs))
+	for dir, di := range s.idx.dirs {
+		domain := di.domain
+		if domain == "" {
+			var ok bool
+			if domain, ok = domainOfDir(dir); !ok {
+				domain = dir
 			}
-			st := stats[domain]
-			if st == nil {
-				st = &DomainStats{Domain: domain}
-				stats[domain] = st
-			}
-			st.Messages++
-			if e.info.unreadable {
-				st.Unreadable++
-			} else {
-				st.Bytes += e.info.size
-			}
-			received := e.info.received
-			if received.IsZero() {
-				received = idTime(id)
-			}
-			if st.Oldest.IsZero() || received.Before(st.Oldest) {
-				st.Oldest = received
-			}
+		}
+		st := stats[domain]
+		if st == nil {
+			st = &DomainStats{Domain: domain}
+			stats[domain] = st
+		}
+		st.Messages += len(di.msgs)
+		st.Unreadable += di.unreadable
+		st.Bytes += di.bytes
+		oldest := time.Unix(0, di.oldestTime())
+		if st.Oldest.IsZero() || oldest.Before(st.Oldest) {
+			st.Oldest = oldest
 		}
 	}
 	out := make([]DomainStats, 0, len(stats))
@@ -323,22 +342,38 @@ func (s *Spool) stats() []DomainStats {
 }
 
 // olderThan returns the messages in the index that arrived before t, with
-// the directories in which they are queued, oldest first.
+// the directories in which they are queued, oldest first. It looks at the
+// messages of the domains whose oldest message arrived before t, and at
+// nothing else.
 func (ix *index) olderThan(t time.Time) []expiring {
+	cutoff := t.UnixNano()
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	var out []expiring
-	for id, e := range ix.msgs {
-		if !e.info.unreadable && e.info.received.Before(t) {
-			x := expiring{id: id, received: e.info.received}
-			for d := range e.queued {
-				x.dirs = append(x.dirs, d)
+	found := make(map[msgKey]*expiring)
+	for dir, di := range ix.dirs {
+		if di.oldest >= cutoff || di.oldestTime() >= cutoff {
+			continue
+		}
+		for k, e := range di.msgs {
+			if e.size < 0 || e.received >= cutoff {
+				continue
 			}
-			slices.Sort(x.dirs)
-			out = append(out, x)
+			x := found[k]
+			if x == nil {
+				x = &expiring{id: k.id(), received: time.Unix(0, e.received)}
+				found[k] = x
+			}
+			x.dirs = append(x.dirs, dir)
 		}
 	}
-	slices.SortFunc(out, func(a, b expiring) int { return a.received.Compare(b.received) })
+	out := make([]expiring, 0, len(found))
+	for _, x := range found {
+		slices.Sort(x.dirs)
+		out = append(out, *x)
+	}
+	slices.SortFunc(out, func(a, b expiring) int {
+		return cmp.Or(a.received.Compare(b.received), cmp.Compare(a.id, b.id))
+	})
 	return out
 }
 

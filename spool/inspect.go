@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +21,9 @@ type Inventory struct {
 	// the sizes of those whose envelope could be read.
 	Messages int
 	Bytes    int64
+	// Held counts the messages held (Spool.Hold): they are not counted in
+	// Domains, Messages and Bytes, and are not delivered until released.
+	Held int
 	// PendingBounces counts the DSNs waiting to be sent.
 	PendingBounces int
 	// Quarantined lists the messages in quarantine/, oldest first.
@@ -61,40 +65,45 @@ func Inspect(dir string, log *slog.Logger) (*Inventory, error) {
 		leases:   make(map[groupKey]*message),
 		bad:      make(map[string]bool),
 		readOnly: true,
-		unmarked: make(map[string][]string),
 	}
 	s.idx.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
 	if _, err := os.Lstat(s.path(layoutFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s has no %s", ErrNotSpool, dir, layoutFile)
 	}
 	if err := s.checkLayout(); err != nil {
 		return nil, err
 	}
-	known, err := s.scanQueue()
-	if err != nil {
+	if err := s.buildNow(); err != nil {
 		return nil, err
 	}
-	if err := s.refresh(known); err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
-	}
+	// Each message once, however many domains it is queued in; a damaged
+	// one in none: Open would quarantine it.
 	s.idx.mu.Lock()
-	for id, dirs := range s.unmarked {
-		e := s.idx.msgs[id]
-		if e == nil {
-			e = &indexEntry{info: known[id], queued: make(map[string]bool)}
-			s.idx.msgs[id] = e
-		}
-		for _, d := range dirs {
-			e.queued[d] = true
-		}
-	}
+	damaged := make(map[msgKey]bool, len(s.damaged))
 	for _, m := range s.damaged {
-		delete(s.idx.msgs, m.ID)
+		damaged[keyOf(m.ID)] = true
 	}
-	inv := &Inventory{Messages: len(s.idx.msgs), Damaged: s.damaged}
-	for _, e := range s.idx.msgs {
-		if !e.info.unreadable {
-			inv.Bytes += e.info.size
+	for dir, di := range s.idx.dirs {
+		for k := range damaged {
+			if _, ok := di.msgs[k]; ok {
+				del(s.idx.dirs, change{key: k, dir: dir})
+			}
+		}
+	}
+	inv := &Inventory{Damaged: s.damaged, Held: s.held}
+	seen := make(map[msgKey]bool)
+	for _, di := range s.idx.dirs {
+		for k, e := range di.msgs {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			inv.Messages++
+			if e.size >= 0 {
+				inv.Bytes += e.size
+			}
 		}
 	}
 	s.idx.mu.Unlock()

@@ -151,7 +151,7 @@ func (s *Spool) lease(ctx context.Context, b *batch, id string) (*message, error
 		return nil, nil
 	}
 	if time.Since(env.Received) >= s.opts.MaxAge {
-		err := s.settle(ctx, id, groups, nil, nil, true)
+		err := s.settle(ctx, id, groups, nil, nil, settleExpire)
 		unlockGroups(groups)
 		if err != nil {
 			s.log.Error("spool: cannot expire message", "id", id, "err", err)
@@ -360,7 +360,7 @@ func (m *message) Complete(ctx context.Context, results []odmr.RecipientResult) 
 	if m.quarantined.Load() {
 		return nil
 	}
-	return m.s.settle(context.WithoutCancel(ctx), m.id, m.groups, m.env.To, results, false)
+	return m.s.settle(context.WithoutCancel(ctx), m.id, m.groups, m.env.To, results, settleResults)
 }
 
 // retake locks again the groups of a lease taken back for idleness.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/dsnreport"
 )
 
 // The DSN outbox.
@@ -24,14 +25,17 @@ import (
 // that doubles up to an hour. A DSN the Bouncer refuses permanently, or
 // that could not be sent within MaxAge, is moved to dead/ and logged: it is
 // never dropped silently.
+//
+// The report itself is written by internal/dsnreport, which pgqueue
+// shares: queueDSN fills in a dsnreport.Report from the spool's records.
 
 // queueDSN writes the DSN reporting failed (or relayed) recipients of env
 // to the outbox.
 // The caller holds the message's envelope lock.
-func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.Time) error {
+func (s *Spool) queueDSN(env *envelopeFile, failed []dsnreport.Recipient, now time.Time) error {
 	var headers []byte
 	if f, err := openRegular(s.bodyPath(env.ID)); err == nil {
-		headers, err = readHeaderSection(f, maxReportedHeaders)
+		headers, err = dsnreport.ReadHeaderSection(f, dsnreport.MaxReportedHeaders)
 		f.Close()
 		if err != nil {
 			s.log.Warn("spool: cannot read the headers of a failed message for its DSN", "id", env.ID, "err", err)
@@ -40,17 +44,14 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 		s.log.Warn("spool: cannot read the headers of a failed message for its DSN", "id", env.ID, "err", err)
 	}
 	id := newID(now)
-	rep := &report{
-		id: id, hostname: s.opts.Hostname, sender: env.From, msgID: env.ID, envID: env.EnvID,
-		arrival: env.Received, date: now, rcpts: failed, headers: headers,
+	rep := &dsnreport.Report{
+		ID: id, Hostname: s.opts.Hostname, Sender: env.From, MsgID: env.ID, EnvID: env.EnvID,
+		Arrival: env.Received, Date: now, Rcpts: failed, Headers: headers,
 	}
-	// RET=FULL asks a failure report for the whole message (RFC 3461
-	// section 4.3); up to maxReturnedMessage it gets it, and headers
-	// only beyond, as other MTAs do.
-	if env.Ret == odmr.ReturnFull && !failed[0].relayed() && env.Body != odmr.BodyBinaryMIME && env.Size <= maxReturnedMessage {
+	if dsnreport.ReturnsFull(env.Ret, env.Body, env.Size, failed) {
 		if body, err := openRegular(s.bodyPath(env.ID)); err == nil {
 			defer body.Close()
-			rep.full, rep.eightBit = body, env.Body == odmr.Body8BitMIME
+			rep.Full, rep.EightBit = body, env.Body == odmr.Body8BitMIME
 		} else {
 			s.log.Warn("spool: cannot read a failed message to return it whole; returning its headers", "id", env.ID, "err", err)
 		}
@@ -66,7 +67,7 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 		return err
 	}
 	cw := &countWriter{w: f}
-	err = rep.writeTo(cw)
+	err = rep.Encode(cw)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -81,26 +82,15 @@ func (s *Spool) queueDSN(env *envelopeFile, failed []reportRecipient, now time.T
 	de := &envelopeFile{
 		Version: envelopeVersion, ID: id, From: "", Received: now, Size: cw.n,
 		// The DSN's recipient, and its To: field, is the sender.
-		UTF8:       !isASCII(env.From) || !isASCII(failedAddrs(failed)),
+		UTF8: rep.UTF8(), Body: rep.BodyType(),
 		Recipients: []recipientFile{{Addr: env.From, State: Queued}},
 		ReportFor:  env.ID,
-	}
-	if rep.global() || (rep.full != nil && rep.eightBit) {
-		de.Body = odmr.Body8BitMIME
 	}
 	if err := de.write(s.path(tmpDir), s.path(dsnDir, id+".json")); err != nil {
 		os.Remove(emlPath)
 		return fmt.Errorf("spool: writing DSN: %w", err)
 	}
 	return nil
-}
-
-func failedAddrs(failed []reportRecipient) string {
-	var b strings.Builder
-	for _, f := range failed {
-		b.WriteString(f.addr)
-	}
-	return b.String()
 }
 
 type countWriter struct {
@@ -120,7 +110,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // nothing. The first error from the Bouncer is returned; the DSNs stay in
 // the outbox.
 func (s *Spool) FlushBounces(ctx context.Context) (int, error) {
-	if err := s.checkOpen(); err != nil {
+	if err := s.checkWritable(); err != nil {
 		return 0, err
 	}
 	return s.flush(ctx, false)
@@ -273,7 +263,11 @@ func (s *Spool) cleanOutbox() {
 			pending++
 		}
 	}
-	if pending > 0 && s.opts.Bouncer == nil {
-		s.log.Warn("spool: DSNs are waiting and no Bouncer is configured", "count", pending)
+	// A spool without a Bouncer that does no periodic work is a tool's
+	// (a queue listing, an operator's hold): the DSNs are not its to
+	// send, and a provider that has a Bouncer sends them. One that runs
+	// its maintenance serves mail, and would keep them forever.
+	if pending > 0 && s.opts.Bouncer == nil && s.opts.MaintenanceInterval > 0 {
+		s.log.Warn("spool: DSNs wait in the outbox and none is sent: Options.Bouncer is nil; open the spool with a Bouncer to send them", "count", pending)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/saslmech"
 	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
@@ -50,16 +51,16 @@ func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 // customerSession is the customer's SMTP server after the role swap.
 type customerSession struct {
-	got  *[]smarthostMail
+	got  *[]smtptest.Message
 	mu   *sync.Mutex
-	cur  smarthostMail
+	cur  smtptest.Message
 	done func()
 }
 
-func (s *customerSession) Reset()        { s.cur = smarthostMail{} }
+func (s *customerSession) Reset()        { s.cur = smtptest.Message{} }
 func (s *customerSession) Logout() error { s.done(); return nil }
 func (s *customerSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.cur = smarthostMail{from: from}
+	s.cur = smtptest.Message{From: from}
 	return nil
 }
 func (s *customerSession) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -69,7 +70,7 @@ func (s *customerSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	case "busy@example.org":
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full"}
 	}
-	s.cur.to = append(s.cur.to, to)
+	s.cur.To = append(s.cur.To, to)
 	return nil
 }
 func (s *customerSession) Data(r io.Reader) error {
@@ -77,7 +78,7 @@ func (s *customerSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	s.cur.data = string(b)
+	s.cur.Body = string(b)
 	s.mu.Lock()
 	*s.got = append(*s.got, s.cur)
 	s.mu.Unlock()
@@ -87,7 +88,7 @@ func (s *customerSession) Data(r io.Reader) error {
 // pullThroughProvider runs one ODMR session of odmr.Provider over a pipe,
 // with the spool as its queue, and plays the customer: AUTH, ATRN, then a
 // go-smtp server on the reversed connection.
-func pullThroughProvider(t *testing.T, s *Spool, domain string) (atrnReply int, got []smarthostMail) {
+func pullThroughProvider(t *testing.T, s *Spool, domain string, opts ...func(*odmr.Provider)) (atrnReply int, got []smtptest.Message) {
 	t.Helper()
 	p := &odmr.Provider{
 		Hostname: "provider.test",
@@ -102,6 +103,9 @@ func pullThroughProvider(t *testing.T, s *Spool, domain string) (atrnReply int, 
 		}),
 		Queue:  s,
 		Logger: slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	provConn, custConn := net.Pipe()
 	served := make(chan error, 1)
@@ -125,7 +129,7 @@ func pullThroughProvider(t *testing.T, s *Spool, domain string) (atrnReply int, 
 	cmd(250, "EHLO customer.test")
 	chal, err := base64.StdEncoding.DecodeString(cmd(334, "AUTH CRAM-MD5"))
 	require.NoError(t, err)
-	resp, err := odmr.NewCRAMMD5Client("alice", "alice-secret").Next(chal)
+	resp, err := saslmech.NewCRAMMD5Client("alice", "alice-secret").Next(chal)
 	require.NoError(t, err)
 	cmd(235, base64.StdEncoding.EncodeToString(resp))
 	require.NoError(t, tp.PrintfLine("ATRN %s", domain))
@@ -168,10 +172,10 @@ func TestThroughProvider(t *testing.T) {
 	code, got := pullThroughProvider(t, f.s, "example.org")
 	require.Equal(t, 250, code)
 	require.Len(t, got, 1)
-	assert.Equal(t, "sender@origin.test", got[0].from)
-	assert.Equal(t, []string{"u@example.org"}, got[0].to)
-	assert.Equal(t, body, got[0].data)
-	assert.NoError(t, verifyChecksum(got[0].data))
+	assert.Equal(t, "sender@origin.test", got[0].From)
+	assert.Equal(t, []string{"u@example.org"}, got[0].To)
+	assert.Equal(t, body, got[0].Body)
+	assert.NoError(t, verifyChecksum(got[0].Body))
 
 	info, err := f.s.Stat(id)
 	require.NoError(t, err)
@@ -187,7 +191,7 @@ func TestThroughProvider(t *testing.T) {
 
 	_, err = f.s.FlushBounces(context.Background())
 	require.NoError(t, err)
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	require.Len(t, dsns, 1)
 	p := parseDSN(t, dsns[0])
 	require.Len(t, p.recipients, 1)
@@ -198,7 +202,7 @@ func TestThroughProvider(t *testing.T) {
 	code, got = pullThroughProvider(t, f.s, "example.com")
 	require.Equal(t, 250, code)
 	require.Len(t, got, 1)
-	assert.Equal(t, []string{"w@example.com"}, got[0].to)
+	assert.Equal(t, []string{"w@example.com"}, got[0].To)
 	assert.True(t, has(t, f.s, "example.org"))
 	assert.False(t, has(t, f.s, "example.com"))
 }

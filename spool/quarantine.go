@@ -90,12 +90,7 @@ func (s *Spool) quarantine(env *envelopeFile, reason error) {
 	if err := writeAtomic(s.path(tmpDir), filepath.Join(qdir, id+".reason"), []byte(text)); err != nil {
 		s.log.Warn("spool: cannot write the reason of a quarantined message", "id", id, "err", err)
 	}
-	var dirs []string
-	for dir := range env.allDirs() {
-		removeIfExists(s.markerPath(dir, id))
-		dirs = append(dirs, dir)
-	}
-	s.idx.remove(id, dirs...)
+	s.withdraw(id, env.allDirs())
 	s.log.Error("spool: damaged message quarantined; it will not be delivered until an operator restores it",
 		"id", id, "reason", reason, "dir", qdir)
 }

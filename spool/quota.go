@@ -1,6 +1,8 @@
 package spool
 
 import (
+	"os"
+
 	"github.com/go-odmr/odmr"
 )
 
@@ -10,10 +12,15 @@ import (
 // soon as the body outgrows what is left, and both are held, while the
 // message is being received, as a reservation, so concurrent Enqueue calls
 // of one process cannot together exceed a limit. Messages queued by other
-// processes sharing the spool count from the next refresh of the index
-// (see MaintenanceInterval): across processes a quota is a bound that can
-// be overshot by what they queue in between, never a reason to drop mail
-// that was accepted.
+// processes sharing the spool count once the periodic maintenance has
+// compared their domain's directory with the index (see RefreshDomains):
+// across processes a quota is a bound that can be overshot by what they
+// queue in between, never a reason to drop mail that was accepted.
+//
+// Until the index Open builds in the background is complete, what is
+// queued in a domain is read from its directory instead: the markers, and
+// the sizes of the bodies they name (a stat each), so quotas hold from the
+// start without waiting for the whole queue to be read.
 
 // errQuota returns the reply for a domain that is over its quota.
 func errQuota(domain string) *odmr.Error {
@@ -26,6 +33,9 @@ type reservation struct {
 	limits  map[string]limit // per domain directory
 	counted bool             // a message was reserved in each directory
 	bytes   int64
+	// queued is what was queued in each directory of limits, read from
+	// disk because the index was not complete; nil when it was.
+	queued map[string]usage
 }
 
 type limit struct {
@@ -50,11 +60,17 @@ func (s *Spool) reserve(dirs map[string]string) (*reservation, error) {
 	if len(r.limits) == 0 {
 		return r, nil
 	}
+	if !s.idx.isReady() {
+		r.queued = make(map[string]usage, len(r.limits))
+		for dir := range r.limits {
+			r.queued[dir] = s.diskUsage(dir)
+		}
+	}
 	ix := &s.idx
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	for dir, l := range r.limits {
-		if l.maxMessages > 0 && ix.used(dir).messages+1 > l.maxMessages {
+		if l.maxMessages > 0 && ix.used(dir, r.queued).messages+1 > l.maxMessages {
 			return nil, errQuota(l.domain)
 		}
 	}
@@ -76,7 +92,7 @@ func (s *Spool) bytesLeft(r *reservation) (int64, string) {
 		if l.maxBytes <= 0 {
 			continue
 		}
-		n := max(l.maxBytes-ix.used(dir).bytes, 0)
+		n := max(l.maxBytes-ix.used(dir, r.queued).bytes, 0)
 		if left < 0 || n < left {
 			left, domain = n, l.domain
 		}
@@ -94,7 +110,7 @@ func (s *Spool) reserveBytes(r *reservation, size int64) error {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	for dir, l := range r.limits {
-		if l.maxBytes > 0 && ix.used(dir).bytes+size > l.maxBytes {
+		if l.maxBytes > 0 && ix.used(dir, r.queued).bytes+size > l.maxBytes {
 			return errQuota(l.domain)
 		}
 	}
@@ -137,21 +153,32 @@ func (s *Spool) CheckQuota(rcpt string) error {
 	}
 	d := odmr.RecipientDomain(rcpt)
 	maxBytes, maxMessages := s.opts.Quota(d)
+	if maxBytes <= 0 && maxMessages <= 0 {
+		return nil
+	}
+	dir := dirName(d)
+	var queued map[string]usage
+	if !s.idx.isReady() {
+		queued = map[string]usage{dir: s.diskUsage(dir)}
+	}
 	ix := &s.idx
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	u := ix.used(dirName(d))
+	u := ix.used(dir, queued)
 	if maxMessages > 0 && u.messages >= maxMessages || maxBytes > 0 && u.bytes >= maxBytes {
 		return errQuota(d)
 	}
 	return nil
 }
 
-// used returns what is queued and reserved in dir; ix.mu must be held.
-func (ix *index) used(dir string) usage {
+// used returns what is queued and reserved in dir: queued[dir] if queued
+// is not nil, else what the index holds. ix.mu must be held.
+func (ix *index) used(dir string, queued map[string]usage) usage {
 	var u usage
-	if q := ix.usage[dir]; q != nil {
-		u = *q
+	if queued != nil {
+		u = queued[dir]
+	} else if di := ix.dirs[dir]; di != nil {
+		u = usage{len(di.msgs), di.bytes}
 	}
 	if p := ix.pending[dir]; p != nil {
 		u.add(p.messages, p.bytes)
@@ -166,4 +193,22 @@ func (ix *index) pendingOf(dir string) *usage {
 		ix.pending[dir] = p
 	}
 	return p
+}
+
+// diskUsage reads what is queued in domain directory dir from disk: its
+// markers, and the sizes of the bodies they name, which are the sizes
+// their envelopes record. It serves the quotas until the index is
+// complete.
+func (s *Spool) diskUsage(dir string) usage {
+	var u usage
+	ids, err := s.readMarkers(dir)
+	if err != nil {
+		return u // logged; the domain's mail is not served either
+	}
+	for _, id := range ids {
+		if fi, err := os.Lstat(s.bodyPath(id)); err == nil {
+			u.add(1, fi.Size())
+		}
+	}
+	return u
 }

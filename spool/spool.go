@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +21,7 @@ const (
 	DefaultLeaseTTL            = 15 * time.Minute
 	DefaultMaxAge              = 5 * 24 * time.Hour
 	DefaultMaintenanceInterval = time.Minute
+	DefaultRefreshDomains      = 1000
 )
 
 // Options configures a [Spool]. The zero value is ready to use: no quota,
@@ -44,7 +44,9 @@ type Options struct {
 	// Bouncer sends the delivery status notifications (DSNs) the spool
 	// writes when recipients fail. DSNs wait in the spool's dsn/ directory
 	// until the Bouncer accepts them and are retried after failures; nil
-	// keeps them there until the spool is opened with a Bouncer.
+	// keeps them there until the spool is opened with a Bouncer (Open
+	// warns of them when MaintenanceInterval is not negative, so that a
+	// tool opening the spool beside a provider is silent).
 	Bouncer Bouncer
 
 	// Hostname names this host in DSNs (Reporting-MTA, From, Message-ID).
@@ -56,15 +58,40 @@ type Options struct {
 
 	// MaintenanceInterval is how often a background goroutine expires old
 	// messages (Expire), retries DSNs (FlushBounces) and refreshes the index
-	// from what other processes did. A new DSN is also handed to the Bouncer
-	// as soon as it is written. 0 means DefaultMaintenanceInterval, 1
-	// minute; a negative value disables all background work, and the
-	// program calls Expire and FlushBounces itself.
+	// from what other processes did (see RefreshDomains). A new DSN is also
+	// handed to the Bouncer as soon as it is written. 0 means
+	// DefaultMaintenanceInterval, 1 minute; a negative value disables the
+	// periodic work, and the program calls Expire and FlushBounces itself.
+	// The index Open builds is built in the background whatever the
+	// value (see [Spool.WaitIndexed]).
 	MaintenanceInterval time.Duration
+
+	// RefreshDomains is how many domain directories each periodic
+	// maintenance compares with the in-memory index, to count in quotas
+	// and QueueStats what other processes sharing the spool queued and
+	// delivered; it goes on from where the last one stopped, so every
+	// directory is compared once every (domains / RefreshDomains)
+	// intervals, and each maintenance costs the same whatever the size of
+	// the queue. This process's own changes are counted at once, and List
+	// compares every directory. 0 means DefaultRefreshDomains, 1000.
+	RefreshDomains int
 
 	// Logger receives the spool's log: unreadable files skipped, leases
 	// taken back, DSNs that could not be sent. nil means slog.Default().
 	Logger *slog.Logger
+
+	// NoCreate makes Open fail with an error matching ErrNotSpool when
+	// dir holds no spool, rather than make one there: for a program
+	// acting on a spool that must exist. false means create.
+	NoCreate bool
+
+	// ReadOnly opens the spool to read it and nothing else, as an
+	// operator's list command does on a live spool: Open creates, repairs
+	// and removes nothing, takes no lock and starts no background work,
+	// and what would change the spool (Enqueue, Claim, Expire,
+	// FlushBounces, Delete, Bounce, Hold, Release) returns an error. It
+	// implies NoCreate. false means a spool that is used.
+	ReadOnly bool
 }
 
 // QuotaFunc returns the limits on what may be queued for domain: at most
@@ -82,7 +109,8 @@ type Spool struct {
 	log  *slog.Logger
 
 	idx       index
-	refreshMu sync.Mutex // one refresh at a time
+	refreshMu sync.Mutex // one reconciliation at a time
+	sweep     *os.File   // domains/, as far as reconcileSome listed it
 
 	mu     sync.Mutex
 	leases map[groupKey]*message // groups leased by this Spool's batches
@@ -99,8 +127,8 @@ type Spool struct {
 	// is created, repaired, moved or removed. damaged collects the
 	// messages Open would quarantine.
 	readOnly bool
+	held     int // messages held, as scanQueue found them
 	damaged  []QuarantinedMessage
-	unmarked map[string][]string // queued dirs whose marker is missing, by ID
 }
 
 // groupKey names the recipients of one message in one domain directory:
@@ -125,11 +153,14 @@ const layoutVersion = 1
 // locked while they are written.
 var tmpGrace = time.Hour
 
-// Open opens the spool in dir, creating it if needed. It reads every
-// envelope to build the index, restores the domain markers a crash may
-// have lost, and removes the debris of interrupted writes: temporary files
-// and bodies whose envelope was never committed. Unreadable envelopes are
-// logged and left alone.
+// Open opens the spool in dir, creating it if needed, and removes the
+// temporary files of interrupted writes. Then, in the background, it reads
+// every envelope to build the index, restores the domain markers a crash
+// may have lost, quarantines damaged messages and removes bodies whose
+// envelope was never committed; see [Spool.WaitIndexed]. Open returns
+// without waiting, so its time does not grow with the queue: the Spool
+// serves HasMail and Claim at once. Unreadable envelopes are logged and
+// left alone. A spool opened ReadOnly is read whole before Open returns.
 //
 // Several processes, and several Spools in one process, may open the same
 // directory at once; it must be on a local file system (see the package
@@ -146,6 +177,9 @@ func Open(dir string, opts Options) (*Spool, error) {
 	}
 	if opts.MaintenanceInterval == 0 {
 		opts.MaintenanceInterval = DefaultMaintenanceInterval
+	}
+	if opts.RefreshDomains <= 0 {
+		opts.RefreshDomains = DefaultRefreshDomains
 	}
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
@@ -165,6 +199,22 @@ func Open(dir string, opts Options) (*Spool, error) {
 		s.log = slog.Default()
 	}
 	s.idx.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if opts.NoCreate || opts.ReadOnly {
+		if err := isSpool(dir); err != nil {
+			return nil, err
+		}
+	}
+	if opts.ReadOnly {
+		s.readOnly = true
+		if err := s.checkLayout(); err != nil {
+			return nil, err
+		}
+		if err := s.buildNow(); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	for _, d := range []string{queueDir, domainsDir, tmpDir, dsnDir, deadDir, quarantineDir} {
 		if err := os.MkdirAll(s.path(d), dirPerm); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
@@ -174,15 +224,16 @@ func Open(dir string, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	s.cleanTmp()
-	known, err := s.scanQueue()
+	d, err := openDir(s.path(queueDir))
 	if err != nil {
-		return nil, err
-	}
-	if err := s.refresh(known); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	s.cleanOutbox()
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.build(d)
+	}()
 	if opts.MaintenanceInterval > 0 {
 		s.wg.Add(1)
 		go s.background()
@@ -216,70 +267,14 @@ func (s *Spool) checkLayout() error {
 	return nil
 }
 
-// scanQueue reads every envelope, restores missing markers and removes
-// bodies left without an envelope.
-func (s *Spool) scanQueue() (map[string]*msgInfo, error) {
-	names, err := readNames(s.path(queueDir))
+// buildNow builds the index before returning, for a read-only spool.
+func (s *Spool) buildNow() error {
+	d, err := openDir(s.path(queueDir))
 	if err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
+		return fmt.Errorf("spool: %w", err)
 	}
-	envs := make(map[string]bool)
-	var bodies []string
-	for _, n := range names {
-		id, ext, _ := strings.Cut(n, ".")
-		if !isID(id) {
-			continue
-		}
-		switch ext {
-		case "json":
-			envs[id] = true
-		case "eml":
-			bodies = append(bodies, id)
-		}
-	}
-	known := make(map[string]*msgInfo, len(envs))
-	for id := range envs {
-		env, err := readEnvelope(s.envPath(id), id)
-		if isNotExist(err) {
-			continue // completed meanwhile by another process
-		} else if err != nil {
-			s.logUnreadable(id, err)
-			known[id] = &msgInfo{unreadable: true, received: idTime(id)}
-			continue
-		}
-		if err := s.checkBody(env); err != nil {
-			if s.stillQueued(id) {
-				if s.readOnly {
-					s.damaged = append(s.damaged, QuarantinedMessage{ID: id, Reason: damageReason(env, err)})
-				} else {
-					s.quarantine(env, err)
-				}
-			}
-			continue
-		}
-		known[id] = infoOf(env)
-		if s.readOnly {
-			for dir := range env.queuedDirs() {
-				if _, err := os.Lstat(s.markerPath(dir, id)); isNotExist(err) {
-					s.unmarked[id] = append(s.unmarked[id], dir)
-				}
-			}
-			continue
-		}
-		for dir := range env.queuedDirs() {
-			if err := s.restoreMarker(dir, id); err != nil {
-				// One domain's directory must not keep the others'
-				// mail from being served.
-				s.logOnce("dir:"+dir, "spool: cannot restore a domain marker; the domain directory is damaged, its mail is not served until it is repaired", "id", id, "dir", dir, "err", err)
-			}
-		}
-	}
-	for _, id := range bodies {
-		if !envs[id] && !s.readOnly {
-			s.removeOrphanBody(id)
-		}
-	}
-	return known, nil
+	s.build(d)
+	return s.idx.wait(context.Background())
 }
 
 // restoreMarker creates the marker of a committed message if it is
@@ -370,6 +365,12 @@ func (s *Spool) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.refreshMu.Lock()
+	if s.sweep != nil {
+		s.sweep.Close()
+		s.sweep = nil
+	}
+	s.refreshMu.Unlock()
 	for m := range held {
 		m.release(stateReleased)
 	}
@@ -377,6 +378,32 @@ func (s *Spool) Close() error {
 }
 
 var errClosed = errors.New("spool: closed")
+
+// errReadOnly is returned by what would change a spool opened ReadOnly.
+var errReadOnly = errors.New("spool: opened read-only")
+
+// checkWritable is checkOpen for what changes the spool.
+func (s *Spool) checkWritable() error {
+	if s.readOnly {
+		return errReadOnly
+	}
+	return s.checkOpen()
+}
+
+// isSpool returns an error matching ErrNotSpool unless dir holds a spool.
+func isSpool(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrNotSpool, dir)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, layoutFile)); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s has no %s", ErrNotSpool, dir, layoutFile)
+	}
+	return nil
+}
 
 func (s *Spool) checkOpen() error {
 	s.mu.Lock()
@@ -438,7 +465,7 @@ func canonical(domain string) string { return odmr.RecipientDomain("@" + domain)
 // Claim starts delivering the mail queued for domains. The batch leases the
 // messages one at a time, in arrival order; see [odmr.Batch].
 func (s *Spool) Claim(ctx context.Context, domains []string) (odmr.Batch, error) {
-	if err := s.checkOpen(); err != nil {
+	if err := s.checkWritable(); err != nil {
 		return nil, err
 	}
 	b := &batch{s: s, considered: make(map[string]bool)}
@@ -516,12 +543,16 @@ func (s *Spool) background() {
 	}
 }
 
-// maintain refreshes the index, expires old messages and retries DSNs.
+// maintain refreshes part of the index, expires old messages and
+// retries DSNs. While Open's index is being built, only DSNs are retried.
 func (s *Spool) maintain(ctx context.Context) {
-	if n, err := s.Expire(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn("spool: expiry failed", "err", err)
-	} else if n > 0 {
-		s.log.Info("spool: expired messages", "count", n)
+	if s.idx.isReady() {
+		s.reconcileSome(s.opts.RefreshDomains)
+		if n, err := s.Expire(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("spool: expiry failed", "err", err)
+		} else if n > 0 {
+			s.log.Info("spool: expired messages", "count", n)
+		}
 	}
 	if _, err := s.flush(ctx, true); err != nil && ctx.Err() == nil {
 		s.log.Warn("spool: cannot send DSNs", "err", err)

@@ -60,7 +60,8 @@ func TestEnqueueAndDeliver(t *testing.T) {
 	assert.NoFileExists(t, f.s.bodyPath(id))
 	assert.NoFileExists(t, f.s.envPath(id))
 	assert.NoFileExists(t, f.s.markerPath("example.org", id))
-	assert.Empty(t, f.bounces.dsns)
+	_, dsns := f.bounces.All()
+	assert.Empty(t, dsns)
 }
 
 func TestEnqueueFillsEnvelope(t *testing.T) {
@@ -225,7 +226,8 @@ func TestTemporaryFailureStaysQueued(t *testing.T) {
 	info, err = f.s.Stat(id)
 	require.NoError(t, err)
 	assert.Equal(t, 2, info.Recipients[0].Attempts)
-	assert.Empty(t, f.bounces.dsns)
+	_, dsns := f.bounces.All()
+	assert.Empty(t, dsns)
 }
 
 func TestCloseReleasesUncompletedLeases(t *testing.T) {
@@ -305,7 +307,7 @@ func TestPermanentFailureSendsDSN(t *testing.T) {
 	sent, err := f.s.FlushBounces(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, 1, sent)
-	envs, dsns := f.bounces.all()
+	envs, dsns := f.bounces.All()
 	require.Len(t, dsns, 1)
 	assert.Equal(t, "", envs[0].From, "DSNs go from the null sender")
 	assert.Equal(t, []string{"sender@origin.test"}, envs[0].To)
@@ -414,7 +416,7 @@ func TestExpire(t *testing.T) {
 
 	_, err = f.s.FlushBounces(ctx)
 	require.NoError(t, err)
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	require.Len(t, dsns, 1, "none for the null sender")
 	p := parseDSN(t, dsns[0])
 	require.Len(t, p.recipients, 2)
@@ -474,7 +476,7 @@ func TestTemporaryFailureOfOldMessageExpires(t *testing.T) {
 	assert.ErrorIs(t, err, fs.ErrNotExist)
 	_, err = f.s.FlushBounces(ctx)
 	require.NoError(t, err)
-	_, dsns := f.bounces.all()
+	_, dsns := f.bounces.All()
 	require.Len(t, dsns, 1)
 	r := parseDSN(t, dsns[0]).recipient("a@example.org")
 	assert.Equal(t, "4.4.7", r.Get("Status"))

@@ -28,7 +28,9 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 	"github.com/go-odmr/odmr/maildir"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 func main() {
@@ -68,11 +70,11 @@ func run(out io.Writer, maildirPath string, logger *slog.Logger) error {
 	fmt.Fprintln(out)
 
 	// The provider: two accounts, a queue in memory, a loopback port.
-	accounts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "tanstaaftanstaaf", Domains: []string{"example.org", "example.com"}},
 		"bob":   {Name: "bob", Secret: "another-secret", Domains: []string{"example.net"}},
 	}
-	queue := &odmr.MemoryQueue{}
+	queue := &memqueue.Queue{}
 	for _, m := range queued {
 		if _, err := queue.Enqueue(odmr.Envelope{From: m.from, To: m.to}, strings.NewReader(m.body)); err != nil {
 			return err
@@ -80,8 +82,8 @@ func run(out io.Writer, maildirPath string, logger *slog.Logger) error {
 	}
 	provider := &odmr.Provider{
 		Hostname:      "provider.example.net",
-		Authenticator: accounts,
-		Authorizer:    accounts,
+		Authenticator: accts,
+		Authorizer:    accts,
 		Queue:         queue,
 		Logger:        logger,
 	}
@@ -119,7 +121,6 @@ func run(out io.Writer, maildirPath string, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sink.ReturnPath, sink.DeliveredTo = true, true
 
 	// The customer, with its connection wrapped to print the transcript.
 	tr := &transcript{w: out}

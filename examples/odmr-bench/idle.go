@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // idleResult is what an idle-server child reports.
@@ -171,7 +171,7 @@ func idleServerChild(role string) error {
 	var addr string
 	var err error
 	if role == "idle-provider" {
-		p := newProvider(&odmr.MemoryQueue{})
+		p := newProvider(&memqueue.Queue{})
 		addr, err = serveProvider(p)
 	} else {
 		_, addr, err = serveGoSMTP(&goSMTPBackend{})

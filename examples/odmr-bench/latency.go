@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // latency delivers the same messages through a proxy that delays each
@@ -101,7 +102,7 @@ func (latencySink) Deliver(_ context.Context, _ odmr.Envelope, body io.Reader) e
 // latencyMessages are the same messages for each mode: some with
 // recipients that are refused, some with every recipient refused, some
 // whose content is refused.
-func latencyMessages(q *odmr.MemoryQueue) error {
+func latencyMessages(q *memqueue.Queue) error {
 	for i := range *latencyN {
 		to := []string{fmt.Sprintf("u%d@%s", i, benchDomain)}
 		if i%10 == 3 {
@@ -173,7 +174,7 @@ func (m outcomeMessage) Complete(ctx context.Context, results []odmr.RecipientRe
 }
 
 func latencyRun(hide []string) (time.Duration, map[string]string, error) {
-	mq := &odmr.MemoryQueue{}
+	mq := &memqueue.Queue{}
 	if err := latencyMessages(mq); err != nil {
 		return 0, nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -33,14 +34,32 @@ func TestFiguresOnASmallScale(t *testing.T) {
 	*nSessions, *workers = 20, 4
 	*nIdle = 50
 	*latencyN, *delay = 8, time.Millisecond
+	*peersN = 10
+	if os.Geteuid() == 0 {
+		// The local MTAs that offer CHUNKING too, with BDAT and DATA,
+		// where they are installed; they are started as root.
+		if _, err := os.Stat(*eximBin); err == nil {
+			*peersMTA += ",exim"
+		}
+		if _, err := exec.LookPath("postfix"); err == nil {
+			*peersMTA += ",postfix"
+		}
+	}
+	*queueSizes, *queuePerDom = "0,40", 4
 	for name, f := range map[string]func() ([]row, error){
-		"throughput": throughput, "big": bigMessage, "sessions": sessionRate, "idle": idleMemory, "latency": latency,
+		"throughput": throughput, "procs": throughputProcs, "big": bigMessage, "sessions": sessionRate, "idle": idleMemory, "latency": latency,
+		"peers": peers,
+		"local": localDelivery,
+		"queue": queueScaling,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if raceEnabled && (name == "big" || name == "idle") {
+			if raceEnabled && (name == "big" || name == "idle" || name == "queue" || name == "procs") {
 				// Child processes built with the race detector take a
 				// second each to start; the figure's code runs without.
 				t.Skip("starts child processes")
+			}
+			if _, err := exec.LookPath(*smtpSinkBin); name == "peers" && err != nil {
+				t.Skip("Postfix's smtp-sink is not installed")
 			}
 			rows, err := f()
 			if err != nil {

@@ -10,13 +10,13 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // sessionRate runs *nSessions short sessions from *workers parallel
 // clients against each server.
 func sessionRate() ([]row, error) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	p := newProvider(q)
 	addr, err := serveProvider(p)
 	if err != nil {

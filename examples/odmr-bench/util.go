@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 )
 
 const (
@@ -41,7 +42,7 @@ var chunking bool
 // newProvider returns a provider with one account and its abuse limits
 // off, so that a benchmark measures work and not refusals.
 func newProvider(q odmr.QueueSource) *odmr.Provider {
-	accts := odmr.Accounts{benchUser: {Name: benchUser, Secret: benchSecret, Domains: []string{benchDomain}}}
+	accts := accounts.Map{benchUser: {Name: benchUser, Secret: benchSecret, Domains: []string{benchDomain}}}
 	return &odmr.Provider{
 		Hostname:            "provider.bench",
 		Authenticator:       accts,
@@ -158,6 +159,8 @@ type listQueue struct {
 	next int
 	done chan struct{} // closed when every message is completed
 	left int
+	// completed holds the time of each Complete, in order.
+	completed []time.Time
 }
 
 type listMsg struct {
@@ -196,6 +199,7 @@ func (m *listMsg) Complete(_ context.Context, r []odmr.RecipientResult) error {
 	m.q.mu.Lock()
 	defer m.q.mu.Unlock()
 	m.res = r
+	m.q.completed = append(m.q.completed, time.Now())
 	if m.q.left--; m.q.left == 0 {
 		close(m.q.done)
 	}

@@ -24,6 +24,19 @@
 // accepts only the messages it queued itself; anything else is answered
 // 451 and stays queued, so the checker never takes real mail.
 //
+// With -customer the checker checks a customer instead: it plays the
+// provider, listening on -listen (printed), and runs the customer once
+// per check, with -customer-cmd or, without it, by waiting for the
+// operator to run the customer by hand:
+//
+//	odmr-conformance -customer -user NAME -secret-file FILE -domains D1,D2 \
+//	    -customer-cmd 'odmr-customer -provider {host}:{port} -user {user} -secret-file {secret-file} -domains {domains} -smtp {sink-host}:{sink-port} -no-tls'
+//
+// The checker also runs an SMTP server, -sink (printed), that stands for
+// the customer's local mail server: the customer must deliver there, so
+// that the checks see what arrived. It refuses -refused-recipient. The
+// command's exit status is mapped to an outcome with -exit-codes.
+//
 // The exit status is 0 when no check failed, 1 when one did, 2 on a usage
 // error.
 package main
@@ -38,6 +51,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -63,6 +77,10 @@ type options struct {
 	foreignUser, foreignSecretFile                                             string
 	timeout, rateLimitWait                                                     time.Duration
 	retryHeld, insecureAuth, replaysPipelined, list                            bool
+
+	// -customer mode
+	customer, verbose                             bool
+	listen, sink, customerCmd, exitCodes, refused string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -85,10 +103,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.retryHeld, "retry-held", false, "the provider holds temporarily failed mail until a retry time")
 	fs.BoolVar(&o.insecureAuth, "insecure-auth", false, "the provider is configured to offer PLAIN or LOGIN without TLS")
 	fs.BoolVar(&o.replaysPipelined, "replays-pipelined", false, "the provider takes a greeting pipelined after ATRN as the start of the reversed session")
-	fs.BoolVar(&o.list, "list", false, "list the checks and exit")
+	fs.BoolVar(&o.list, "list", false, "list the checks (with -customer, the customer's) and exit")
+	fs.BoolVar(&o.customer, "customer", false, "check a customer instead: the checker plays the provider (see -customer-cmd)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "with -customer: `ADDR` the checker's provider listens on, for every check")
+	fs.StringVar(&o.sink, "sink", "127.0.0.1:0", "with -customer: `ADDR` of the checker's SMTP server, the customer's local mail server")
+	fs.StringVar(&o.customerCmd, "customer-cmd", "", "with -customer: shell `COMMAND` that runs the customer once; {host}, {port}, {user}, {secret}, {secret-file}, {domains}, {sink-host} and {sink-port} are filled in, quoted, and $ODMR_SECRET is set; without it the checker waits for the customer, run by hand, once per check")
+	fs.StringVar(&o.exitCodes, "exit-codes", defaultExitCodes, "with -customer-cmd: what the command's exit `STATUSES` mean (ok, no-mail, refused, try-later, auth-failed, failed); any other status is failed")
+	fs.StringVar(&o.refused, "refused-recipient", "", "with -customer: `ADDRESS` the SMTP sink refuses, for 5.3/per-recipient-refusal; none turns the check off (default refused@ the first of -domains)")
+	fs.BoolVar(&o.verbose, "v", false, "with -customer: print each check's transcript and the customer's output to stderr, AUTH redacted")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: odmr-conformance -addr HOST:PORT -user NAME -secret-file FILE -domains D1,D2 -foreign-domain D3 [flags]\n\n"+
-			"Checks an ODMR provider (RFC 2645) and prints one line per requirement.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: odmr-conformance -addr HOST:PORT -user NAME -secret-file FILE -domains D1,D2 -foreign-domain D3 [flags]\n"+
+			"       odmr-conformance -customer -user NAME -secret-file FILE -domains D1,D2 [-customer-cmd COMMAND] [flags]\n\n"+
+			"Checks an ODMR provider (RFC 2645), or with -customer a customer, and prints one line per requirement.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -96,6 +122,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if o.customer && o.customerCmd == "" && !timeoutSet {
+		o.timeout = manualTimeout
 	}
 	return &o, nil
 }
@@ -136,16 +167,7 @@ func (o *options) config() (odmrtest.ProviderConfig, error) {
 		RateLimitWait:    o.rateLimitWait,
 		Hostname:         o.hostname,
 	}
-	for _, d := range strings.Split(o.domains, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			cfg.Domains = append(cfg.Domains, d)
-		}
-	}
-	for _, id := range strings.Split(o.skip, ",") {
-		if id = strings.TrimSpace(id); id != "" {
-			cfg.Skip = append(cfg.Skip, id)
-		}
-	}
+	cfg.Domains, cfg.Skip = splitList(o.domains), splitList(o.skip)
 	switch o.noMail {
 	case "453":
 		cfg.NoMail = odmrtest.NoMail453
@@ -239,18 +261,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if o.list {
-		for _, c := range odmrtest.ProviderChecks() {
+		checks := odmrtest.ProviderChecks()
+		if o.customer {
+			checks = odmrtest.CustomerChecks()
+		}
+		for _, c := range checks {
 			fmt.Fprintf(stdout, "%-48s %-6s %s\n", c.ID(), c.Level, c.Requirement)
 		}
 		return exitOK
 	}
-	cfg, err := o.config()
-	if err != nil {
-		fmt.Fprintln(stderr, "odmr-conformance:", err)
-		return exitUsage
-	}
+	// A customer run by hand is told what to do from another goroutine.
+	stdout = &lockedWriter{w: stdout}
 	var pass, skip int
-	failed, err := odmrtest.RunProvider(ctx, cfg, odmrtest.ReporterFunc(func(r odmrtest.Result) {
+	report := odmrtest.ReporterFunc(func(r odmrtest.Result) {
 		switch r.Status {
 		case odmrtest.Pass:
 			pass++
@@ -258,7 +281,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			skip++
 		}
 		fmt.Fprintln(stdout, formatResult(r))
-	}))
+	})
+	var failed int
+	if o.customer {
+		var cfg odmrtest.CustomerConfig
+		var closeAll func()
+		cfg, closeAll, err = o.customerConfig(stdout)
+		if err != nil {
+			fmt.Fprintln(stderr, "odmr-conformance:", err)
+			return exitUsage
+		}
+		defer closeAll()
+		if o.verbose {
+			cfg.Debug = stderr
+		}
+		failed, err = odmrtest.RunCustomer(ctx, cfg, report)
+	} else {
+		var cfg odmrtest.ProviderConfig
+		cfg, err = o.config()
+		if err != nil {
+			fmt.Fprintln(stderr, "odmr-conformance:", err)
+			return exitUsage
+		}
+		failed, err = odmrtest.RunProvider(ctx, cfg, report)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "odmr-conformance:", err)
 		return exitUsage
@@ -282,4 +328,16 @@ func formatResult(r odmrtest.Result) string {
 		fmt.Fprintf(&b, "  [%s]", r.Detail)
 	}
 	return b.String()
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

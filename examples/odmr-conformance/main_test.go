@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +14,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/memqueue"
 	"github.com/go-odmr/odmr/odmrtest"
 )
 
@@ -39,23 +40,17 @@ func secretFile(t *testing.T, secret string) string {
 }
 
 // intake is an SMTP server that queues into q, as a provider's MX does.
-func intake(t *testing.T, q *odmr.MemoryQueue) string {
+func intake(t *testing.T, q *memqueue.Queue) string {
 	t.Helper()
 	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &intakeSession{q: q}, nil
 	}))
 	s.Domain = "provider.example"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(l)
-	t.Cleanup(func() { s.Close() })
-	return l.Addr().String()
+	return smtptest.Serve(t, s)
 }
 
 type intakeSession struct {
-	q   *odmr.MemoryQueue
+	q   *memqueue.Queue
 	env odmr.Envelope
 }
 
@@ -113,7 +108,7 @@ func TestCheckerWithoutIntakeSkipsMailChecks(t *testing.T) {
 // passes, and without the flag it is skipped.
 func TestCheckerSecondAccount(t *testing.T) {
 	p, cfg := odmrtest.NewProvider(t)
-	smtpAddr := intake(t, p.Queue.(*odmr.MemoryQueue))
+	smtpAddr := intake(t, p.Queue.(*memqueue.Queue))
 	args := append(baseArgs(t, cfg), "-smtp", smtpAddr, "-skip", "")
 	_, out := runChecker(t, args...)
 	if line := lineOf(out, "5.2.1/other-customers-mail-stays-queued"); !strings.Contains(line, " PASS") {
@@ -128,7 +123,7 @@ func TestCheckerSecondAccount(t *testing.T) {
 
 func TestCheckerWithIntakeRunsEverything(t *testing.T) {
 	p, cfg := odmrtest.NewProvider(t)
-	smtpAddr := intake(t, p.Queue.(*odmr.MemoryQueue))
+	smtpAddr := intake(t, p.Queue.(*memqueue.Queue))
 	code, out := runChecker(t, append(baseArgs(t, cfg), "-smtp", smtpAddr)...)
 	// This test is about the checker, not the provider, whose conformance
 	// odmrtest's own tests judge: every check runs, and the exit status

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"time"
 )
 
@@ -14,6 +15,10 @@ type daemon struct {
 	every      time.Duration // the wait after a success
 	maxBackoff time.Duration // the longest wait after failures; at least every
 	out        io.Writer     // a line per run
+	// wake, when it delivers (SIGHUP), ends the wait before the next
+	// fetch, as fetchmail's SIGUSR1 does; one during a fetch brings the
+	// next forward. nil: never.
+	wake <-chan os.Signal
 	// jitter returns a random duration in [0, d); nil means math/rand.
 	jitter func(d time.Duration) time.Duration
 }
@@ -49,6 +54,9 @@ func (d *daemon) run(ctx context.Context, fetch func(context.Context) int) int {
 			t.Stop()
 			return exitMail
 		case <-t.C:
+		case <-d.wake:
+			t.Stop()
+			fmt.Fprintf(d.out, "odmr-customer: SIGHUP: fetching now\n")
 		}
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"io"
 	"net"
@@ -12,9 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/emersion/go-smtp"
+	"github.com/go-odmr/odmr/internal/smtptest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -32,18 +33,9 @@ type hostileProvider struct {
 
 func startHostileProvider(t *testing.T, rcpts []string) *hostileProvider {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	h := &hostileProvider{addr: l.Addr().String(), done: make(chan struct{})}
-	go func() {
+	h := &hostileProvider{done: make(chan struct{})}
+	h.addr, _ = smtptest.Script(t, func(c *textproto.Conn, conn net.Conn) {
 		defer close(h.done)
-		conn, err := l.Accept()
-		l.Close()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		c := textproto.NewConn(conn)
 		step := func(reply string, code int) bool {
 			if reply != "" {
 				c.PrintfLine("%s", reply)
@@ -51,13 +43,7 @@ func startHostileProvider(t *testing.T, rcpts []string) *hostileProvider {
 			_, _, err := c.ReadResponse(code)
 			return err == nil
 		}
-		c.PrintfLine("220 evil.test ODMR")
-		c.ReadLine() // EHLO
-		io.WriteString(conn, "250-evil.test\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n")
-		c.ReadLine() // AUTH CRAM-MD5
-		c.PrintfLine("334 %s", base64.StdEncoding.EncodeToString([]byte("<1@evil.test>")))
-		c.ReadLine()
-		c.PrintfLine("235 2.7.0 ok")
+		evilLogin(c, conn)
 		h.atrn, _ = c.ReadLine()
 		c.PrintfLine("250 OK now reversing the connection")
 		if _, _, err := c.ReadResponse(220); err != nil {
@@ -78,9 +64,20 @@ func startHostileProvider(t *testing.T, rcpts []string) *hostileProvider {
 			c.ReadResponse(250)
 		}
 		step("QUIT", 221)
-	}()
-	t.Cleanup(func() { l.Close(); <-h.done })
+	})
 	return h
+}
+
+// evilLogin plays a provider up to ATRN: the greeting, EHLO offering
+// CRAM-MD5 and ATRN, and a CRAM-MD5 exchange that takes any answer.
+func evilLogin(c *textproto.Conn, conn net.Conn) {
+	c.PrintfLine("220 evil.test ODMR")
+	c.ReadLine() // EHLO
+	io.WriteString(conn, "250-evil.test\r\n250-AUTH CRAM-MD5\r\n250 ATRN\r\n")
+	c.ReadLine() // AUTH CRAM-MD5
+	c.PrintfLine("334 %s", base64.StdEncoding.EncodeToString([]byte("<1@evil.test>")))
+	c.ReadLine()
+	c.PrintfLine("235 2.7.0 ok")
 }
 
 // buildCustomer builds the program once for the tests that run it.
@@ -146,12 +143,15 @@ func TestProgramRefusesRelayIntoMaildir(t *testing.T) {
 // recordingBackend is a local MTA that records the recipients it is
 // given.
 type recordingBackend struct {
+	sessions atomic.Int64 // connections served
+
 	mu     sync.Mutex
 	rcpts  []string
 	refuse string // a recipient refused with 450
 }
 
 func (b *recordingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	b.sessions.Add(1)
 	return &recordingSession{b}, nil
 }
 
@@ -176,11 +176,7 @@ func startLocalMTA(t *testing.T) (string, *recordingBackend) {
 	be := &recordingBackend{}
 	srv := smtp.NewServer(be)
 	srv.Domain = "mta.test"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return l.Addr().String(), be
+	return smtptest.Serve(t, srv), be
 }
 
 func TestProgramRefusesRelayToTheLocalMTA(t *testing.T) {

@@ -8,10 +8,12 @@
 //	odmr-customer -provider HOST[:PORT] -user NAME -secret-file FILE
 //	    [-domains a.example,b.example] (-maildir DIR | -lmtp ADDR | -smtp ADDR | -relay HOST:PORT)
 //	    [-tls | -starttls | -no-tls] [-ca FILE] [-cert FILE -key FILE] [-debug]
-//	    [-every DURATION]
+//	    [-every DURATION] [-v] [-progress DURATION]
 //
-// Run it from cron or a network hook each time the link comes up. The
-// exit status tells what happened; see -h.
+// Run it from cron or a network hook each time the link comes up, or as
+// a daemon with -every. The exit status tells what happened; see -h. A
+// fetch that runs longer than -progress (10s) logs how far it got every
+// -progress; -v logs a line per message.
 package main
 
 import (
@@ -23,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -31,8 +34,13 @@ import (
 	"time"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/domainlist"
 	"github.com/go-odmr/odmr/internal/logfmt"
+	"github.com/go-odmr/odmr/internal/sockaddr"
+	"github.com/go-odmr/odmr/internal/termsafe"
 	"github.com/go-odmr/odmr/maildir"
+	"github.com/go-odmr/odmr/smtpsink"
 )
 
 // Exit statuses, close to fetchmail's for the same events.
@@ -100,15 +108,30 @@ Daemon mode:
                      -max-backoff, and is drawn at random between half
                      and all of that, so that customers do not return to
                      a provider all at once; a success resets it. A
-                     usage error (5) ends the daemon. A signal stops the
-                     fetch under way (the mail not yet taken stays at
-                     the provider) and the program exits 0.
+                     usage error (5) ends the daemon. SIGTERM or SIGINT
+                     stops the fetch under way (the mail not yet taken
+                     stays at the provider) and the program exits 0;
+                     SIGHUP ends the wait and fetches at once (systemctl
+                     reload), like fetchmail's SIGUSR1.
+
+Progress:
+  -v                 log each step, and a line per message: "message
+                     received" with its ID, sender, number of
+                     recipients and size (-maildir, -lmtp, -smtp), or
+                     "message relayed" with the local server's reply,
+                     which names its queue ID (-relay)
+  -progress DURATION every DURATION while a fetch runs (default 10s),
+                     log the messages the local target took so far, their
+                     bytes and the rate; a shorter fetch logs none, and 0
+                     turns it off
 
 TARGET is exactly one of:
   -maildir DIR       store each message in the Maildir DIR (created if missing)
   -lmtp ADDR         deliver to an LMTP server (host:port or a socket path),
                      keeping the envelope; recipients are checked one by one
-  -smtp ADDR         deliver to an SMTP server (host:port), keeping the envelope
+  -smtp ADDR         deliver to an SMTP server (host:port), keeping the envelope;
+                     one local session carries the whole fetch, each RCPT is
+                     passed on as it arrives
   -relay HOST:PORT   pass the session byte for byte to a local SMTP server,
                      as fetchmail does; its replies go to the provider
 
@@ -145,6 +168,7 @@ type config struct {
 	caFile, certFile, keyFile                     string
 	maxMessageSize                                int64
 	every, maxBackoff                             time.Duration
+	progress                                      time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -163,7 +187,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.relay, "relay", "", "relay the session to the SMTP server at `HOST:PORT`")
 	fs.BoolVar(&c.noDSN, "no-dsn", false, "with -lmtp or -smtp: never offer DSN to the provider (default: offered when the local server's EHLO or LHLO lists DSN, asked once per fetch)")
 	fs.StringVar(&c.hostname, "hostname", "", "`NAME` for EHLO and the SMTP greeting (default: the system host name)")
-	fs.DurationVar(&c.timeout, "timeout", odmr.DefaultCommandTimeout, "how long to wait for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
+	fs.DurationVar(&c.timeout, "timeout", defaults.CommandTimeout, "wait up to `DURATION` for each reply and, after the swap, for the provider (ATRN always gets at least 10m)")
 	fs.BoolVar(&c.startTLS, "starttls", false, "require STARTTLS before AUTH, verifying the provider's certificate (default: STARTTLS when offered)")
 	fs.BoolVar(&c.noTLS, "no-tls", false, "never use TLS, even when the provider offers STARTTLS")
 	fs.BoolVar(&c.implicitTLS, "tls", false, "connect with TLS from the first byte (implicit TLS), verifying the provider's certificate")
@@ -171,11 +195,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.certFile, "cert", "", "PEM `FILE` of a client certificate, for AUTH EXTERNAL (needs -key, and TLS)")
 	fs.StringVar(&c.keyFile, "key", "", "PEM `FILE` of the client certificate's private key")
 	fs.BoolVar(&c.allowInsecureAuth, "allow-insecure-auth", false, "allow AUTH PLAIN and LOGIN without TLS")
-	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit)")
+	fs.Int64Var(&c.maxMessageSize, "max-message-size", 0, "largest message to accept, in `BYTES` (0: no limit; with -relay the local server decides)")
 	fs.DurationVar(&c.every, "every", 0, "run as a daemon: fetch every `DURATION` until SIGTERM or SIGINT, backing off after failures (0: fetch once and exit)")
-	fs.DurationVar(&c.maxBackoff, "max-backoff", time.Hour, "with -every: the longest wait after failures in a row, at least -every")
-	fs.BoolVar(&c.verbose, "v", false, "log each step, and the commands and replies before the swap")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log records as `text` (key=value) or json (one JSON object a line)")
+	fs.DurationVar(&c.maxBackoff, "max-backoff", time.Hour, "with -every: wait at most `DURATION` after failures in a row; at least -every")
+	fs.DurationVar(&c.progress, "progress", 10*time.Second, "while a fetch runs, log the messages taken, their bytes and the rate every `DURATION` (0: never)")
+	fs.BoolVar(&c.verbose, "v", false, "log each step and each message, and the commands and replies before the swap")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log records as `text` (key=value) or json (one JSON object a line, the summary of each fetch included; -debug transcripts stay text)")
 	fs.BoolVar(&c.debug, "debug", false, "print the session's transcript (C: and P: lines) to stderr, AUTH redacted")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageText)
@@ -197,6 +222,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-timeout must be positive")
 	case c.every < 0:
 		return nil, errors.New("-every must not be negative")
+	case c.progress < 0:
+		return nil, errors.New("-progress must not be negative")
 	case c.every > 0 && c.maxBackoff < c.every:
 		return nil, errors.New("-max-backoff must be at least -every")
 	case c.implicitTLS && c.startTLS:
@@ -212,6 +239,23 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	case c.caFile != "" && c.noTLS:
 		return nil, errors.New("-ca contradicts -no-tls")
 	}
+	if c.maxMessageSize < 0 {
+		return nil, fmt.Errorf("-max-message-size: want 0 (no limit) or more, not %d", c.maxMessageSize)
+	}
+	// The local target is reached only once the provider has mail: an
+	// address it cannot be would fail every fetch that has some.
+	for _, a := range []struct{ flag, addr string }{{"-lmtp", c.lmtp}, {"-smtp", c.smtp}, {"-relay", c.relay}} {
+		if network, addr := sockaddr.Split(a.addr); a.addr != "" && network == "tcp" {
+			if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+				return nil, fmt.Errorf("%s %s: want HOST:PORT, or the path of a Unix socket", a.flag, a.addr)
+			}
+		}
+	}
+	for _, d := range []struct{ flag, list string }{{"-domains", c.domains}, {"-accept-domains", c.acceptDomains}} {
+		if err := checkDomains(d.list); err != nil {
+			return nil, fmt.Errorf("%s: %v", d.flag, err)
+		}
+	}
 	n := 0
 	for _, t := range []string{c.maildir, c.lmtp, c.smtp, c.relay} {
 		if t != "" {
@@ -222,6 +266,28 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("give exactly one of -maildir DIR, -lmtp ADDR, -smtp ADDR or -relay HOST:PORT")
 	}
 	return &c, nil
+}
+
+// checkDomains checks a comma-separated list of domains as odmr.Customer
+// will, so that a mistake is a usage error naming its flag (status 5,
+// which also ends a daemon) rather than a failed fetch (status 2, retried
+// for ever by -every).
+func checkDomains(list string) error {
+	if list == "" {
+		return nil
+	}
+	ds, err := domainlist.Split(list)
+	if err != nil {
+		return err
+	}
+	arg, err := domainlist.ToASCII(ds)
+	if err == nil {
+		_, err = odmr.ParseATRN(arg)
+	}
+	if err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "odmr: "))
+	}
+	return nil
 }
 
 // readSecret reads the secret from the file, or from ODMR_SECRET. With a
@@ -315,15 +381,22 @@ func run(args []string, stderr io.Writer) int {
 		level = slog.LevelDebug
 	}
 	log := logfmt.New(stderr, cfg.logFormat, level)
+	// The program's own lines (the outcome of each fetch, the daemon's
+	// runs) are for people; with -log-format json they are log records
+	// too, so that every line on standard error is JSON.
+	out, errOut := io.Writer(stderr), io.Writer(stderr)
+	if cfg.logFormat == "json" {
+		out, errOut = lineLog{log, slog.LevelInfo}, lineLog{log, slog.LevelError}
+	}
 
 	secret, err := readSecret(cfg, log)
 	if err != nil {
-		fmt.Fprintln(stderr, "odmr-customer:", err)
+		fmt.Fprintln(errOut, "odmr-customer:", err)
 		return exitUsage
 	}
 	tlsCfg, err := tlsConfig(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "odmr-customer:", err)
+		fmt.Fprintln(errOut, "odmr-customer:", err)
 		return exitUsage
 	}
 	c := &odmr.Customer{
@@ -337,7 +410,7 @@ func run(args []string, stderr io.Writer) int {
 		AllowInsecureAuth: cfg.allowInsecureAuth,
 		MaxMessageSize:    cfg.maxMessageSize,
 		CommandTimeout:    cfg.timeout,
-		ATRNTimeout:       max(cfg.timeout, odmr.DefaultATRNTimeout),
+		ATRNTimeout:       max(cfg.timeout, defaults.ATRNTimeout),
 		IdleTimeout:       cfg.timeout,
 		Logger:            log,
 	}
@@ -351,54 +424,68 @@ func run(args []string, stderr io.Writer) int {
 		c.AcceptDomains = strings.Split(cfg.acceptDomains, ",")
 	}
 	c.AllowRoutedLocalParts = cfg.allowRouted
+	prog := &progress{every: cfg.progress, log: log}
 	switch {
 	case cfg.maildir != "":
 		sink, err := maildir.New(cfg.maildir)
 		if err != nil {
-			fmt.Fprintln(stderr, "odmr-customer:", err)
+			fmt.Fprintln(errOut, "odmr-customer: -maildir:", strings.TrimPrefix(err.Error(), "odmr: maildir: "))
 			return exitUsage
 		}
-		sink.ReturnPath, sink.DeliveredTo = true, true
 		c.Sink = sink
 	case cfg.lmtp != "":
-		sink := odmr.NewLMTPSink(cfg.lmtp)
+		sink := smtpsink.NewLMTP(cfg.lmtp)
 		sink.NoDSN = cfg.noDSN
 		c.Sink = sink
 	case cfg.smtp != "":
-		sink := odmr.NewSMTPSink(cfg.smtp)
+		sink := smtpsink.New(cfg.smtp)
 		sink.NoDSN = cfg.noDSN
 		c.Sink = sink
 	case cfg.relay != "":
+		// The relay logs each message the local server took, at -v.
 		c.Handler = odmr.Relay(cfg.relay)
 	}
+	// The customer reports the counts after each message the target took
+	// (Sink or Relay alike). The sink is given unwrapped, so that the
+	// customer finds what it can do: smtpsink's one local session per
+	// fetch, its recipient checks and its DSN.
+	c.Progress = func(r odmr.FetchResult) { prog.set(r.Messages, r.Bytes) }
 
 	ctx, stop := signalContext(context.Background())
 	defer stop()
-	fetch := func(ctx context.Context) int { return fetchOnce(ctx, c, cfg, stderr) }
+	fetch := func(ctx context.Context) int { return fetchOnce(ctx, c, cfg, prog, out, errOut) }
 	if cfg.every > 0 {
-		d := &daemon{every: cfg.every, maxBackoff: cfg.maxBackoff, out: stderr}
+		// SIGHUP, which would otherwise kill the daemon, asks for a
+		// fetch now.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		d := &daemon{every: cfg.every, maxBackoff: cfg.maxBackoff, out: out, wake: hup}
 		code := d.run(ctx, fetch)
 		if sig := caughtSignal(ctx); sig != nil {
-			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", signalName(sig))
 		}
 		return code
 	}
 	code := fetch(ctx)
 	if sig := caughtSignal(ctx); sig != nil {
 		if sig == syscall.SIGINT {
-			fmt.Fprintln(stderr, "odmr-customer: interrupted")
+			fmt.Fprintln(out, "odmr-customer: interrupted")
 		} else {
-			fmt.Fprintf(stderr, "odmr-customer: stopped by %v\n", sig)
+			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", signalName(sig))
 		}
 		return 128 + int(sig.(syscall.Signal))
 	}
 	return code
 }
 
-// fetchOnce runs one fetch, prints its outcome and returns its exit
+// fetchOnce runs one fetch, with progress reports while it runs, prints
+// its outcome to out, or errOut for a failure, and returns its exit
 // status.
-func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Writer) int {
+func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, prog *progress, out, errOut io.Writer) int {
+	end := prog.begin()
 	res, err := c.Fetch(ctx)
+	end()
 	code := exitCode(res, err)
 	how := res.Mechanism
 	if res.TLS != nil {
@@ -406,31 +493,31 @@ func fetchOnce(ctx context.Context, c *odmr.Customer, cfg *config, stderr io.Wri
 	}
 	switch {
 	case err != nil:
-		fmt.Fprintf(stderr, "odmr-customer: %s\n", strings.TrimPrefix(err.Error(), "odmr: "))
+		fmt.Fprintf(errOut, "odmr-customer: %s\n", termsafe.Field(strings.TrimPrefix(err.Error(), "odmr: ")))
 		var ve *tls.CertificateVerificationError
 		if errors.As(err, &ve) {
 			hint := "give -ca FILE with the certificate of the CA that signed it"
 			if c.OpportunisticTLS {
 				hint += ", or -no-tls to refuse the STARTTLS the provider offers and run in clear text"
 			}
-			fmt.Fprintf(stderr, "odmr-customer: the provider's certificate does not verify: %s\n", hint)
+			fmt.Fprintf(errOut, "odmr-customer: the provider's certificate does not verify: %s\n", hint)
 		}
 	case res.NoMail:
-		fmt.Fprintf(stderr, "odmr-customer: no mail waiting at %s\n", cfg.provider)
+		fmt.Fprintf(out, "odmr-customer: no mail waiting at %s\n", cfg.provider)
 	case c.Handler != nil:
-		fmt.Fprintf(stderr, "odmr-customer: relayed %d message(s) for %d recipient(s), %d bytes, to %s in %v (%s)\n",
+		fmt.Fprintf(out, "odmr-customer: relayed %d message(s) for %d recipient(s), %d bytes, to %s in %v (%s)\n",
 			res.Messages, res.Recipients, res.Bytes, cfg.relay, res.Duration.Round(time.Millisecond), how)
 	default:
-		fmt.Fprintf(stderr, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v (%s)\n",
+		fmt.Fprintf(out, "odmr-customer: received %d message(s) for %d recipient(s), %d bytes, in %v (%s)\n",
 			res.Messages, res.Recipients, res.Bytes, res.Duration.Round(time.Millisecond), how)
 	}
 	if res.Refused > 0 || res.RefusedRecipients > 0 {
-		fmt.Fprintf(stderr, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
+		fmt.Fprintf(out, "odmr-customer: refused %d message(s) and %d recipient(s); the provider keeps or bounces them\n",
 			res.Refused, res.RefusedRecipients)
 	}
 	if res.LocalRefused > 0 {
-		fmt.Fprintf(stderr, "odmr-customer: the local target did not take %d message(s) or recipient(s): %v\n",
-			res.LocalRefused, res.LocalErr)
+		fmt.Fprintf(errOut, "odmr-customer: the local target did not take %d message(s) or recipient(s): %v\n",
+			res.LocalRefused, termsafe.Field(fmt.Sprint(res.LocalErr)))
 	}
 	return code
 }
@@ -453,6 +540,18 @@ func signalContext(parent context.Context) (context.Context, func()) {
 		}
 	}()
 	return ctx, func() { signal.Stop(ch); cancel(nil) }
+}
+
+// signalName names the signals the program catches as kill(1) and the
+// documentation do.
+func signalName(sig os.Signal) string {
+	switch sig {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return sig.String()
 }
 
 // signalError is the cause of a context a signal cancelled.

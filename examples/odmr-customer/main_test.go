@@ -3,20 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +20,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/internal/testcert"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 func TestCustomerCommandUsageErrorsExit5(t *testing.T) {
@@ -40,9 +38,33 @@ func TestCustomerCommandUsageErrorsExit5(t *testing.T) {
 		assert.Equal(t, exitUsage, run(args, &stderr), "%q", args)
 		assert.Contains(t, stderr.String(), "odmr-customer", "%q", args)
 	}
+	// A malformed domain list is a usage error naming its flag, found
+	// before any connection: with -every a failed fetch would be retried
+	// for ever.
+	for _, tt := range [][2]string{{"-domains", "a.test,,b.test"}, {"-accept-domains", "a.test,"}, {"-domains", "exa_mple.test"}} {
+		var stderr bytes.Buffer
+		args := []string{"-provider", "127.0.0.1:1", "-user", "u", "-maildir", t.TempDir(), tt[0], tt[1]}
+		assert.Equal(t, exitUsage, run(args, &stderr), "%q", args)
+		assert.Contains(t, stderr.String(), "odmr-customer: "+tt[0]+": ", "%q", args)
+		assert.NotContains(t, stderr.String(), "ATRN argument", "%q", args)
+	}
+	// So are a local target that cannot be, found before the provider
+	// has mail for it.
+	for _, args := range [][]string{{"-smtp", "localhost"}, {"-relay", "127.0.0.1:"}, {"-maildir", "/proc/no/such/dir"},
+		{"-max-message-size", "-1", "-maildir", t.TempDir()}} {
+		var stderr bytes.Buffer
+		t.Setenv("ODMR_SECRET", "x")
+		assert.Equal(t, exitUsage, run(append([]string{"-provider", "127.0.0.1:1", "-user", "u", "-domains", "a.test"}, args...), &stderr), "%q", args)
+		assert.Contains(t, stderr.String(), "odmr-customer: "+args[0], "%q", args)
+		assert.NotContains(t, stderr.String(), "odmr: maildir", "%q", args)
+	}
+	var stderr bytes.Buffer
+	run([]string{"-provider", "p", "-user", "u", "-maildir", "d", "-domains", "a.test,,b.test"}, &stderr)
+	assert.Contains(t, stderr.String(), `-domains: empty domain 2 of 3 in "a.test,,b.test" (two commas in a row, or one at an end)`)
+
 	// No secret anywhere.
 	t.Setenv("ODMR_SECRET", "")
-	var stderr bytes.Buffer
+	stderr.Reset()
 	assert.Equal(t, exitUsage, run([]string{"-provider", "p", "-user", "u", "-maildir", t.TempDir()}, &stderr))
 	assert.Contains(t, stderr.String(), "ODMR_SECRET")
 }
@@ -89,9 +111,9 @@ func TestCustomerCommandExitCode(t *testing.T) {
 
 // startProvider serves alice (example.org, example.com) and bob
 // (example.net) with q on loopback.
-func startProvider(t *testing.T, q *odmr.MemoryQueue) string {
+func startProvider(t *testing.T, q *memqueue.Queue) string {
 	t.Helper()
-	accts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org", "example.com"}},
 		"bob":   {Name: "bob", Secret: "b0b", Domains: []string{"example.net"}},
 	}
@@ -99,6 +121,12 @@ func startProvider(t *testing.T, q *odmr.MemoryQueue) string {
 		Logger: slog.New(slog.DiscardHandler)}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	serveProvider(t, p, l)
+	return l.Addr().String()
+}
+
+// serveProvider runs p on l until the test ends.
+func serveProvider(t *testing.T, p *odmr.Provider, l net.Listener) {
 	done := make(chan error, 1)
 	go func() { done <- p.ServeListener(l) }()
 	t.Cleanup(func() {
@@ -108,11 +136,10 @@ func startProvider(t *testing.T, q *odmr.MemoryQueue) string {
 		p.Close()
 		<-done
 	})
-	return l.Addr().String()
 }
 
 func TestCustomerCommandFetchIntoAMaildir(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	_, err := q.Enqueue(odmr.Envelope{From: "x@sender.test", To: []string{"u@example.org"}},
 		strings.NewReader("Subject: hi\r\n\r\nHello.\r\n"))
 	require.NoError(t, err)
@@ -176,56 +203,26 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	p := &testPKI{dir: t.TempDir(), pool: x509.NewCertPool()}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "odmr-customer test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	require.NoError(t, err)
-	ca, err := x509.ParseCertificate(caDER)
-	require.NoError(t, err)
-	p.pool.AddCert(ca)
-	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		}
-		if usage == x509.ExtKeyUsageServerAuth {
-			tmpl.DNSNames, tmpl.IPAddresses = []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		require.NoError(t, err)
-		return der, key
-	}
-	serverDER, serverKey := leaf(2, "provider.test", x509.ExtKeyUsageServerAuth)
-	p.server = tls.Certificate{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}
-	clientDER, clientKey := leaf(3, "alice", x509.ExtKeyUsageClientAuth)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(clientKey)
-	require.NoError(t, err)
-	write := func(name, typ string, der []byte) string {
+	ca := testcert.NewCA(t, "odmr-customer test CA")
+	p := &testPKI{dir: t.TempDir(), pool: ca.Pool, server: ca.Server(t, "provider.test", "localhost", "127.0.0.1")}
+	certPEM, keyPEM := testcert.PEM(t, ca.Client(t, "alice"))
+	write := func(name string, data []byte) string {
 		f := filepath.Join(p.dir, name)
-		require.NoError(t, os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		require.NoError(t, os.WriteFile(f, data, 0o600))
 		return f
 	}
-	p.caFile = write("ca.pem", "CERTIFICATE", caDER)
-	p.certFile = write("alice.pem", "CERTIFICATE", clientDER)
-	p.keyFile = write("alice.key", "PRIVATE KEY", keyDER)
+	p.caFile = write("ca.pem", ca.PEM())
+	p.certFile = write("alice.pem", certPEM)
+	p.keyFile = write("alice.key", keyPEM)
 	return p
 }
 
 // startTLSProvider is startProvider with TLS: implicit TLS, or STARTTLS
 // offered. A client certificate whose CN names an account authenticates
 // it with EXTERNAL.
-func startTLSProvider(t *testing.T, q *odmr.MemoryQueue, pki *testPKI, implicit bool) string {
+func startTLSProvider(t *testing.T, q *memqueue.Queue, pki *testPKI, implicit bool) string {
 	t.Helper()
-	accts := odmr.Accounts{
+	accts := accounts.Map{
 		"alice": {Name: "alice", Secret: "s3cret", Domains: []string{"example.org", "example.com"}},
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pki.pool}
@@ -243,19 +240,11 @@ func startTLSProvider(t *testing.T, q *odmr.MemoryQueue, pki *testPKI, implicit 
 	if implicit {
 		l = tls.NewListener(l, cfg)
 	}
-	done := make(chan error, 1)
-	go func() { done <- p.ServeListener(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-		p.Close()
-		<-done
-	})
+	serveProvider(t, p, l)
 	return addr
 }
 
-func enqueueOne(t *testing.T, q *odmr.MemoryQueue) {
+func enqueueOne(t *testing.T, q *memqueue.Queue) {
 	t.Helper()
 	_, err := q.Enqueue(odmr.Envelope{From: "x@sender.test", To: []string{"u@example.org"}},
 		strings.NewReader("Subject: hi\r\n\r\nHello over TLS.\r\n"))
@@ -271,7 +260,7 @@ func maildirCount(t *testing.T, md string) int {
 
 func TestCustomerCommandImplicitTLSWithAClientCertificate(t *testing.T) {
 	pki := newTestPKI(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueOne(t, q)
 	addr := startTLSProvider(t, q, pki, true)
 	t.Setenv("ODMR_SECRET", "")
@@ -302,7 +291,7 @@ func TestCustomerCommandImplicitTLSWithAClientCertificate(t *testing.T) {
 
 func TestCustomerCommandSTARTTLSWithACA(t *testing.T) {
 	pki := newTestPKI(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueOne(t, q)
 	addr := startTLSProvider(t, q, pki, false)
 	secret := filepath.Join(t.TempDir(), "secret")
@@ -331,7 +320,7 @@ func TestCustomerCommandSTARTTLSWithACA(t *testing.T) {
 
 func TestCustomerCommandTLSVerifiesTheProvider(t *testing.T) {
 	pki := newTestPKI(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueOne(t, q)
 	addr := startTLSProvider(t, q, pki, true)
 	t.Setenv("ODMR_SECRET", "s3cret")
@@ -384,7 +373,7 @@ func TestCustomerCommandSTARTTLSWhenOffered(t *testing.T) {
 	// Without -starttls the customer still upgrades when the provider
 	// offers STARTTLS, verifying its certificate.
 	pki := newTestPKI(t)
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	addr := startTLSProvider(t, q, pki, false)
 	t.Setenv("ODMR_SECRET", "s3cret")
 	md := filepath.Join(t.TempDir(), "Maildir")
@@ -417,7 +406,7 @@ func TestCustomerCommandSTARTTLSWhenOffered(t *testing.T) {
 }
 
 func TestCustomerCommandClearTextWhenSTARTTLSIsNotOffered(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueOne(t, q)
 	addr := startProvider(t, q)
 	t.Setenv("ODMR_SECRET", "s3cret")
@@ -432,4 +421,18 @@ func TestCustomerCommandClearTextWhenSTARTTLSIsNotOffered(t *testing.T) {
 	assert.Equal(t, exitFailure, run([]string{"-provider", addr, "-user", "alice", "-domains", "example.org",
 		"-maildir", filepath.Join(t.TempDir(), "Maildir"), "-starttls"}, &stderr), stderr.String())
 	assert.Contains(t, stderr.String(), "does not offer STARTTLS")
+}
+
+// TestCustomerCommandHelpNamesEachValue: -h shows each flag's value by
+// what it means, never by its Go type ("-timeout duration").
+func TestCustomerCommandHelpNamesEachValue(t *testing.T) {
+	var stderr bytes.Buffer
+	assert.Equal(t, 0, run([]string{"-h"}, &stderr))
+	require.Contains(t, stderr.String(), "Flags:")
+	typeName := regexp.MustCompile(`(?m)^  -([a-z0-9-]+) (int|int64|uint|uint64|float|duration|string|value)$`)
+	for _, m := range typeName.FindAllStringSubmatch(stderr.String(), -1) {
+		t.Errorf("-%s shows its value as %q", m[1], m[2])
+	}
+	assert.Contains(t, stderr.String(), "-timeout DURATION")
+	assert.Contains(t, stderr.String(), "-max-backoff DURATION")
 }

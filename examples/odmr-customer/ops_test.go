@@ -15,10 +15,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/memqueue"
 )
 
 // enqueueTo queues n messages for u@example.org.
-func enqueueTo(t *testing.T, q *odmr.MemoryQueue, n int) {
+func enqueueTo(t *testing.T, q *memqueue.Queue, n int) {
 	t.Helper()
 	for i := range n {
 		_, err := q.Enqueue(odmr.Envelope{From: "x@sender.test", To: []string{"u@example.org"}},
@@ -39,7 +40,7 @@ func closedAddr(t *testing.T) string {
 
 func TestProgramLocalServerDownExits6(t *testing.T) {
 	// The mail stays at the provider, and the status says so.
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueTo(t, q, 2)
 	addr := startProvider(t, q)
 	local := closedAddr(t)
@@ -53,7 +54,7 @@ func TestProgramLocalServerDownExits6(t *testing.T) {
 }
 
 func TestProgramLocalServerRefusesExits6(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueTo(t, q, 1)
 	addr := startProvider(t, q)
 	mta, be := startLocalMTA(t)
@@ -71,7 +72,7 @@ func TestProgramLocalServerRefusesExits6(t *testing.T) {
 }
 
 func TestProgramRelayCountsWhatWasRelayed(t *testing.T) {
-	q := &odmr.MemoryQueue{}
+	q := &memqueue.Queue{}
 	enqueueTo(t, q, 3)
 	addr := startProvider(t, q)
 	mta, _ := startLocalMTA(t)
@@ -114,9 +115,9 @@ func TestProgramSignals(t *testing.T) {
 		says  string
 	}{
 		{syscall.SIGINT, false, 130, "odmr-customer: interrupted\n"},
-		{syscall.SIGTERM, false, 143, "odmr-customer: stopped by terminated\n"},
+		{syscall.SIGTERM, false, 143, "odmr-customer: stopped by SIGTERM\n"},
 		// A daemon stopped by the service manager stops cleanly.
-		{syscall.SIGTERM, true, 0, "odmr-customer: stopped by terminated\n"},
+		{syscall.SIGTERM, true, 0, "odmr-customer: stopped by SIGTERM\n"},
 	} {
 		addr, accepted := startSilentProvider(t)
 		args := []string{"-provider", addr, "-user", "alice", "-domains", "example.org", "-maildir", t.TempDir()}

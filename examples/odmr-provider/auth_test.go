@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/saslmech"
 )
 
 // cramFrom connects to addr from the loopback address local and tries one
@@ -40,7 +42,7 @@ func cramFrom(t *testing.T, addr, local, user, secret string) (int, string) {
 	}
 	chal, err := base64.StdEncoding.DecodeString(msg)
 	require.NoError(t, err)
-	resp, err := odmr.NewCRAMMD5Client(user, secret).Next(chal)
+	resp, err := saslmech.NewCRAMMD5Client(user, secret).Next(chal)
 	require.NoError(t, err)
 	require.NoError(t, tp.PrintfLine("%s", base64.StdEncoding.EncodeToString(resp)))
 	code, msg, err = tp.ReadResponse(0)
@@ -68,12 +70,7 @@ func TestAuthLimitsProcess(t *testing.T) {
 		c.Close()
 	}
 
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "odmr-provider")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	accts := filepath.Join(dir, "accounts")
-	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
+	bin, accts := buildProvider(t)
 	cmd := exec.Command(bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "", "-hostname", "prov.test", "-auth-guess-interval", "1h")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
@@ -96,7 +93,7 @@ func TestAuthLimitsProcess(t *testing.T) {
 			t.Fatalf("guess %d: %d %s", i, code, msg)
 		}
 	}
-	assert.Equal(t, odmr.DefaultAuthGuessBurst, checked, "secrets checked out of 60 guesses")
+	assert.Equal(t, defaults.AuthGuessBurst, checked, "secrets checked out of 60 guesses")
 
 	// A right guess from an attacking address gets the same reply as a
 	// wrong one.
@@ -124,7 +121,7 @@ func TestAuthFlags(t *testing.T) {
 
 	c, err = parseFlags([]string{"-accounts", "x"})
 	require.NoError(t, err)
-	assert.Equal(t, odmr.DefaultAuthGuessBurst, c.auth.guessBurst)
+	assert.Equal(t, defaults.AuthGuessBurst, c.auth.guessBurst)
 	require.NoError(t, os.WriteFile(key, []byte("short"), 0o600))
 	c.auth.scramSaltKeyFile = key
 	assert.ErrorContains(t, c.auth.apply(&p), "fewer than 16 bytes")

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/textproto"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -85,13 +84,8 @@ func TestCrashSafety(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the program many times")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "odmr-provider")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	accts := filepath.Join(dir, "accounts")
-	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
-	spoolDir := filepath.Join(dir, "spool")
+	bin, accts := buildProvider(t)
+	spoolDir := filepath.Join(t.TempDir(), "spool")
 
 	var (
 		mu         sync.Mutex

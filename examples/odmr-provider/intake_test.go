@@ -19,21 +19,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 	"github.com/go-odmr/odmr/internal/smtptest"
 )
 
 func TestIntakeKeepsDSNRequests(t *testing.T) {
-	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
 	got := make(chan odmr.Envelope, 1)
-	srv := smtp.NewServer(&intake{accounts: accounts, log: slog.New(slog.DiscardHandler),
-		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
-			_, err := io.Copy(io.Discard, body)
-			got <- env
-			return "1", err
-		}})
-	srv.Domain = "prov.test"
+	srv := envelopeIntake(got)
 	srv.EnableDSN = true
-	addr := serveIntake(t, srv)
+	addr := smtptest.Serve(t, srv)
 
 	c, err := smtp.Dial(addr)
 	require.NoError(t, err)
@@ -66,17 +60,17 @@ func TestIntakeKeepsDSNRequests(t *testing.T) {
 // 4.3.0 of other local errors, for both the disk full and the quota
 // exceeded errors of the file system.
 func TestIntakeFullDiskIs452(t *testing.T) {
-	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
 	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO} {
 		t.Run(errno.Error(), func(t *testing.T) {
-			srv := smtp.NewServer(&intake{accounts: accounts, log: slog.New(slog.DiscardHandler),
+			srv := smtp.NewServer(&intake{accounts: accts, log: slog.New(slog.DiscardHandler),
 				enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
 					io.Copy(io.Discard, body)
 					// As the spool returns it: wrapped, from a write.
 					return "", fmt.Errorf("spool: %w", &os.PathError{Op: "write", Path: filepath.Join("tmp", "x.eml"), Err: errno})
 				}})
 			srv.Domain = "prov.test"
-			addr := serveIntake(t, srv)
+			addr := smtptest.Serve(t, srv)
 
 			c, err := smtp.Dial(addr)
 			require.NoError(t, err)
@@ -101,15 +95,18 @@ func TestIntakeFullDiskIs452(t *testing.T) {
 	}
 }
 
-// serveIntake serves srv, set up as the test needs, on a loopback port
-// until the test ends, and returns the address.
-func serveIntake(t *testing.T, srv *smtp.Server) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
-	return l.Addr().String()
+// envelopeIntake is the intake for alice's example.org, with a queue
+// that takes each message and sends its envelope to got.
+func envelopeIntake(got chan<- odmr.Envelope) *smtp.Server {
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	srv := smtp.NewServer(&intake{accounts: accts, log: slog.New(slog.DiscardHandler),
+		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+			_, err := io.Copy(io.Discard, body)
+			got <- env
+			return "1", err
+		}})
+	srv.Domain = "prov.test"
+	return srv
 }
 
 // startIntake serves the intake for alice's example.org and
@@ -118,15 +115,15 @@ func serveIntake(t *testing.T, srv *smtp.Server) string {
 // address and the queue.
 func startIntake(t *testing.T, spoolDir string) (string, odmr.QueueSource) {
 	t.Helper()
-	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org", "xn--bcher-kva.example"}}}
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org", "xn--bcher-kva.example"}}}
 	q, enqueue, _, closeQueue, err := openQueue(&config{spoolDir: spoolDir}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(closeQueue)
-	srv := smtp.NewServer(&intake{accounts: accounts, enqueue: enqueue, log: slog.New(slog.DiscardHandler)})
+	srv := smtp.NewServer(&intake{accounts: accts, enqueue: enqueue, log: slog.New(slog.DiscardHandler)})
 	srv.Domain = "prov.test"
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	addr := serveIntake(t, srv)
+	addr := smtptest.Serve(t, srv)
 	return addr, q
 }
 
@@ -175,8 +172,8 @@ func TestIntakeRefusesBareLineEndings(t *testing.T) {
 		{"CR dot LF", "a\r.\nMAIL FROM:<x@evil.test>\r\n"},
 		{"bare CR in body", "a\rb\r\n"},
 		{"bare LF in body", "a\nb\r\n"},
-		// Not "a\r" before the final CRLF.CRLF: go-smtp v0.25.1's data
-		// reader then misses the end of data ("\r\r\n.\r\n") and waits
+		// Not "a\r" before the final CRLF.CRLF: go-smtp's data reader
+		// then misses the end of data ("\r\r\n.\r\n") and waits
 		// for the read timeout.
 	}
 	for _, queue := range []string{"memory", "spool"} {
@@ -275,4 +272,159 @@ func TestIntakeTakesBothFormsOfAnIDNDomain(t *testing.T) {
 	c.expect(250)
 	_, to := queuedRecipients(t, q, "xn--bcher-kva.example")
 	assert.Equal(t, []string{"x@bücher.example", "y@XN--BCHER-KVA.example"}, to)
+}
+
+// TestIntakeCapsConnections: the intake serves at most -smtp-max-conns
+// connections at once and answers further ones 421 at once, so that a
+// flood of idle clients on port 25 cannot take every file descriptor of
+// the process (the ODMR listener, the spool and PostgreSQL need them);
+// a connection that ends makes room again.
+func TestIntakeCapsConnections(t *testing.T) {
+	c, err := parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	assert.Equal(t, defaultIntakeMaxConns, c.smtpMaxConns)
+	_, err = parseFlags([]string{"-accounts", "x", "-smtp-max-conns", "0"})
+	assert.ErrorContains(t, err, "-smtp-max-conns")
+
+	addr := serveCappedIntake(t, &intake{maxConns: 2})
+	greet := func() (int, string, *textproto.Conn) { return greetIntake(t, addr, "127.0.0.1") }
+	code, _, first := greet()
+	require.Equal(t, 220, code)
+	code, _, _ = greet()
+	require.Equal(t, 220, code)
+	code, _, tp := greet()
+	assert.Equal(t, 421, code)
+	_, err = tp.ReadLine()
+	assert.ErrorIs(t, err, io.EOF, "refused connection closed")
+	tp.Close()
+
+	// The server closes the first connection after 221, and leaves the
+	// count before it does: end of file says the room is there.
+	require.NoError(t, first.PrintfLine("QUIT"))
+	_, _, err = first.ReadResponse(221)
+	require.NoError(t, err)
+	_, err = first.ReadLine()
+	require.ErrorIs(t, err, io.EOF)
+	code, _, _ = greet()
+	assert.Equal(t, 220, code)
+}
+
+// TestIntakeLogsThroughSlog: what go-smtp logs about a client, here one
+// that resets its connection, goes to the program's log at debug level,
+// not as a line of its own on standard error for each client of a flood.
+func TestIntakeLogsThroughSlog(t *testing.T) {
+	var logs strings.Builder
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	in := &intake{accounts: accts, hostname: "prov.test", log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	srv := newIntakeServer(in, 1<<20, nil)
+	addr := smtptest.Serve(t, srv)
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	tp := textproto.NewConn(conn)
+	_, _, err = tp.ReadResponse(220)
+	require.NoError(t, err)
+	require.NoError(t, conn.(*net.TCPConn).SetLinger(0))
+	conn.Close() // a reset, which go-smtp logs
+	smtptest.Shutdown(t, srv)
+
+	assert.Contains(t, logs.String(), `level=DEBUG msg="odmr: smtp server: error handling 127.0.0.1:`)
+}
+
+// TestIntakeClientThatBreaksOffIsNoError: a client that goes away in the
+// middle of DATA is logged at INFO, not as an error of the queue (anyone
+// can do it, as often as they like), and nothing is queued.
+func TestIntakeClientThatBreaksOffIsNoError(t *testing.T) {
+	for _, spoolDir := range []string{"", t.TempDir()} {
+		var logs strings.Builder
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+		q, enqueue, _, closeQueue, err := openQueue(&config{spoolDir: spoolDir}, slog.New(slog.DiscardHandler))
+		require.NoError(t, err)
+		srv := newIntakeServer(&intake{accounts: accts, enqueue: enqueue, log: log, hostname: "prov.test"}, 1<<20, nil)
+		addr := smtptest.Serve(t, srv)
+
+		c := dialRaw(t, addr)
+		c.cmd(250, "MAIL FROM:<s@x.test>")
+		c.cmd(250, "RCPT TO:<u@example.org>")
+		c.cmd(354, "DATA")
+		_, err = io.WriteString(c.conn, "Subject: half\r\n\r\nhalf a")
+		require.NoError(t, err)
+		c.conn.Close()
+		smtptest.Shutdown(t, srv)
+
+		assert.NotContains(t, logs.String(), "level=ERROR", "spool %q", spoolDir)
+		assert.Contains(t, logs.String(), `level=INFO msg="odmr-provider: message not queued: the client's data broke off"`, "spool %q", spoolDir)
+		b, err := q.Claim(context.Background(), []string{"example.org"})
+		require.NoError(t, err)
+		_, err = b.Next(context.Background())
+		assert.ErrorIs(t, err, io.EOF, "nothing queued")
+		b.Close()
+		closeQueue()
+	}
+}
+
+// TestIntakeCapsConnectionsPerNetwork: one network gets at most
+// -smtp-max-conns-per-network connections at once, so that a single
+// client cannot take every place of -smtp-max-conns; another network is
+// still served, and a place freed is a place again.
+func TestIntakeCapsConnectionsPerNetwork(t *testing.T) {
+	c, err := parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	assert.Equal(t, defaultIntakeMaxConnsPerNet, c.smtpMaxConnsPerNet)
+	_, err = parseFlags([]string{"-accounts", "x", "-smtp-max-conns-per-network", "0"})
+	assert.ErrorContains(t, err, "-smtp-max-conns-per-network")
+
+	addr := serveCappedIntake(t, &intake{maxConns: 10, maxConnsPerNet: 2, v4Prefix: 32, v6Prefix: 64})
+	greet := func(from string) (int, string, *textproto.Conn) { return greetIntake(t, addr, from) }
+	code, _, first := greet("127.0.0.1")
+	require.Equal(t, 220, code)
+	code, _, _ = greet("127.0.0.1")
+	require.Equal(t, 220, code)
+	code, msg, tp := greet("127.0.0.1")
+	assert.Equal(t, 421, code)
+	assert.Contains(t, msg, "from your network")
+	_, err = tp.ReadLine()
+	assert.ErrorIs(t, err, io.EOF, "refused connection closed")
+	code, _, _ = greet("127.0.0.2")
+	assert.Equal(t, 220, code, "another network is served")
+
+	require.NoError(t, first.PrintfLine("QUIT"))
+	_, _, err = first.ReadResponse(221)
+	require.NoError(t, err)
+	_, err = first.ReadLine()
+	require.ErrorIs(t, err, io.EOF)
+	code, _, _ = greet("127.0.0.1")
+	assert.Equal(t, 220, code, "the place freed is given again")
+}
+
+// serveCappedIntake serves in, given its limits, for alice's example.org
+// on loopback, and returns its address.
+func serveCappedIntake(t *testing.T, in *intake) string {
+	t.Helper()
+	in.accounts = accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	in.log = slog.New(slog.DiscardHandler)
+	srv := smtp.NewServer(in)
+	srv.Domain = "prov.test"
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(in.listen(l))
+	t.Cleanup(func() { smtptest.Shutdown(t, srv) })
+	return l.Addr().String()
+}
+
+// greetIntake connects to the intake at addr from the loopback address
+// from and reads its first reply: 220, or 421 when it is full.
+func greetIntake(t *testing.T, addr, from string) (int, string, *textproto.Conn) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := d.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	tp := textproto.NewConn(conn)
+	code, msg, err := tp.ReadResponse(0)
+	if code == 0 {
+		require.NoError(t, err)
+	}
+	return code, msg, tp
 }

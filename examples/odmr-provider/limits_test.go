@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/defaults"
 )
 
 // TestLimitFlags: every session limit has a flag whose default, shown by
@@ -28,24 +29,26 @@ func TestLimitFlags(t *testing.T) {
 	require.NoError(t, err)
 	var p odmr.Provider
 	c.limits.apply(&p)
-	assert.Equal(t, odmr.DefaultMaxSessions, p.MaxSessions)
-	assert.Equal(t, odmr.DefaultMaxSessionsPerAddr, p.MaxSessionsPerAddr)
-	assert.Equal(t, odmr.DefaultIPv4Prefix, p.IPv4Prefix)
-	assert.Equal(t, odmr.DefaultIPv6Prefix, p.IPv6Prefix)
-	assert.Equal(t, odmr.DefaultAuthTimeout, p.AuthTimeout)
-	assert.Equal(t, odmr.DefaultSessionTimeout, p.SessionTimeout)
-	assert.Equal(t, odmr.DefaultCommandTimeout, p.CommandTimeout)
-	assert.Equal(t, odmr.DefaultReplyTimeout, p.ReplyTimeout)
-	assert.Equal(t, odmr.DefaultDataTimeout, p.DataTimeout)
-	assert.Equal(t, odmr.DefaultWriteTimeout, p.WriteTimeout)
-	assert.Equal(t, odmr.DefaultMaxErrors, p.MaxErrors)
-	assert.Equal(t, odmr.DefaultATRNInterval, p.ATRNInterval)
-	assert.Equal(t, odmr.DefaultATRNBurst, p.ATRNBurst)
-	assert.Equal(t, odmr.DefaultConnLogsPerSecond, p.ConnLogsPerSecond)
+	assert.Equal(t, defaults.MaxSessions, p.MaxSessions)
+	assert.Equal(t, defaults.MaxSessionsPerAddr, p.MaxSessionsPerAddr)
+	assert.Equal(t, defaults.IPv4Prefix, p.IPv4Prefix)
+	assert.Equal(t, defaults.IPv6Prefix, p.IPv6Prefix)
+	assert.Equal(t, defaults.AuthTimeout, p.AuthTimeout)
+	assert.Equal(t, defaults.SessionTimeout, p.SessionTimeout)
+	assert.Equal(t, defaults.CommandTimeout, p.CommandTimeout)
+	assert.Equal(t, defaults.ReplyTimeout, p.ReplyTimeout)
+	assert.Equal(t, defaults.DataTimeout, p.DataTimeout)
+	assert.Equal(t, defaults.WriteTimeout, p.WriteTimeout)
+	assert.Equal(t, defaults.BackendTimeout, p.BackendTimeout)
+	assert.Equal(t, defaults.MaxErrors, p.MaxErrors)
+	assert.Equal(t, defaults.ATRNInterval, p.ATRNInterval)
+	assert.Equal(t, defaults.ATRNBurst, p.ATRNBurst)
+	assert.Equal(t, defaults.ConnLogsPerSecond, p.ConnLogsPerSecond)
 
 	c, err = parseFlags([]string{"-accounts", "x", "-max-sessions", "50", "-max-sessions-per-network", "-1",
 		"-ipv4-prefix", "24", "-ipv6-prefix", "48", "-auth-timeout", "10s", "-session-timeout", "2m",
 		"-command-timeout", "30s", "-reply-timeout", "40s", "-data-timeout", "50s", "-write-timeout", "5s",
+		"-backend-timeout", "7s",
 		"-max-errors", "3", "-atrn-interval", "-1s", "-atrn-burst", "2", "-conn-logs-per-second", "-1", "-debug", "/dev/null"})
 	require.NoError(t, err)
 	c.limits.apply(&p)
@@ -54,10 +57,11 @@ func TestLimitFlags(t *testing.T) {
 		[]any{p.MaxSessions, p.MaxSessionsPerAddr, p.IPv4Prefix, p.IPv6Prefix, p.AuthTimeout, p.SessionTimeout,
 			p.CommandTimeout, p.ReplyTimeout, p.DataTimeout, p.WriteTimeout, p.MaxErrors, p.ATRNInterval, p.ATRNBurst})
 	assert.Equal(t, -1, p.ConnLogsPerSecond)
+	assert.Equal(t, 7*time.Second, p.BackendTimeout)
 	assert.Equal(t, "/dev/null", c.debugFile)
 
 	for _, bad := range [][]string{
-		{"-command-timeout", "0"}, {"-auth-timeout", "0"}, {"-atrn-interval", "0"},
+		{"-command-timeout", "0"}, {"-auth-timeout", "0"}, {"-atrn-interval", "0"}, {"-backend-timeout", "0"},
 		{"-max-sessions", "0"}, {"-ipv4-prefix", "33"}, {"-ipv6-prefix", "0"}, {"-atrn-burst", "0"},
 	} {
 		_, err := parseFlags(append([]string{"-accounts", "x"}, bad...))

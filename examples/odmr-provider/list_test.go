@@ -116,7 +116,9 @@ func TestListGolden(t *testing.T) {
 		require.Equal(t, 1, n)
 		require.NoError(t, s.Close())
 		require.NoError(t, os.Truncate(filepath.Join(dir, "queue", quarantined+".eml"), 4))
-		require.NoError(t, open().Close()) // quarantines it
+		s = open()
+		require.NoError(t, s.WaitIndexed(context.Background())) // quarantines it
+		require.NoError(t, s.Close())
 		require.NoError(t, os.Truncate(filepath.Join(dir, "queue", damaged+".eml"), 5))
 
 		before := tree(t, dir)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/internal/defaults"
 	"github.com/go-odmr/odmr/spool"
 )
 
@@ -30,19 +33,30 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ":366", c.listen)
 	assert.Equal(t, ":25", c.smtpAddr)
-	assert.Equal(t, odmr.DefaultATRNBurst, c.limits.atrnBurst)
-	assert.Equal(t, odmr.DefaultATRNInterval, c.limits.atrnInterval)
+	assert.Equal(t, defaults.ATRNBurst, c.limits.atrnBurst)
+	assert.Equal(t, defaults.ATRNInterval, c.limits.atrnInterval)
 	c, err = parseFlags([]string{"-accounts", "x", "-atrn-burst", "100", "-atrn-interval", "-1s"})
 	require.NoError(t, err)
 	assert.Equal(t, 100, c.limits.atrnBurst)
 	assert.Equal(t, -time.Second, c.limits.atrnInterval)
+
+	// Values the queues would quietly take for their defaults, or for no
+	// limit, are refused with the flag's name.
+	for _, bad := range [][]string{{"-max-age", "0"}, {"-max-age", "-1h"}, {"-quota-bytes", "-5"}, {"-quota-messages", "-1"},
+		{"-max-message-size", "-1"}} {
+		_, err := parseFlags(append([]string{"-accounts", "x", "-spool", "s"}, bad...))
+		assert.ErrorContains(t, err, bad[0], "%v", bad)
+	}
+	c, err = parseFlags([]string{"-accounts", "x", "-max-message-size", "0", "-max-age", "1h"})
+	require.NoError(t, err)
+	assert.Zero(t, c.maxMessageBytes, "0: no limit")
 }
 
 func TestMalformedAccountsFileFailsClearly(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "accounts")
 	require.NoError(t, os.WriteFile(p, []byte("# ok\nalice secret\n"), 0o600))
 	err := run([]string{"-accounts", p, "-listen", "127.0.0.1:0", "-smtp", ""})
-	assert.ErrorContains(t, err, "-accounts: accounts line 2")
+	assert.ErrorContains(t, err, "-accounts: "+p+":2: want NAME SECRET DOMAIN")
 	err = run([]string{"-accounts", filepath.Join(t.TempDir(), "nope"), "-listen", "127.0.0.1:0", "-smtp", ""})
 	assert.ErrorContains(t, err, "-accounts: open ")
 	assert.NotContains(t, err.Error(), "odmr:")
@@ -51,16 +65,7 @@ func TestMalformedAccountsFileFailsClearly(t *testing.T) {
 // TestProviderProcess runs the program as a user would: it queues mail over
 // SMTP, refuses to relay, answers ODMR, and stops cleanly on SIGTERM.
 func TestProviderProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the program")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "odmr-provider")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	accts := filepath.Join(dir, "accounts")
-	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
+	bin, accts := buildProvider(t)
 	cmd := exec.Command(bin, "-accounts", accts, "-listen", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-hostname", "prov.test")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
@@ -123,7 +128,7 @@ func TestTLSFlagsGoTogether(t *testing.T) {
 func TestHashSecretMakesAccountsFileCredentials(t *testing.T) {
 	var out strings.Builder
 	require.NoError(t, hashSecret("alice", strings.NewReader("s3cret\n"), &out))
-	accts, err := odmr.ParseAccounts(strings.NewReader("alice " + strings.TrimSpace(out.String()) + " example.org\n"))
+	accts, err := accounts.Parse(strings.NewReader("alice " + strings.TrimSpace(out.String()) + " example.org\n"))
 	require.NoError(t, err)
 	require.Len(t, accts["alice"].SCRAM, 2)
 	assert.Empty(t, accts["alice"].Secret)
@@ -154,16 +159,8 @@ func TestListShowsWhatIsQueuedPerDomain(t *testing.T) {
 // TestSpoolSurvivesRestart queues a message in one run of the program and
 // collects it after a restart.
 func TestSpoolSurvivesRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the program")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "odmr-provider")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	accts := filepath.Join(dir, "accounts")
-	require.NoError(t, os.WriteFile(accts, []byte("alice s3cret example.org\n"), 0o600))
-	spoolDir := filepath.Join(dir, "spool")
+	bin, accts := buildProvider(t)
+	spoolDir := filepath.Join(t.TempDir(), "spool")
 
 	p := startCrashProvider(t, bin, accts, spoolDir)
 	require.NoError(t, sendPlain(p.smtpAddr, 7))
@@ -173,6 +170,7 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 	p = startCrashProvider(t, bin, accts, spoolDir)
 	defer func() { p.cmd.Process.Signal(syscall.SIGTERM); p.cmd.Wait() }()
 	var got []byte
+	var err error
 	c := &odmr.Customer{Addr: p.odmrAddr, Username: "alice", Secret: "s3cret", Domains: []string{"example.org"}, Logger: discardLog(),
 		Sink: odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {
 			got, err = io.ReadAll(body)
@@ -193,4 +191,40 @@ func TestNoChunkingFlag(t *testing.T) {
 	c, err = parseFlags([]string{"-accounts", "x", "-no-chunking"})
 	require.NoError(t, err)
 	assert.True(t, c.noChunking)
+}
+
+// TestHelpNamesEachValue: -h shows each flag's value by what it means
+// (N, DURATION, FILE), never by its Go type ("-auth-backoff duration"),
+// and says where the flags apply with -queue as with -spool.
+func TestHelpNamesEachValue(t *testing.T) {
+	bin, _ := buildProvider(t)
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	help := string(out)
+	require.Contains(t, help, "Flags:")
+	typeName := regexp.MustCompile(`(?m)^  -([a-z0-9-]+) (int|int64|uint|uint64|float|duration|string|value)$`)
+	for _, m := range typeName.FindAllStringSubmatch(help, -1) {
+		t.Errorf("-%s shows its value as %q", m[1], m[2])
+	}
+	for _, want := range []string{"-auth-backoff DURATION", "-auth-failures N", "-scram-cache-size N",
+		"-metrics-read-timeout DURATION", "(default 10s)", "-metrics-write-timeout DURATION", "(default 1m0s)",
+		"-metrics-idle-timeout DURATION", "(default 2m0s)", "-metrics-max-scrapes N", "(default 4)"} {
+		assert.Contains(t, help, want)
+	}
+	assert.NotContains(t, help, "(with -spool)", "the queue flags apply with -queue too")
+}
+
+// TestHostnameFlag: -hostname must be a name a greeting and EHLO can
+// carry; anything else is a usage error naming the flag, not a provider
+// that greets with it (the library refuses to serve with a line break in
+// it, and the customer would refuse the rest).
+func TestHostnameFlag(t *testing.T) {
+	for _, good := range []string{"mx.example.org", "mx-1.example.org.", "localhost", "[192.0.2.1]", "[IPv6:2001:db8::1]"} {
+		_, err := parseFlags([]string{"-accounts", "x", "-hostname", good})
+		assert.NoError(t, err, good)
+	}
+	for _, bad := range []string{"bad_host!", "two words", "a..b", "-a.example", "[192.0.2.1", "[2001:db8::1]", "[IPv6:192.0.2.1]", "x\r\ny", "192.0.2.1", "123",
+		"a.example,b.example", " mx.example", "mx.example\t", strings.Repeat("a.", 127) + "example"} {
+		_, err := parseFlags([]string{"-accounts", "x", "-hostname", bad})
+		assert.ErrorContains(t, err, "-hostname", "%q", bad)
+	}
 }

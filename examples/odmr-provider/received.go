@@ -1,22 +1,11 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"strings"
 	"time"
 )
-
-// newIntakeID names one message taken at the intake: the time, then 48
-// random bits, in the spool's form. It goes into the Received field and
-// the "queued" log record, next to the queue's own ID.
-func newIntakeID(now time.Time) string {
-	var r [6]byte
-	rand.Read(r[:])
-	return fmt.Sprintf("%016x%s", uint64(now.UnixNano()), hex.EncodeToString(r[:]))
-}
 
 // receivedField is the trace field a relay must add (RFC 5321 section
 // 4.4), in Postfix's layout:

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
+	"net/textproto"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/internal/logfmt"
 	"github.com/go-odmr/odmr/internal/smtptest"
+	"github.com/go-odmr/odmr/memqueue"
+	"github.com/go-odmr/odmr/spool"
 )
 
 func TestReceivedFieldForm(t *testing.T) {
@@ -46,15 +54,15 @@ func TestReceivedFieldForm(t *testing.T) {
 // field naming the client's EHLO and address, the intake, the ID also
 // logged with the queue's ID, and the one recipient.
 func TestIntakeStampsReceived(t *testing.T) {
-	accounts := odmr.Accounts{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
-	q := &odmr.MemoryQueue{}
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	q := &memqueue.Queue{}
 	logs := &strings.Builder{}
-	srv := smtp.NewServer(&intake{accounts: accounts, hostname: "prov.test", log: slog.New(slog.NewTextHandler(logs, nil)),
+	srv := smtp.NewServer(&intake{accounts: accts, hostname: "prov.test", log: slog.New(slog.NewTextHandler(logs, nil)),
 		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
 			return q.Enqueue(env, body)
 		}})
 	srv.Domain = "prov.test"
-	addr := serveIntake(t, srv)
+	addr := smtptest.Serve(t, srv)
 
 	c, err := smtp.Dial(addr)
 	require.NoError(t, err)
@@ -85,5 +93,56 @@ func TestIntakeStampsReceived(t *testing.T) {
 	assert.Regexp(t, `^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [+-]\d{4}\r\nSubject: one\r\n`, rest)
 	assert.NotContains(t, bodies[1], "for <")
 	id := head[strings.Index(head, " id ")+4 : strings.Index(head, "\r\n\tfor")]
-	assert.Contains(t, logs.String(), "id=1 intake-id="+id)
+	assert.Contains(t, logs.String(), "id=1 client=127.0.0.1:")
+	assert.Contains(t, logs.String(), "received-id="+id)
+}
+
+// TestIntakeReceivedIDIsQueueID: with the spool, the ID in the Received
+// field is the queue ID, which the "queued" log record carries under id,
+// with the client's address under client, so a message can be followed
+// from its header to the log and the queue tools.
+func TestIntakeReceivedIDIsQueueID(t *testing.T) {
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	s, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{MaintenanceInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer s.Close()
+	logs := &strings.Builder{}
+	srv := smtp.NewServer(&intake{accounts: accts, hostname: "prov.test", log: logfmt.New(logs, "json", slog.LevelInfo),
+		enqueue: func(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+			return s.Enqueue(ctx, env, body)
+		}})
+	srv.Domain = "prov.test"
+	addr := smtptest.Serve(t, srv)
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	local := conn.LocalAddr().String()
+	c := smtp.NewClient(conn)
+	require.NoError(t, c.Hello("client.test"))
+	require.NoError(t, c.SendMail("s@x.test", []string{"u@example.org"}, strings.NewReader("Subject: one\r\n\r\nhi\r\n")))
+	c.Quit()
+	smtptest.Shutdown(t, srv)
+
+	msgs, err := s.Messages(context.Background())
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	qid := msgs[0].Envelope.ID
+	body, err := s.OpenMessage(context.Background(), qid)
+	require.NoError(t, err)
+	head, err := textproto.NewReader(bufio.NewReader(body)).ReadMIMEHeader()
+	body.Close()
+	require.NoError(t, err)
+	assert.Contains(t, head.Get("Received"), "with ESMTP id "+qid+" ")
+
+	var rec map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		require.NoError(t, json.Unmarshal([]byte(line), &rec))
+		if rec["msg"] == "odmr-provider: queued" {
+			break
+		}
+	}
+	assert.Equal(t, "odmr-provider: queued", rec["msg"])
+	assert.Equal(t, qid, rec["id"])
+	assert.Equal(t, local, rec["client"])
+	assert.NotContains(t, rec, "received-id")
+	assert.NotContains(t, rec, "remote")
 }

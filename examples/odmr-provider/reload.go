@@ -12,14 +12,24 @@ import (
 	"sync/atomic"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 )
 
 // accountStore is the provider's Authenticator and Authorizer, and the
-// intake's list of domains: odmr.Accounts behind an atomic pointer, so
+// intake's list of domains: accounts.Map behind an atomic pointer, so
 // that SIGHUP can replace the whole set while sessions run. Each lookup
 // sees the old set or the new one, never a mix.
 type accountStore struct {
-	cur atomic.Pointer[odmr.Accounts]
+	cur atomic.Pointer[accountSet]
+}
+
+// accountSet is one loaded set of accounts, with the owner of each of
+// their domains in the canonical form odmr.RecipientDomain gives: the
+// intake asks for the owner at each RCPT, and Map.Owner scans every
+// account for it.
+type accountSet struct {
+	m     accounts.Map
+	owner map[string]accounts.Account
 }
 
 var (
@@ -28,13 +38,24 @@ var (
 	_ odmr.DomainAuthorizer   = (*accountStore)(nil)
 )
 
-func newAccountStore(a odmr.Accounts) *accountStore {
+func newAccountStore(a accounts.Map) *accountStore {
 	s := &accountStore{}
-	s.cur.Store(&a)
+	s.store(a)
 	return s
 }
 
-func (s *accountStore) load() odmr.Accounts { return *s.cur.Load() }
+// store makes m the accounts of every later lookup.
+func (s *accountStore) store(m accounts.Map) {
+	set := &accountSet{m: m, owner: make(map[string]accounts.Account)}
+	for _, a := range m {
+		for _, d := range a.Domains {
+			set.owner[odmr.RecipientDomain("@"+d)] = a
+		}
+	}
+	s.cur.Store(set)
+}
+
+func (s *accountStore) load() accounts.Map { return s.cur.Load().m }
 
 func (s *accountStore) Secret(ctx context.Context, user string) ([]byte, error) {
 	return s.load().Secret(ctx, user)
@@ -48,20 +69,27 @@ func (s *accountStore) Domains(ctx context.Context, identity string) ([]string, 
 	return s.load().Domains(ctx, identity)
 }
 
-func (s *accountStore) Owner(domain string) (odmr.Account, bool) { return s.load().Owner(domain) }
+// Owner is accounts.Map.Owner, from the index of the set.
+func (s *accountStore) Owner(domain string) (accounts.Account, bool) {
+	a, ok := s.cur.Load().owner[odmr.RecipientDomain("@"+domain)]
+	return a, ok
+}
 
 // loadAccounts reads the -accounts file, refusing one that defines no
-// account, and warns when others may read it: it holds secrets.
-func loadAccounts(path string, log *slog.Logger) (odmr.Accounts, error) {
-	a, err := odmr.LoadAccounts(path)
+// account, and warns when every user of the machine may read or write it:
+// it holds secrets. Its group may read it, since running the provider as
+// a user of the file's group (mode 0640, owner root, as deploy/systemd
+// does) is how the file stays out of the provider's own hands.
+func loadAccounts(path string, log *slog.Logger) (accounts.Map, error) {
+	a, err := accounts.Load(path)
 	if err != nil {
 		return nil, fmt.Errorf("-accounts: %v", trimPrefix(err))
 	}
 	if len(a) == 0 {
 		return nil, fmt.Errorf("-accounts: %s defines no accounts", path)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("odmr-provider: the accounts file holds secrets but others may read it; chmod 600 it",
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o007 != 0 {
+		log.Warn("odmr-provider: the accounts file holds secrets but others may read it; chmod o-rwx it (0600, or 0640 for the provider's group)",
 			"file", path, "mode", fi.Mode().Perm().String())
 	}
 	return a, nil
@@ -105,7 +133,7 @@ func reloadAccounts(store *accountStore, path string, log *slog.Logger) {
 	slices.Sort(added)
 	slices.Sort(removed)
 	slices.Sort(changed)
-	store.cur.Store(&next)
+	store.store(next)
 	log.Info("odmr-provider: accounts reloaded", "accounts", len(next),
 		"added", added, "removed", removed, "changed", changed)
 }

@@ -2,19 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/testcert"
 )
 
 // tryLogin authenticates as user and pulls its domain, reporting whether
@@ -76,7 +70,7 @@ func TestSIGHUPReloadsAccounts(t *testing.T) {
 	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
 	line = log.wait(t, "reload failed")
 	assert.Contains(t, line, "level=ERROR")
-	assert.Contains(t, line, "-accounts: accounts line 1")
+	assert.Contains(t, line, "-accounts: "+accts+":1: want NAME SECRET DOMAIN")
 	assert.True(t, tryLogin(t, odmrAddr, "bob", "b0bsecret", "example.net"), "the old accounts stay")
 
 	require.NoError(t, os.WriteFile(accts, []byte("bob newsecret example.net\n"), 0o644))
@@ -90,16 +84,10 @@ func TestSIGHUPReloadsAccounts(t *testing.T) {
 // writeSelfSigned writes a self-signed certificate for cn and its key.
 func writeSelfSigned(t *testing.T, certFile, keyFile, cn string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{cn}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	kb, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	cert, _ := testcert.SelfSigned(t, cn)
+	certPEM, keyPEM := testcert.PEM(t, cert)
+	require.NoError(t, os.WriteFile(certFile, certPEM, 0o600))
+	require.NoError(t, os.WriteFile(keyFile, keyPEM, 0o600))
 }
 
 // TestSIGHUPReloadsCertificate: a renewed certificate is served after
@@ -184,6 +172,7 @@ func TestSIGTERMEndsDeliveryAfterMessageInFlight(t *testing.T) {
 	}()
 	<-first
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	log.wait(t, "odmr-provider: stopping", "signal=SIGTERM")
 	log.wait(t, "odmr: shutting down", "sessions=1")
 	close(release)
 	require.NoError(t, <-fetched)

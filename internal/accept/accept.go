@@ -1,7 +1,8 @@
 // Package accept keeps a listener accepting through temporary errors: a
 // process out of file descriptors (EMFILE), a kernel out of buffers, a
-// connection aborted before it was accepted. net/http and go-smtp sleep and
-// retry on these; a server that returns instead stops serving everyone.
+// connection aborted before it was accepted. net/http's server, like
+// most, sleeps and retries on these; a server that returns instead stops
+// serving everyone.
 package accept
 
 import (

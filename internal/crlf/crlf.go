@@ -83,25 +83,60 @@ type Normalizer struct {
 	R   io.Reader
 	cr  bool   // the last byte read was a CR whose LF was written
 	out []byte // encoded bytes not yet returned
-	buf []byte
+	buf []byte // out's storage
 	err error
 }
 
+// Read reads into p and hands what it read on as it is when it holds no
+// bare CR or LF, the usual case: no copy and no buffer. Otherwise the
+// normalized bytes, which may be longer, are kept in a buffer and handed
+// on from there.
 func (z *Normalizer) Read(p []byte) (int, error) {
 	for len(z.out) == 0 {
 		if z.err != nil {
 			return 0, z.err
 		}
-		if z.buf == nil {
-			z.buf = make([]byte, 32<<10)
-		}
-		n, err := z.R.Read(z.buf)
-		z.out = z.normalize(z.out[:0], z.buf[:n])
+		n, err := z.R.Read(p)
 		z.err = err
+		if !z.cr && clean(p[:n]) {
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		z.buf = z.normalize(z.buf[:0], p[:n])
+		z.out = z.buf
 	}
 	n := copy(p, z.out)
 	z.out = z.out[n:]
 	return n, nil
+}
+
+// clean reports whether every line break in p is a CRLF within p.
+func clean(p []byte) bool {
+	for i := 0; i < len(p); {
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
+			break
+		}
+		j += i
+		if j == 0 || p[j-1] != '\r' {
+			return false
+		}
+		i = j + 1
+	}
+	for i := 0; i < len(p); {
+		j := bytes.IndexByte(p[i:], '\r')
+		if j < 0 {
+			break
+		}
+		j += i
+		if j+1 == len(p) || p[j+1] != '\n' {
+			return false
+		}
+		i = j + 2
+	}
+	return true
 }
 
 // normalize appends the normalized form of p to dst. Each CR is written

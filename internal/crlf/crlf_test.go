@@ -85,6 +85,10 @@ func FuzzNormalizer(f *testing.F) {
 		if _, err := io.ReadAll(&Checker{R: strings.NewReader(string(got))}); err != nil {
 			t.Fatalf("Normalizer(%q) = %q, which has a bare CR or LF", in, got)
 		}
+		// Read in pieces, as in one piece: the same bytes.
+		if want := (&Normalizer{}).normalize(nil, []byte(in)); string(got) != string(want) {
+			t.Fatalf("Normalizer(%q) = %q in pieces, %q at once", in, got, want)
+		}
 		_, err = io.ReadAll(&Checker{R: iotest.HalfReader(strings.NewReader(in))})
 		if clean := err == nil; clean != (string(got) == in) {
 			t.Fatalf("%q: the checker says clean=%v, the normalizer changed it=%v", in, clean, string(got) != in)

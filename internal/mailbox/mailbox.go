@@ -1,7 +1,8 @@
 // Package mailbox puts back the quoting of an address's local part.
 //
-// go-smtp's server hands a session the addresses of MAIL and RCPT with a
-// quoted local part unquoted: <"a b"@example.org> arrives as
+// The SMTP server that the customer and the intake run hands a session
+// the addresses of MAIL and RCPT with a quoted local part unquoted
+// (internal/smtpserver/UPSTREAM.md): <"a b"@example.org> arrives as
 // "a b@example.org" and <"q@example.net"@example.org> as
 // "q@example.net@example.org". Written back on the wire as they are, the
 // first is a syntax error and the second names another mailbox. Quote

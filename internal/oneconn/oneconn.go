@@ -1,6 +1,7 @@
 // Package oneconn turns one established connection into a [net.Listener],
-// for servers that only know how to serve listeners (go-smtp's
-// smtp.Server) but must run on a connection that already exists, such as
+// for servers that only know how to serve listeners (as the SMTP server
+// under internal/smtpserver does) but must run on a connection that
+// already exists, such as
 // an ODMR session after the role swap.
 package oneconn
 

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"io"
+	"sync/atomic"
 )
 
 // encoder turns a message body into the bytes sent for it: bare LF
@@ -109,15 +110,25 @@ func (e *encoder) tail() []byte {
 // errWriter remembers the first error of the writer under it, so that a
 // copy that fails can tell a write error (the connection) from a read
 // error (the body).
+//
+// For the Sender's ackReader it also counts the writes begun and keeps in
+// sent the value of due (the Sender's count of replies due) at the latest
+// write: the replies of the commands on the wire, and maybe of some still
+// in the buffer.
 type errWriter struct {
-	w   io.Writer
-	err error
+	w      io.Writer
+	err    error
+	due    *int64
+	writes atomic.Int64
+	sent   atomic.Int64
 }
 
 func (w *errWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	w.writes.Add(1)
+	w.sent.Store(*w.due)
 	n, err := w.w.Write(p)
 	if err != nil {
 		w.err = err

@@ -1,23 +1,29 @@
-// Package pipeline is an SMTP client that sends mail with command
-// pipelining (RFC 2920) and, when the server offers it and it is asked
-// to, with BDAT chunks (RFC 3030), keeping the outcome of every
-// recipient of every message.
+// Package pipeline is the provider's SMTP client, its one delivery
+// engine: it sends mail with command pipelining (RFC 2920) and, when the
+// server offers it and it is asked to, with BDAT chunks (RFC 3030), or in
+// lock-step, one command at a time, to a server that does not offer
+// PIPELINING or only knows HELO; it keeps the outcome of every recipient
+// of every message. Replies are read with package wire's codec.
 //
 // An SMTP client that waits for each reply pays a round trip per command:
 // MAIL, RCPT, DATA and the final dot make four per message. A [Sender]
 // sends MAIL, every RCPT and DATA as one group and waits once, for the
 // reply to DATA; it streams the body as soon as 354 arrives and sends the
 // next message's group right behind the final dot, before that dot's reply
-// has come back, so the link never idles. With BDAT it does not wait at
-// all: the body follows the group at once, and only a bounded amount of
-// data is sent past a final chunk whose reply is still out.
+// has come back, so the link never idles. With [Config.Overlap] it does
+// not wait for 354 either: the caller goes on to its next message, and the
+// body, the dot and that message's group go out together, in one write.
+// With BDAT it does not wait at all: the body follows the group at once,
+// and only a bounded amount of data is sent past a final chunk whose reply
+// is still out.
 //
 // Replies are read in order by one goroutine per Sender and matched with
 // the commands that caused them, so that the writer can keep writing while
 // the server answers (the deadlock RFC 2920 section 3.1 warns about cannot
 // happen, even on a synchronous net.Pipe). Each message's Done callback
 // runs, in the caller's goroutine, once the reply that settles the
-// message has been read, or once the connection is lost.
+// message has been read, or once the connection is lost, and once what
+// the Sender had to write then is written.
 package pipeline
 
 import (
@@ -33,7 +39,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"github.com/go-odmr/odmr/internal/wire"
 )
 
 // Defaults of a [Config]; a zero field means these.
@@ -58,8 +64,15 @@ type Config struct {
 	// means none: the connection may bound its writes itself.
 	WriteTimeout time.Duration
 
+	// Lockstep sends one command at a time and waits for its reply, as a
+	// client must with a server whose EHLO reply does not list PIPELINING
+	// (RFC 2920), or that only knows HELO: no RCPT after a refused MAIL,
+	// no DATA when no RCPT was accepted, and never BDAT. [Sender.Hello]
+	// sets it from the server's reply. False means pipelining.
+	Lockstep bool
 	// Chunking sends bodies with BDAT (RFC 3030) instead of DATA. Set it
-	// only if the server's EHLO reply lists CHUNKING.
+	// only if the server's EHLO reply lists CHUNKING: [Sender.Hello]
+	// clears it when the reply lists no CHUNKING or no PIPELINING.
 	Chunking bool
 	// ChunkSize is the size of the BDAT chunks. 0 means DefaultChunkSize.
 	ChunkSize int
@@ -69,12 +82,39 @@ type Config struct {
 	// must fit in the socket buffers. 0 means DefaultLastWindow.
 	LastWindow int
 
+	// Overlap, with pipelined DATA, has Send return once the message's
+	// commands are written, without waiting for the reply to DATA: the
+	// body goes out with the next Send, ahead of that message's commands
+	// and in the same write, or with Quit. The caller's work for the next
+	// message then overlaps the server's for this one, and a message
+	// takes one write each way instead of two or more; but the server,
+	// having sent 354, waits for the body while the caller takes its next
+	// message, so a caller that may take long to call Send or Quit again
+	// must leave it false. False means that Send writes the body itself.
+	Overlap bool
+
+	// Stop, if not nil, is asked by Send right before it writes a
+	// message's commands (with Overlap, once the previous body is
+	// written): true makes Send return ErrStopped with nothing sent for
+	// the message, whose Done is not called. nil means never.
+	Stop func() bool
+
 	// MaxPending bounds the commands sent whose replies have not been
 	// read. 0 means DefaultMaxPending.
 	MaxPending int
 	// WriteBufferSize is the size of the write buffer. 0 means
 	// DefaultWriteBufferSize.
 	WriteBufferSize int
+
+	// QuickAck, if not nil, makes the connection acknowledge at once the
+	// data read so far (package quickack gives one for a TCP socket). The
+	// Sender calls it when it is about to wait for replies still owed,
+	// with nothing written since it read the last ones: a server that
+	// writes its replies one at a time without TCP_NODELAY (fetchmail
+	// passing on a local MTA's) sends each only once the one before it
+	// is acknowledged, and the kernel would delay that ACK by 40 ms. nil
+	// means never.
+	QuickAck func()
 }
 
 // Mail is one message for [Sender.Send].
@@ -95,11 +135,12 @@ type Mail struct {
 	Open func() (io.ReadCloser, error)
 	// Done receives one error per recipient, in the order of To, once the
 	// message is settled: nil when the server's final reply accepted it;
-	// an [*smtp.SMTPError] when the server refused it for that recipient
+	// a [*wire.Error] when the server refused it for that recipient
 	// (at MAIL, RCPT, DATA or after the data); a [*BodyError] when the
 	// body could not be opened or read; a [*ConnError] when the
 	// connection was lost before the final reply was read. Done is called
-	// exactly once, in the goroutine of the Sender's caller.
+	// exactly once, in the goroutine of the Sender's caller, by the Send,
+	// Quit or Close that read that reply, before it returns.
 	Done func(errs []error)
 	// Reply is set by the Sender before it calls Done, to the server's
 	// final reply when that reply accepted the message; nil otherwise.
@@ -139,6 +180,9 @@ func (e *BodyError) Unwrap() error { return e.Err }
 // ErrClosed is the cause of the ConnErrors of messages still in flight
 // when [Sender.Close] is called.
 var ErrClosed = errors.New("pipeline: sender closed")
+
+// ErrStopped is what Send returns when Config.Stop stopped it.
+var ErrStopped = errors.New("pipeline: stopped before the message")
 
 // errTimeout is the cause when a reply does not come in time.
 var errTimeout = errors.New("pipeline: timeout waiting for reply")
@@ -242,6 +286,10 @@ type Sender struct {
 	ew *errWriter
 	bw *bufio.Writer
 
+	// due counts the replies due since the start, the greeting's and
+	// those of the commands queued, for the reader's ackReader.
+	due int64
+
 	replies    chan readResult
 	stop       chan struct{}
 	stopOnce   sync.Once
@@ -253,18 +301,28 @@ type Sender struct {
 	inflight []*txn
 	err      error // set once the connection is unusable
 
+	// With Overlap, the message whose DATA is sent and whose body is not
+	// yet, and that body.
+	pend     *txn
+	pendBody io.ReadCloser
+	// settled holds the messages settled whose Done has not run yet:
+	// while holdDone is set, between the reply to DATA and the body it
+	// lets out, Done waits until the Send has written, so that a Done
+	// that takes time (a queue recording the outcome) does not hold up
+	// the body.
+	settled  []*txn
+	holdDone bool
+
 	lastReply Reply // the reply to the last EHLO, QUIT or greeting
 	needRSET  bool  // DATA: the last transaction may still be open
 	started   int   // transactions started
 	written   int64 // BDAT: chunk bytes written
 	lastEnds  []int64
-
-	waits int
 }
 
-// NewSender returns a Sender on conn, a connection on which the SMTP
-// greeting and EHLO have been read already (see [LineConn]), or on which
-// [Sender.Hello] is called first. ctx ends every wait; cancelling it is
+// NewSender returns a Sender on conn, on which [Sender.Hello] is called
+// first, or on which the SMTP greeting and EHLO have been read already
+// (then cfg must say whether to go in lock-step). ctx ends every wait; cancelling it is
 // like losing the connection.
 func NewSender(ctx context.Context, conn net.Conn, cfg Config) *Sender {
 	cfg.ReplyTimeout = or(cfg.ReplyTimeout, DefaultReplyTimeout)
@@ -273,6 +331,7 @@ func NewSender(ctx context.Context, conn net.Conn, cfg Config) *Sender {
 	cfg.LastWindow = or(cfg.LastWindow, DefaultLastWindow)
 	cfg.MaxPending = or(cfg.MaxPending, DefaultMaxPending)
 	cfg.WriteBufferSize = or(cfg.WriteBufferSize, DefaultWriteBufferSize)
+	cfg.Chunking = cfg.Chunking && !cfg.Lockstep
 	s := &Sender{
 		ctx:  ctx,
 		conn: conn,
@@ -289,7 +348,7 @@ func NewSender(ctx context.Context, conn net.Conn, cfg Config) *Sender {
 	if cfg.WriteTimeout > 0 {
 		w = &deadlineWriter{conn: conn, d: cfg.WriteTimeout}
 	}
-	s.ew = &errWriter{w: w}
+	s.ew = &errWriter{w: w, due: &s.due}
 	s.bw = bufio.NewWriterSize(s.ew, cfg.WriteBufferSize)
 	go s.readLoop()
 	return s
@@ -314,9 +373,18 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 
 func (s *Sender) readLoop() {
 	defer close(s.readerDone)
-	br := bufio.NewReaderSize(s.conn, maxReplyLine)
+	var rd io.Reader = s.conn
+	var ar *ackReader
+	if s.cfg.QuickAck != nil {
+		ar = &ackReader{s: s}
+		rd = ar
+	}
+	br := bufio.NewReaderSize(rd, 4096)
 	for {
-		r, err := readReply(br)
+		r, err := wire.ReadReply(br, replyLimits, nil)
+		if ar != nil && err == nil {
+			ar.replies++
+		}
 		select {
 		case s.replies <- readResult{r, err}:
 		case <-s.stop:
@@ -328,40 +396,81 @@ func (s *Sender) readLoop() {
 	}
 }
 
-// Err returns the error that made the connection unusable, or nil.
-func (s *Sender) Err() error { return s.err }
+// ackReader is the reader's connection when Config.QuickAck is set: it
+// asks for an ACK before a read that waits for replies still owed, when
+// what was read last has not been acknowledged by a write since. Asking
+// after every read instead costs a system call and an ACK of its own per
+// read, on the path of every message.
+type ackReader struct {
+	s       *Sender
+	replies int64 // replies read whole
+	unacked bool  // data read that no ACK or write has acknowledged yet
+	writes  int64 // the Sender's writes when that data was read
+}
 
-// Waits returns how many times the Sender has had to wait for a reply
-// that had not arrived yet.
-func (s *Sender) Waits() int { return s.waits }
+func (r *ackReader) Read(p []byte) (int, error) {
+	if r.unacked {
+		// Replies owed first: errWriter counts a write before it
+		// updates sent, so a write that changed sent shows as a write.
+		owed := r.s.ew.sent.Load() > r.replies
+		if owed && r.s.ew.writes.Load() == r.writes {
+			r.s.cfg.QuickAck()
+		}
+	}
+	n, err := r.s.conn.Read(p)
+	r.unacked = n > 0
+	r.writes = r.s.ew.writes.Load()
+	return n, err
+}
 
 // Hello reads the server's greeting, sends EHLO and returns the
-// extensions of its reply, keyed in upper case, with their parameters.
+// extensions of its reply, keyed in upper case, with their parameters. A
+// server that refuses EHLO with 500 or 502 gets HELO instead (RFC 5321
+// section 3.2), and the map is empty. Hello adapts the Sender to the
+// reply: lock-step without PIPELINING, DATA without CHUNKING. A refusal
+// comes back as the reply's error; the caller may then [Sender.Quit].
 func (s *Sender) Hello(localName string) (map[string]string, error) {
 	if strings.ContainsAny(localName, "\r\n") {
 		return nil, errors.New("pipeline: EHLO name contains CR or LF")
 	}
-	s.queue = append(s.queue, cmd{kind: kGreeting})
+	s.push(cmd{kind: kGreeting})
 	if err := s.drain(); err != nil {
 		return nil, err
 	}
 	if err := s.lastReply.Check(220); err != nil {
 		return nil, err
 	}
+	ext := make(map[string]string)
 	s.send(cmd{kind: kEHLO}, "EHLO ", localName)
 	if err := s.drain(); err != nil {
 		return nil, err
 	}
-	if err := s.lastReply.Check(250); err != nil {
-		return nil, err
+	if s.lastReply.Code == 500 || s.lastReply.Code == 502 {
+		s.send(cmd{kind: kEHLO}, "HELO ", localName)
+		if err := s.drain(); err != nil {
+			return nil, err
+		}
+		if err := s.lastReply.Check(250); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := s.lastReply.Check(250); err != nil {
+			return nil, err
+		}
+		ext = s.lastReply.Extensions()
 	}
-	ext := make(map[string]string)
-	for _, l := range s.lastReply.Lines()[1:] {
-		k, v, _ := strings.Cut(l, " ")
-		ext[strings.ToUpper(k)] = v
-	}
+	_, pipelining := ext["PIPELINING"]
+	_, chunking := ext["CHUNKING"]
+	s.cfg.Lockstep = !pipelining
+	s.cfg.Chunking = s.cfg.Chunking && chunking && pipelining
 	return ext, nil
 }
+
+// Lockstep reports whether the Sender sends one command at a time.
+func (s *Sender) Lockstep() bool { return s.cfg.Lockstep }
+
+// Chunking reports whether the Sender sends bodies with BDAT.
+func (s *Sender) Chunking() bool { return s.cfg.Chunking }
 
 // Send sends one message. It returns once the message's commands and
 // body are written, usually before the reply to its end has been read;
@@ -371,8 +480,12 @@ func (s *Sender) Hello(localName string) (map[string]string, error) {
 //
 // With DATA, Send waits for the reply to DATA (the replies to the
 // previous message's end, to MAIL and to RCPT come first); with BDAT it
-// does not wait, unless a window is full.
+// does not wait, unless a window is full. With Overlap and pipelined
+// DATA, Send waits for the reply to the previous message's DATA, writes
+// that message's body, then this message's commands, and returns: its
+// body goes with the next Send, or with Quit.
 func (s *Sender) Send(m *Mail) error {
+	defer s.runDone()
 	t := &txn{
 		m:       m,
 		errs:    make([]error, len(m.To)),
@@ -385,15 +498,7 @@ func (s *Sender) Send(m *Mail) error {
 		s.finish(t)
 		return s.err
 	}
-	if strings.ContainsAny(m.From, "\r\n") || strings.ContainsAny(m.Params, "\r\n") {
-		t.settleAll(&smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address contains CR or LF"})
-	}
-	for i, r := range m.To {
-		if strings.ContainsAny(r, "\r\n") || (i < len(m.RcptParams) && strings.ContainsAny(m.RcptParams[i], "\r\n")) {
-			t.settle(i, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address contains CR or LF"})
-		}
-	}
-	if t.waiting == 0 {
+	if refuseCRLF(t); t.waiting == 0 {
 		s.finish(t)
 		return nil
 	}
@@ -403,8 +508,64 @@ func (s *Sender) Send(m *Mail) error {
 	if err != nil {
 		t.openErr = err
 	} else {
-		defer body.Close()
+		defer func() {
+			if s.pend != t {
+				body.Close()
+			}
+		}()
 	}
+	s.sendPending()
+	if s.err == nil && s.cfg.Stop != nil && s.cfg.Stop() {
+		s.inflight = s.inflight[:len(s.inflight)-1] // t, appended last
+		s.flush()
+		return ErrStopped
+	}
+	s.sendEnvelope(t)
+	if s.cfg.Lockstep && s.err == nil && t.refused() {
+		// A lock-step client knows the transaction failed before DATA:
+		// it ends it, as most clients do.
+		s.send(cmd{kind: kRSET}, "RSET")
+		t.final = true
+		s.maybeFinish(t)
+		return s.err
+	}
+	if t.openErr != nil {
+		// End the transaction without data: the recipients RCPT accepts
+		// get the open error, the others their refusal.
+		s.send(cmd{kind: kRSET, tx: t}, "RSET")
+		t.final = true
+		s.maybeFinish(t)
+		s.flush()
+		return s.err
+	}
+	if s.err != nil {
+		return s.err
+	}
+	if s.cfg.Chunking {
+		return s.sendChunks(t, body)
+	}
+	return s.sendData(t, body)
+}
+
+// refuseCRLF settles the recipients that cannot go on the wire: all of
+// them when the sender address or the MAIL parameters hold a CR or LF,
+// each one whose address or RCPT parameters do.
+func refuseCRLF(t *txn) {
+	m := t.m
+	if strings.ContainsAny(m.From, "\r\n") || strings.ContainsAny(m.Params, "\r\n") {
+		t.settleAll(&wire.Error{Code: 553, EnhancedCode: [3]int{5, 1, 7}, Message: "Sender address contains CR or LF"})
+	}
+	for i, r := range m.To {
+		if strings.ContainsAny(r, "\r\n") || (i < len(m.RcptParams) && strings.ContainsAny(m.RcptParams[i], "\r\n")) {
+			t.settle(i, &wire.Error{Code: 553, EnhancedCode: [3]int{5, 1, 3}, Message: "Recipient address contains CR or LF"})
+		}
+	}
+}
+
+// sendEnvelope sends MAIL and an RCPT for each recipient not settled
+// yet, after an RSET when the previous transaction may still be open.
+func (s *Sender) sendEnvelope(t *txn) {
+	m := t.m
 	if (s.cfg.Chunking && s.started > 0) || s.needRSET {
 		// With BDAT, the previous transaction may still be open if none
 		// of its recipients was accepted, and its replies are not known
@@ -424,23 +585,39 @@ func (s *Sender) Send(m *Mail) error {
 			s.send(cmd{kind: kRCPT, tx: t, rcpt: i}, "RCPT TO:<", r, ">", params)
 		}
 	}
-	if t.openErr != nil {
-		// End the transaction without data: the recipients RCPT accepts
-		// get the open error, the others their refusal.
-		s.send(cmd{kind: kRSET, tx: t}, "RSET")
-		t.final = true
-		s.flush()
-		return s.err
-	}
-	if s.err != nil {
-		return s.err
-	}
-	if s.cfg.Chunking {
-		return s.sendChunks(t, body)
-	}
+}
 
+// sendData sends DATA, waits for its reply, and sends the body and the
+// final dot when it is 354.
+func (s *Sender) sendData(t *txn, body io.ReadCloser) error {
 	s.send(cmd{kind: kDATA, tx: t}, "DATA")
 	s.flush()
+	if s.cfg.Overlap && !s.cfg.Lockstep && s.err == nil {
+		s.pend, s.pendBody = t, body
+		return nil
+	}
+	return s.sendBody(t, body)
+}
+
+// sendPending sends, with Overlap, the body of the message whose DATA
+// was sent last, once the reply to DATA has come; it leaves it in the
+// buffer, for the next message's commands to follow.
+func (s *Sender) sendPending() {
+	t, body := s.pend, s.pendBody
+	if t == nil {
+		return
+	}
+	s.pend, s.pendBody = nil, nil
+	defer body.Close()
+	s.holdDone = true
+	s.sendBody(t, body)
+	s.holdDone = false
+}
+
+// sendBody waits for the reply to DATA and sends the body and the final
+// dot when it is 354; it flushes them in lock-step or when the body was
+// not left pending (without Overlap).
+func (s *Sender) sendBody(t *txn, body io.Reader) error {
 	for t.data == nil && s.err == nil {
 		s.consume()
 	}
@@ -450,8 +627,12 @@ func (s *Sender) Send(m *Mail) error {
 	if t.data.Code != 354 {
 		t.settleAccepted(t.data.Check(354))
 		t.final = true
-		s.needRSET = true
 		s.maybeFinish(t)
+		if s.cfg.Lockstep {
+			s.send(cmd{kind: kRSET}, "RSET")
+			return s.err
+		}
+		s.needRSET = true
 		return nil
 	}
 	if t.refused() {
@@ -466,7 +647,12 @@ func (s *Sender) Send(m *Mail) error {
 	}
 	s.push(cmd{kind: kDot, tx: t})
 	t.final = true
-	s.flush()
+	if s.cfg.Lockstep {
+		return s.drain()
+	}
+	if !s.cfg.Overlap {
+		s.flush()
+	}
 	return s.err
 }
 
@@ -619,6 +805,9 @@ func (s *Sender) send(k cmd, parts ...string) {
 	}
 	s.bw.WriteString("\r\n")
 	s.push(k)
+	if s.cfg.Lockstep {
+		s.drain()
+	}
 }
 
 // push records a command written by hand.
@@ -629,6 +818,7 @@ func (s *Sender) push(k cmd) {
 		s.queue, s.head = s.queue[:n], 0
 	}
 	s.queue = append(s.queue, k)
+	s.due++
 	if k.tx != nil {
 		k.tx.pending++
 	}
@@ -678,7 +868,6 @@ func (s *Sender) consume() {
 	select {
 	case res = <-s.replies:
 	default:
-		s.waits++
 		timeout := s.cfg.ReplyTimeout
 		if k := s.queue[s.head].kind; k == kDot || k == kBDATLast {
 			timeout = s.cfg.DataTimeout
@@ -805,9 +994,22 @@ func (s *Sender) finish(t *txn) {
 			break
 		}
 	}
-	if t.m.Done != nil {
-		t.m.Done(t.errs)
+	s.settled = append(s.settled, t)
+	if !s.holdDone {
+		s.runDone()
 	}
+}
+
+// runDone calls the Done of the messages settled, in the order they were.
+func (s *Sender) runDone() {
+	for i := 0; i < len(s.settled); i++ {
+		t := s.settled[i]
+		s.settled[i] = nil
+		if t.m.Done != nil {
+			t.m.Done(t.errs)
+		}
+	}
+	s.settled = s.settled[:0]
 }
 
 // fail makes the connection unusable: every message in flight is settled
@@ -827,6 +1029,10 @@ func (s *Sender) fail(cause error) error {
 	}
 	s.err = ce
 	s.abort()
+	if s.pend != nil {
+		s.pendBody.Close()
+		s.pend, s.pendBody = nil, nil
+	}
 	for len(s.inflight) > 0 {
 		t := s.inflight[0]
 		t.settleAll(ce)
@@ -850,9 +1056,14 @@ func (s *Sender) abort() {
 // session before the client has recorded the last outcomes, and a caller
 // that waits for the server would see them late.)
 func (s *Sender) Quit() error {
+	defer s.runDone()
+	s.sendPending()
 	if err := s.drain(); err != nil {
 		return err
 	}
+	// Outcomes settled while a refused DATA's body was pending were held
+	// back: record them before the server hears QUIT.
+	s.runDone()
 	s.send(cmd{kind: kQUIT}, "QUIT")
 	if err := s.drain(); err != nil {
 		return err
@@ -864,6 +1075,7 @@ func (s *Sender) Quit() error {
 // wrapping ErrClosed, and the reader goroutine ends. It sets a past
 // deadline on the connection but does not close it.
 func (s *Sender) Close() error {
+	defer s.runDone()
 	s.fail(ErrClosed)
 	<-s.readerDone
 	s.timer.Stop()

@@ -21,6 +21,9 @@ import (
 type Server struct {
 	// Ext are the EHLO extension lines; nil means PIPELINING only.
 	Ext []string
+	// HELOOnly makes the server refuse EHLO with 502, as an RFC 821
+	// server does, so that the client falls back to HELO.
+	HELOOnly bool
 
 	// Mail picks the reply to MAIL (default "250 2.1.0 OK").
 	Mail func(from string) string
@@ -148,6 +151,10 @@ func (s *Server) Serve(conn net.Conn) {
 		var ok bool
 		switch strings.ToUpper(verb) {
 		case "EHLO":
+			if s.HELOOnly {
+				ok = reply("502 5.5.1 Command not implemented")
+				break
+			}
 			ext := s.Ext
 			if ext == nil {
 				ext = []string{"PIPELINING"}

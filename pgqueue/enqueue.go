@@ -1,0 +1,298 @@
+package pgqueue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/crlf"
+	"github.com/go-odmr/odmr/internal/ctxio"
+)
+
+// Enqueue adds a message for env.From and env.To with the body read from
+// body, and returns its ID. The envelope, the DSN requests and the body
+// are written in one transaction: once Enqueue returns nil the message is
+// committed, and on an error nothing of it is queued.
+//
+// The body is read whole before the transaction starts, so that a client
+// that sends slowly, or stops, holds no database connection while it
+// does: a few such clients of an SMTP intake would otherwise take every
+// connection of the pool, and stall enqueuing and delivery on every node
+// of the queue with them. Up to ChunkSize bytes stay in memory, a larger
+// body goes to a temporary file in os.TempDir (TMPDIR), removed at once
+// where the system allows it; it is then stored in chunks of ChunkSize
+// bytes, never held whole in memory, bare LF line endings becoming CRLF
+// on the way.
+// Size and Body (8BITMIME when the body has 8-bit bytes, 7BIT otherwise,
+// whatever was declared, but for BINARYMIME) come from the content; UTF8
+// is set when an address is not ASCII, and Received, from the database's
+// clock, when it is zero. env.ID is ignored. Duplicate recipients are
+// queued once.
+//
+// Once the body is read, the database work is bounded by
+// Options.QueryTimeout, or by ctx if that is sooner.
+//
+// When a domain of the recipients is over its quota, Enqueue returns an
+// *odmr.Error with code 452 and enhanced code 4.2.2. An invalid address
+// gives a 501 *odmr.Error.
+func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) (string, error) {
+	if err := q.checkOpen(); err != nil {
+		return "", err
+	}
+	if len(env.To) == 0 {
+		return "", errors.New("odmr: message has no recipients")
+	}
+	if badAddr(env.From) {
+		return "", &odmr.Error{Code: 501, EnhancedCode: odmr.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
+	}
+	var rcpts []string
+	var domains []string
+	for _, r := range env.To {
+		if r == "" || badAddr(r) {
+			return "", &odmr.Error{Code: 501, EnhancedCode: odmr.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+		}
+		if !slices.Contains(rcpts, r) {
+			rcpts = append(rcpts, r)
+			if d := odmr.RecipientDomain(r); !slices.Contains(domains, d) {
+				domains = append(domains, d)
+			}
+		}
+	}
+	slices.Sort(domains)
+
+	body, done, err := q.readBody(ctx, body)
+	if err != nil {
+		return "", fmt.Errorf("odmr: enqueue: reading message: %w", err)
+	}
+	defer done()
+
+	// The database work has a bound of its own, whatever ctx allows: an
+	// intake that passes a context without a deadline must not wait for
+	// ever on a server that stopped answering (its client gets a 451).
+	ctx, cancel := context.WithTimeout(ctx, q.opts.QueryTimeout)
+	defer cancel()
+	tx, err := q.pool.Begin(ctx)
+	if err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	limit, limited, err := q.checkQuota(ctx, tx, domains)
+	if err != nil {
+		return "", err
+	}
+
+	var received any // NULL: the database's now()
+	if !env.Received.IsZero() {
+		received = env.Received
+	}
+	var ret, envID string
+	if env.DSN != nil {
+		ret, envID = string(env.DSN.Return), env.DSN.EnvID
+	}
+	var id int64
+	if err := tx.QueryRow(ctx, `INSERT INTO odmr_messages (sender, received, dsn_ret, dsn_envid)
+		VALUES ($1, coalesce($2, now()), $3, $4) RETURNING id`,
+		env.From, received, ret, envID).Scan(&id); err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+
+	cw := &chunkWriter{ctx: ctx, tx: tx, id: id, buf: make([]byte, 0, q.opts.ChunkSize)}
+	w := &crlf.Writer{W: cw, Limit: limit}
+	if _, err := io.Copy(w, ctxio.Reader(ctx, body)); err != nil {
+		if errors.Is(err, crlf.ErrTooBig) {
+			return "", errQuota(limited)
+		}
+		return "", fmt.Errorf("odmr: enqueue: reading message: %w", err)
+	}
+	if err := cw.flush(); err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+
+	bodyType := env.Body
+	// The content decides, not the declaration: intakes (common SMTP
+	// clients among them) declare BODY=8BITMIME for 7-bit mail too, and a
+	// 7-bit message may go to a customer without 8BITMIME.
+	if bodyType != odmr.BodyBinaryMIME {
+		bodyType = ""
+		if w.EightBit {
+			bodyType = odmr.Body8BitMIME
+		}
+	}
+	utf8Env := env.UTF8 || !isASCII(env.From)
+	for _, r := range rcpts {
+		utf8Env = utf8Env || !isASCII(r)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE odmr_messages SET size = $2, body_type = $3, utf8 = $4 WHERE id = $1",
+		id, w.N, string(bodyType), utf8Env); err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+
+	b := &pgx.Batch{}
+	for i, r := range rcpts {
+		var notify []string
+		var orcptType, orcpt string
+		if env.DSN != nil {
+			if d, ok := env.DSN.Recipients[r]; ok {
+				for _, n := range d.Notify {
+					notify = append(notify, string(n))
+				}
+				if notify == nil && d.Notify != nil {
+					notify = []string{}
+				}
+				orcptType, orcpt = d.ORcptType, d.ORcpt
+			}
+		}
+		b.Queue(`INSERT INTO odmr_recipients (message_id, n, addr, domain, notify, orcpt_type, orcpt)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, id, i, r, odmr.RecipientDomain(r), notify, orcptType, orcpt)
+	}
+	for _, d := range domains {
+		b.Queue("INSERT INTO odmr_pending (domain, message_id) VALUES ($1, $2)", d, id)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return "", fmt.Errorf("odmr: enqueue: %w", err)
+	}
+	return strconv.FormatInt(id, 10), nil
+}
+
+// checkQuota checks the message count of every domain of a new message
+// against its quota, and returns how many bytes the message may have (-1
+// for no limit) and the domain that sets that limit. Messages queued by
+// other transactions in the meantime are not counted: a quota is a bound
+// that concurrent intakes can overshoot by what they queue at once, never
+// a reason to drop mail that was accepted.
+func (q *Queue) checkQuota(ctx context.Context, tx pgx.Tx, domains []string) (int64, string, error) {
+	left, limited := int64(-1), ""
+	if q.opts.Quota == nil {
+		return left, limited, nil
+	}
+	for _, d := range domains {
+		maxBytes, maxMessages := q.opts.Quota(d)
+		if maxBytes <= 0 && maxMessages <= 0 {
+			continue
+		}
+		var n int
+		var size int64
+		if err := tx.QueryRow(ctx, `SELECT count(*), coalesce(sum(m.size), 0)::bigint
+			FROM odmr_pending p JOIN odmr_messages m ON m.id = p.message_id
+			WHERE p.domain = $1 AND NOT p.held`, d).Scan(&n, &size); err != nil {
+			return 0, "", fmt.Errorf("odmr: enqueue: checking the quota: %w", err)
+		}
+		if maxMessages > 0 && n+1 > maxMessages {
+			return 0, "", errQuota(d)
+		}
+		if maxBytes > 0 {
+			if l := max(maxBytes-size, 0); left < 0 || l < left {
+				left, limited = l, d
+			}
+		}
+	}
+	return left, limited, nil
+}
+
+// errQuota returns the reply for a domain that is over its quota.
+func errQuota(domain string) *odmr.Error {
+	return &odmr.Error{Code: 452, EnhancedCode: odmr.EnhancedCode{4, 2, 2},
+		Message: "Too much mail queued for " + domain + ", try again later"}
+}
+
+// chunkWriter stores a body in chunks of cap(buf) bytes as it arrives.
+type chunkWriter struct {
+	ctx context.Context
+	tx  pgx.Tx
+	id  int64
+	n   int // chunks written
+	buf []byte
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		k := min(cap(c.buf)-len(c.buf), len(p))
+		c.buf = append(c.buf, p[:k]...)
+		p = p[k:]
+		if len(c.buf) == cap(c.buf) {
+			if err := c.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// flush writes what is buffered as the next chunk.
+func (c *chunkWriter) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	if _, err := c.tx.Exec(c.ctx, "INSERT INTO odmr_body (message_id, n, data) VALUES ($1, $2, $3)", c.id, c.n, c.buf); err != nil {
+		return err
+	}
+	c.n++
+	c.buf = c.buf[:0]
+	return nil
+}
+
+// badAddr reports whether an address holds control characters, which no
+// SMTP path can and which would let it break out of a command or a header.
+func badAddr(a string) bool {
+	return strings.ContainsFunc(a, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// readBody reads body to the end before Enqueue takes a connection: into
+// memory up to ChunkSize bytes, into an unlinked temporary file beyond.
+// It returns a reader of what it read and a function that frees it.
+func (q *Queue) readBody(ctx context.Context, body io.Reader) (io.Reader, func(), error) {
+	r := ctxio.Reader(ctx, body)
+	var head bytes.Buffer
+	n, err := io.CopyN(&head, r, int64(q.opts.ChunkSize)+1)
+	if err == io.EOF || err == nil && n <= int64(q.opts.ChunkSize) {
+		return &head, func() {}, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := os.CreateTemp("", "pgqueue-body-*")
+	if err != nil {
+		return nil, nil, err
+	}
+	name := f.Name()
+	os.Remove(name) // where an open file can go: nothing left by a crash
+	done := func() {
+		f.Close()
+		os.Remove(name)
+	}
+	if _, err = head.WriteTo(f); err == nil {
+		_, err = io.Copy(f, r)
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return f, done, nil
+}
