@@ -26,7 +26,9 @@ import (
 // two nodes never lease the same recipients. Reading the body renews the
 // lease; Complete settles the recipients only if the rows still carry the
 // lease's fence, so a node whose lease lapsed and was taken by another
-// changes nothing; Close and Complete end the lease.
+// changes nothing; Close and Complete end the lease. Complete draws a new
+// fence for the rows it leaves queued, so that its retry after a COMMIT
+// whose reply was lost changes nothing either when the COMMIT took.
 //
 // Taking, renewing and releasing a lease commit without waiting for the
 // disk (synchronous_commit off): a database crash that loses one frees

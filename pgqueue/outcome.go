@@ -194,13 +194,16 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 	}
 
 	// Release the rows of the domains with recipients left, drop the
-	// others, and the message when nothing is left.
+	// others, and the message when nothing is left. A new fence ends the
+	// lease for good: when the reply to this transaction's COMMIT is
+	// lost, Complete tries again, and its second try must find the lease
+	// gone (errLeaseLost) rather than count the temporary failures twice.
 	if _, err := tx.Exec(ctx, `DELETE FROM odmr_pending p WHERE p.message_id = $1 AND p.domain = ANY($2)
 		AND NOT EXISTS (SELECT 1 FROM odmr_recipients r
 			WHERE r.message_id = p.message_id AND r.domain = p.domain AND r.state = 'queued')`, id, domains); err != nil {
 		return fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
-	if _, err := tx.Exec(ctx, "UPDATE odmr_pending SET lease_until = NULL WHERE message_id = $1 AND domain = ANY($2)", id, domains); err != nil {
+	if _, err := tx.Exec(ctx, "UPDATE odmr_pending SET lease_until = NULL, fence = nextval('odmr_fence') WHERE message_id = $1 AND domain = ANY($2)", id, domains); err != nil {
 		return fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM odmr_messages m WHERE id = $1
