@@ -165,14 +165,14 @@ func (q *Queue) OpenMessage(ctx context.Context, id string) (io.ReadCloser, erro
 		return nil, err
 	}
 	n, _ := parseID(id)
-	return &chunks{fetch: func(i int) (data []byte, err error) {
+	return &chunks{fetch: func(i int) (data []byte, last bool, err error) {
 		ctx, cancel := context.WithTimeout(q.ctx, q.opts.QueryTimeout)
 		defer cancel()
-		err = q.pool.QueryRow(ctx, selectChunk, n, i).Scan(&data)
+		err = q.pool.QueryRow(ctx, selectChunk, n, i).Scan(&data, &last)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			err = fmt.Errorf("odmr: reading the body of message %d: %w", n, err)
 		}
-		return data, err
+		return data, last, err
 	}}, nil
 }
 

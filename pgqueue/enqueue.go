@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -29,10 +31,16 @@ import (
 // does: a few such clients of an SMTP intake would otherwise take every
 // connection of the pool, and stall enqueuing and delivery on every node
 // of the queue with them. Up to ChunkSize bytes stay in memory, a larger
-// body goes to a temporary file in os.TempDir (TMPDIR), removed at once
+// body goes to a temporary file in Options.TempDir, removed at once
 // where the system allows it; it is then stored in chunks of ChunkSize
 // bytes, never held whole in memory, bare LF line endings becoming CRLF
-// on the way.
+// on the way. Reading stops as soon as the body is over
+// Options.MaxMessageBytes (a 552 *odmr.Error, 5.3.4) or over the bytes
+// the quota of a recipient's domain leaves (452, 4.2.2): the room left is
+// looked up before reading, with one short query whose connection goes
+// back to the pool at once, and checked again in the transaction, which
+// decides. A full disk while the body is spilled gives a 452 *odmr.Error
+// (4.3.1). On any error nothing of the body is left on disk.
 // Size and Body (8BITMIME when the body has 8-bit bytes, 7BIT otherwise,
 // whatever was declared, but for BINARYMIME) come from the content; UTF8
 // is set when an address is not ASCII, and Received, from the database's
@@ -70,8 +78,22 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 	}
 	slices.Sort(domains)
 
-	body, done, err := q.readBody(ctx, body)
+	// The quota's room before reading, so that a body over it is cut
+	// short rather than spilled whole first; a domain with no room for
+	// one more message refuses it before a byte is read.
+	left, limited, err := q.quotaBefore(ctx, domains)
 	if err != nil {
+		return "", err
+	}
+	limit, tooBig := q.bodyLimit(left, limited)
+	body, done, err := q.readBody(ctx, body, limit)
+	switch {
+	case errors.Is(err, errOverLimit):
+		return "", tooBig
+	case noSpace(err):
+		q.log.Error("pgqueue: no space to spill a message body; answering 452", "dir", q.tempDir(), "err", err)
+		return "", errNoSpace
+	case err != nil:
 		return "", fmt.Errorf("odmr: enqueue: reading message: %w", err)
 	}
 	defer done()
@@ -87,10 +109,11 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
-	limit, limited, err := q.checkQuota(ctx, tx, domains)
+	left, limited, err = q.checkQuota(ctx, tx, domains)
 	if err != nil {
 		return "", err
 	}
+	limit, tooBig = q.bodyLimit(left, limited)
 
 	var received any // NULL: the database's now()
 	if !env.Received.IsZero() {
@@ -111,7 +134,7 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 	w := &crlf.Writer{W: cw, Limit: limit}
 	if _, err := io.Copy(w, ctxio.Reader(ctx, body)); err != nil {
 		if errors.Is(err, crlf.ErrTooBig) {
-			return "", errQuota(limited)
+			return "", tooBig
 		}
 		return "", fmt.Errorf("odmr: enqueue: reading message: %w", err)
 	}
@@ -174,33 +197,101 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 // other transactions in the meantime are not counted: a quota is a bound
 // that concurrent intakes can overshoot by what they queue at once, never
 // a reason to drop mail that was accepted.
-func (q *Queue) checkQuota(ctx context.Context, tx pgx.Tx, domains []string) (int64, string, error) {
+func (q *Queue) checkQuota(ctx context.Context, db querier, domains []string) (int64, string, error) {
 	left, limited := int64(-1), ""
 	if q.opts.Quota == nil {
 		return left, limited, nil
 	}
+	type quota struct {
+		maxBytes    int64
+		maxMessages int
+	}
+	quotas := make(map[string]quota)
+	var counted []string
 	for _, d := range domains {
 		maxBytes, maxMessages := q.opts.Quota(d)
-		if maxBytes <= 0 && maxMessages <= 0 {
-			continue
+		if maxBytes > 0 || maxMessages > 0 {
+			quotas[d] = quota{maxBytes, maxMessages}
+			counted = append(counted, d)
 		}
-		var n int
-		var size int64
-		if err := tx.QueryRow(ctx, `SELECT count(*), coalesce(sum(m.size), 0)::bigint
-			FROM odmr_pending p JOIN odmr_messages m ON m.id = p.message_id
-			WHERE p.domain = $1 AND NOT p.held`, d).Scan(&n, &size); err != nil {
-			return 0, "", fmt.Errorf("odmr: enqueue: checking the quota: %w", err)
-		}
-		if maxMessages > 0 && n+1 > maxMessages {
+	}
+	if len(counted) == 0 {
+		return left, limited, nil
+	}
+	rows, err := db.Query(ctx, `SELECT p.domain, count(*), coalesce(sum(m.size), 0)::bigint
+		FROM odmr_pending p JOIN odmr_messages m ON m.id = p.message_id
+		WHERE p.domain = ANY($1) AND NOT p.held GROUP BY p.domain`, counted)
+	if err != nil {
+		return 0, "", fmt.Errorf("odmr: enqueue: checking the quota: %w", err)
+	}
+	type usage struct {
+		n    int
+		size int64
+	}
+	used := make(map[string]usage, len(counted))
+	var d string
+	var u usage
+	if _, err := pgx.ForEachRow(rows, []any{&d, &u.n, &u.size}, func() error {
+		used[d] = u
+		return nil
+	}); err != nil {
+		return 0, "", fmt.Errorf("odmr: enqueue: checking the quota: %w", err)
+	}
+	for _, d := range counted { // sorted: the same domain named each time
+		qu, u := quotas[d], used[d]
+		if qu.maxMessages > 0 && u.n+1 > qu.maxMessages {
 			return 0, "", errQuota(d)
 		}
-		if maxBytes > 0 {
-			if l := max(maxBytes-size, 0); left < 0 || l < left {
+		if qu.maxBytes > 0 {
+			if l := max(qu.maxBytes-u.size, 0); left < 0 || l < left {
 				left, limited = l, d
 			}
 		}
 	}
 	return left, limited, nil
+}
+
+// querier is a pgx.Tx, or a pool that lends a connection for one query.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// quotaBefore is checkQuota before the body is read, with a connection
+// taken for the one query and given back at once, bounded by
+// QueryTimeout: what it finds is a first bound, which the transaction
+// checks again.
+func (q *Queue) quotaBefore(ctx context.Context, domains []string) (int64, string, error) {
+	if q.opts.Quota == nil {
+		return -1, "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.opts.QueryTimeout)
+	defer cancel()
+	return q.checkQuota(ctx, q.pool, domains)
+}
+
+// bodyLimit returns how many bytes a body may have, given the room left
+// in the quota of domain limited (-1: no limit), and the error for a body
+// over it: the quota's when that is the tighter bound, MaxMessageBytes's
+// otherwise.
+func (q *Queue) bodyLimit(left int64, limited string) (int64, *odmr.Error) {
+	if m := q.opts.MaxMessageBytes; left >= 0 && (m < 0 || left < m) {
+		return left, errQuota(limited)
+	}
+	return q.opts.MaxMessageBytes, errTooBig
+}
+
+// errTooBig refuses a body over MaxMessageBytes (RFC 3463: 5.3.4,
+// message too big for system).
+var errTooBig = &odmr.Error{Code: 552, EnhancedCode: odmr.EnhancedCode{5, 3, 4}, Message: "Message too big for system"}
+
+// errNoSpace refuses a body when the disk it is spilled to is full
+// (RFC 5321: 452, insufficient system storage; RFC 3463: 4.3.1, mail
+// system full): the sender tries again later.
+var errNoSpace = &odmr.Error{Code: 452, EnhancedCode: odmr.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
+
+// noSpace reports whether err says that a disk or a quota is full.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // errQuota returns the reply for a domain that is over its quota.
@@ -261,20 +352,32 @@ func isASCII(s string) bool {
 	return true
 }
 
+// errOverLimit is readBody's error for a body over its limit.
+var errOverLimit = errors.New("odmr: message over its limit")
+
 // readBody reads body to the end before Enqueue takes a connection: into
-// memory up to ChunkSize bytes, into an unlinked temporary file beyond.
-// It returns a reader of what it read and a function that frees it.
-func (q *Queue) readBody(ctx context.Context, body io.Reader) (io.Reader, func(), error) {
-	r := ctxio.Reader(ctx, body)
+// memory up to ChunkSize bytes, into an unlinked temporary file in
+// TempDir beyond. It returns a reader of what it read and a function that
+// frees it, or errOverLimit as soon as it has read more than limit bytes
+// (-1: no limit); on an error it leaves nothing behind.
+func (q *Queue) readBody(ctx context.Context, body io.Reader, limit int64) (io.Reader, func(), error) {
+	lr := &io.LimitedReader{R: ctxio.Reader(ctx, body), N: math.MaxInt64}
+	if limit >= 0 && limit < math.MaxInt64 {
+		lr.N = limit + 1 // one byte more tells a body over the limit
+	}
+	over := func() bool { return limit >= 0 && lr.N == 0 }
 	var head bytes.Buffer
-	n, err := io.CopyN(&head, r, int64(q.opts.ChunkSize)+1)
+	n, err := io.CopyN(&head, lr, int64(q.opts.ChunkSize)+1)
+	if over() {
+		return nil, nil, errOverLimit
+	}
 	if err == io.EOF || err == nil && n <= int64(q.opts.ChunkSize) {
 		return &head, func() {}, nil
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := os.CreateTemp("", "pgqueue-body-*")
+	f, err := os.CreateTemp(q.opts.TempDir, "pgqueue-body-*")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -285,7 +388,10 @@ func (q *Queue) readBody(ctx context.Context, body io.Reader) (io.Reader, func()
 		os.Remove(name)
 	}
 	if _, err = head.WriteTo(f); err == nil {
-		_, err = io.Copy(f, r)
+		_, err = io.Copy(f, lr)
+	}
+	if err == nil && over() {
+		err = errOverLimit
 	}
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
@@ -295,4 +401,12 @@ func (q *Queue) readBody(ctx context.Context, body io.Reader) (io.Reader, func()
 		return nil, nil, err
 	}
 	return f, done, nil
+}
+
+// tempDir returns the directory readBody spills to.
+func (q *Queue) tempDir() string {
+	if q.opts.TempDir != "" {
+		return q.opts.TempDir
+	}
+	return os.TempDir()
 }

@@ -26,7 +26,9 @@ import (
 // two nodes never lease the same recipients. Reading the body renews the
 // lease; Complete settles the recipients only if the rows still carry the
 // lease's fence, so a node whose lease lapsed and was taken by another
-// changes nothing; Close and Complete end the lease.
+// changes nothing; Close and Complete end the lease. Complete draws a new
+// fence for the rows it leaves queued, so that its retry after a COMMIT
+// whose reply was lost changes nothing either when the COMMIT took.
 //
 // Taking, renewing and releasing a lease commit without waiting for the
 // disk (synchronous_commit off): a database crash that loses one frees
@@ -103,60 +105,94 @@ func (b *batch) forget(m *message) {
 // was none, and a nil message when that one had nothing to deliver (it
 // expired, or its rows were stale).
 func (q *Queue) lease(ctx context.Context, b *batch) (*message, int64, error) {
-	tx, err := q.pool.Begin(ctx)
+	tx, err := q.beginAsync(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("odmr: next: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+	// One statement: the first free row after the cursor, the message's
+	// other free rows in the batch's domains unless another transaction
+	// is taking them (waiting for it could deadlock), and a fence drawn
+	// once for them all.
+	rows, err := tx.Query(ctx, `WITH first AS MATERIALIZED (
+			SELECT message_id FROM odmr_pending
+			WHERE domain = ANY($1) AND message_id > $2 AND NOT held AND (lease_until IS NULL OR lease_until <= now())
+			ORDER BY message_id LIMIT 1
+			FOR UPDATE SKIP LOCKED),
+		free AS MATERIALIZED (
+			SELECT p.message_id, p.domain FROM odmr_pending p JOIN first USING (message_id)
+			WHERE p.domain = ANY($1) AND NOT p.held AND (p.lease_until IS NULL OR p.lease_until <= now())
+			FOR UPDATE OF p SKIP LOCKED),
+		f AS MATERIALIZED (SELECT nextval('odmr_fence') AS fence WHERE EXISTS (SELECT 1 FROM first))
+		UPDATE odmr_pending p SET lease_until = now() + $3 * interval '1 millisecond', fence = f.fence
+		FROM free, f WHERE p.message_id = free.message_id AND p.domain = free.domain
+		RETURNING p.message_id, p.domain, p.fence`,
+		b.domains, b.cursor, q.opts.LeaseTTL.Milliseconds())
+	if err != nil {
 		return nil, 0, fmt.Errorf("odmr: next: %w", err)
 	}
-	var id int64
-	err = tx.QueryRow(ctx, `SELECT message_id FROM odmr_pending
-		WHERE domain = ANY($1) AND message_id > $2 AND NOT held AND (lease_until IS NULL OR lease_until <= now())
-		ORDER BY message_id LIMIT 1
-		FOR UPDATE SKIP LOCKED`, b.domains, b.cursor).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
+	var id, fence int64
+	var domains []string
+	var domain string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &domain, &fence}, func() error {
+		domains = append(domains, domain)
+		return nil
+	}); err != nil {
+		return nil, 0, fmt.Errorf("odmr: next: %w", err)
+	}
+	if id == 0 {
 		return nil, 0, nil
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: %w", err)
-	}
-	// The message's other free rows in the batch's domains, unless another
-	// transaction is taking them: waiting for it could deadlock.
-	rows, err := tx.Query(ctx, `SELECT domain FROM odmr_pending
-		WHERE message_id = $1 AND domain = ANY($2) AND NOT held AND (lease_until IS NULL OR lease_until <= now())
-		FOR UPDATE SKIP LOCKED`, id, b.domains)
-	if err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: %w", err)
-	}
-	domains, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: %w", err)
-	}
-	var fence int64
-	if err := tx.QueryRow(ctx, "SELECT nextval('odmr_fence')").Scan(&fence); err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `UPDATE odmr_pending
-		SET lease_until = now() + $3 * interval '1 millisecond', fence = $4
-		WHERE message_id = $1 AND domain = ANY($2)`,
-		id, domains, q.opts.LeaseTTL.Milliseconds(), fence); err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: %w", err)
-	}
+	slices.Sort(domains)
 
 	m := &message{q: q, b: b, id: id, domains: domains, fence: fence, renewed: time.Now()}
 	var expired bool
 	var ret, envID, bodyType string
-	err = tx.QueryRow(ctx, `SELECT sender, received, size, body_type, utf8, dsn_ret, dsn_envid,
+	// The message and its recipients in one round trip; the recipients
+	// go unread when the message has expired.
+	qb := &pgx.Batch{}
+	qb.Queue(`SELECT sender, received, size, body_type, utf8, dsn_ret, dsn_envid,
 		received <= now() - $2 * interval '1 millisecond'
-		FROM odmr_messages WHERE id = $1`, id, q.opts.MaxAge.Milliseconds()).Scan(
-		&m.env.From, &m.env.Received, &m.env.Size, &bodyType, &m.env.UTF8, &ret, &envID, &expired)
+		FROM odmr_messages WHERE id = $1`, id, q.opts.MaxAge.Milliseconds())
+	qb.Queue(`SELECT addr, notify, orcpt_type, orcpt FROM odmr_recipients
+		WHERE message_id = $1 AND domain = ANY($2) AND state = 'queued' ORDER BY n`, id, domains)
+	br := tx.SendBatch(ctx, qb)
+	err = br.QueryRow().Scan(&m.env.From, &m.env.Received, &m.env.Size, &bodyType, &m.env.UTF8, &ret, &envID, &expired)
 	if err != nil {
+		br.Close()
 		return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
 	}
 	m.env.ID = strconv.FormatInt(id, 10)
 	m.env.Body = odmr.BodyType(bodyType)
+	if ret != "" || envID != "" {
+		m.env.DSN = &odmr.DSN{Return: odmr.DSNReturn(ret), EnvID: envID}
+	}
+	if !expired {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
+		}
+		for rows.Next() {
+			var addr, orcptType, orcpt string
+			var notify []string
+			if err := rows.Scan(&addr, &notify, &orcptType, &orcpt); err != nil {
+				rows.Close()
+				br.Close()
+				return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
+			}
+			m.env.To = append(m.env.To, addr)
+			addRecipientDSN(&m.env, addr, notify, orcptType, orcpt)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			br.Close()
+			return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
+	}
 	if expired {
 		if err := q.settle(ctx, tx, id, domains, nil, nil, settleExpire); err != nil {
 			return nil, 0, err
@@ -166,28 +202,6 @@ func (q *Queue) lease(ctx context.Context, b *batch) (*message, int64, error) {
 		}
 		q.kickBouncer()
 		return nil, id, nil
-	}
-	rows, err = tx.Query(ctx, `SELECT addr, notify, orcpt_type, orcpt FROM odmr_recipients
-		WHERE message_id = $1 AND domain = ANY($2) AND state = 'queued' ORDER BY n`, id, domains)
-	if err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
-	}
-	if ret != "" || envID != "" {
-		m.env.DSN = &odmr.DSN{Return: odmr.DSNReturn(ret), EnvID: envID}
-	}
-	for rows.Next() {
-		var addr, orcptType, orcpt string
-		var notify []string
-		if err := rows.Scan(&addr, &notify, &orcptType, &orcpt); err != nil {
-			rows.Close()
-			return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
-		}
-		m.env.To = append(m.env.To, addr)
-		addRecipientDSN(&m.env, addr, notify, orcptType, orcpt)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
 	}
 	if len(m.env.To) == 0 {
 		// Rows with nothing queued behind them cannot be left by this
@@ -204,6 +218,15 @@ func (q *Queue) lease(ctx context.Context, b *batch) (*message, int64, error) {
 		return nil, 0, fmt.Errorf("odmr: next: %w", err)
 	}
 	return m, id, nil
+}
+
+// asyncCommit begins a transaction that commits without waiting for the
+// disk, in the one round trip of its BEGIN.
+var asyncCommit = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL synchronous_commit = off"}
+
+// beginAsync begins an asyncCommit transaction.
+func (q *Queue) beginAsync(ctx context.Context) (pgx.Tx, error) {
+	return q.pool.BeginTx(ctx, asyncCommit)
 }
 
 // message is a leased message, the odmr.Message of a Queue.
@@ -239,17 +262,21 @@ func (m *message) Open() (io.ReadCloser, error) {
 }
 
 // chunks reads a body stored in odmr_body one chunk at a time: fetch
-// returns chunk n, or an error matching pgx.ErrNoRows past the last one.
+// returns chunk n and whether it is the last, or an error matching
+// pgx.ErrNoRows past the last one (a body with no chunk at all).
 type chunks struct {
-	fetch  func(n int) ([]byte, error)
+	fetch  func(n int) (data []byte, last bool, err error)
 	n      int // next chunk
 	buf    []byte
 	eof    bool
 	closed bool
 }
 
-// selectChunk is the query of one chunk of a body.
-const selectChunk = "SELECT data FROM odmr_body WHERE message_id = $1 AND n = $2"
+// selectChunk is the query of one chunk of a body, and of whether it is
+// the last: the reader then needs no query to learn that there is none
+// after it.
+const selectChunk = `SELECT data, NOT EXISTS (SELECT 1 FROM odmr_body WHERE message_id = $1 AND n > $2)
+	FROM odmr_body WHERE message_id = $1 AND n = $2`
 
 func (r *chunks) Read(p []byte) (int, error) {
 	if r.closed {
@@ -259,7 +286,7 @@ func (r *chunks) Read(p []byte) (int, error) {
 		if r.eof {
 			return 0, io.EOF
 		}
-		data, err := r.fetch(r.n)
+		data, last, err := r.fetch(r.n)
 		if errors.Is(err, pgx.ErrNoRows) {
 			r.eof = true
 			continue
@@ -268,7 +295,7 @@ func (r *chunks) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		r.n++
-		r.buf = data
+		r.buf, r.eof = data, last
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
@@ -281,21 +308,18 @@ func (r *chunks) Close() error {
 }
 
 // chunk reads chunk n of the body, and renews the lease when it is due.
-func (m *message) chunk(n int) (data []byte, err error) {
+func (m *message) chunk(n int) (data []byte, last bool, err error) {
 	ctx, cancel := context.WithTimeout(m.q.ctx, m.q.opts.QueryTimeout)
 	defer cancel()
 	if time.Since(m.renewed) < m.q.opts.LeaseTTL/4 {
-		err = m.q.pool.QueryRow(ctx, selectChunk, m.id, n).Scan(&data)
+		err = m.q.pool.QueryRow(ctx, selectChunk, m.id, n).Scan(&data, &last)
 	} else {
-		err = pgx.BeginFunc(ctx, m.q.pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-				return err
-			}
+		err = pgx.BeginTxFunc(ctx, m.q.pool, asyncCommit, func(tx pgx.Tx) error {
 			return tx.QueryRow(ctx, `WITH renew AS (
 					UPDATE odmr_pending SET lease_until = now() + $5 * interval '1 millisecond'
 					WHERE message_id = $1 AND domain = ANY($3) AND fence = $4 RETURNING 1)
-				SELECT data FROM odmr_body WHERE message_id = $1 AND n = $2`,
-				m.id, n, m.domains, m.fence, m.q.opts.LeaseTTL.Milliseconds()).Scan(&data)
+				`+selectChunk,
+				m.id, n, m.domains, m.fence, m.q.opts.LeaseTTL.Milliseconds()).Scan(&data, &last)
 		})
 		if err == nil || errors.Is(err, pgx.ErrNoRows) {
 			m.renewed = time.Now()
@@ -304,7 +328,7 @@ func (m *message) chunk(n int) (data []byte, err error) {
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		err = fmt.Errorf("odmr: reading the body of message %d: %w", m.id, err)
 	}
-	return data, err
+	return data, last, err
 }
 
 // errLeaseLost is returned by Complete when the lease lapsed and another
@@ -388,10 +412,7 @@ func (m *message) release() error {
 func (m *message) releaseOnce(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, m.q.opts.QueryTimeout)
 	defer cancel()
-	return pgx.BeginFunc(ctx, m.q.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-			return err
-		}
+	return pgx.BeginTxFunc(ctx, m.q.pool, asyncCommit, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE odmr_pending SET lease_until = NULL
 			WHERE message_id = $1 AND domain = ANY($2) AND fence = $3`, m.id, m.domains, m.fence)
 		return err

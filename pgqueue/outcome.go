@@ -49,17 +49,23 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 		size                       int64
 		tooOld                     bool
 	)
-	err := tx.QueryRow(ctx, `SELECT sender, received, size, body_type, dsn_ret, dsn_envid, now(),
+	// The message and its queued recipients in one round trip.
+	qb := &pgx.Batch{}
+	qb.Queue(`SELECT sender, received, size, body_type, dsn_ret, dsn_envid, now(),
 		received <= now() - $2 * interval '1 millisecond'
-		FROM odmr_messages WHERE id = $1 FOR UPDATE`, id, q.opts.MaxAge.Milliseconds()).Scan(
-		&from, &received, &size, &bodyType, &ret, &envID, &now, &tooOld)
-	if err != nil {
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
-	}
-	rows, err := tx.Query(ctx, `SELECT n, addr, domain, last_attempt, last_code, last_enhanced, last_message,
+		FROM odmr_messages WHERE id = $1 FOR UPDATE`, id, q.opts.MaxAge.Milliseconds())
+	qb.Queue(`SELECT n, addr, domain, last_attempt, last_code, last_enhanced, last_message,
 		notify, orcpt_type, orcpt
 		FROM odmr_recipients WHERE message_id = $1 AND domain = ANY($2) AND state = 'queued' ORDER BY n`, id, domains)
+	br := tx.SendBatch(ctx, qb)
+	err := br.QueryRow().Scan(&from, &received, &size, &bodyType, &ret, &envID, &now, &tooOld)
 	if err != nil {
+		br.Close()
+		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
 		return fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 	var rcpts []rcptRow
@@ -68,12 +74,17 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 		if err := rows.Scan(&r.n, &r.addr, &r.domain, &r.lastAttempt, &r.lastCode, &r.lastEnh, &r.lastMessage,
 			&r.notify, &r.orcptType, &r.orcpt); err != nil {
 			rows.Close()
+			br.Close()
 			return fmt.Errorf("odmr: settling message %d: %w", id, err)
 		}
 		rcpts = append(rcpts, r)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
+		br.Close()
+		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+	}
+	if err := br.Close(); err != nil {
 		return fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 
@@ -142,19 +153,6 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 			queueError(b, id, r.n, state, err)
 		}
 	}
-	// With nothing to record, the cleanup below still runs: rows of
-	// odmr_pending with no recipient behind them must not stay.
-	if b.Len() > 0 {
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("odmr: settling message %d: %w", id, err)
-		}
-	}
-	for _, f := range failed {
-		if f.Expired {
-			q.log.Warn("pgqueue: expired", "id", id, "to", f.Addr, "age", f.Age.Round(time.Second))
-		}
-	}
-
 	// RFC 3461 section 4.1: report only what NOTIFY asked for; say what
 	// ORCPT and ENVID said.
 	var wanted []dsnreport.Recipient
@@ -168,6 +166,38 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 	}
 	for i := range relayed {
 		relayed[i] = withORcpt(relayed[i], dsn)
+	}
+
+	// Release the rows of the domains with recipients left, drop the
+	// others, and the message when nothing is left; with nothing to
+	// record, this still runs: rows of odmr_pending with no recipient
+	// behind them must not stay. A new fence ends the lease for good:
+	// when the reply to this transaction's COMMIT is lost, Complete
+	// tries again, and its second try must find the lease gone
+	// (errLeaseLost) rather than count the temporary failures twice.
+	// It goes in the batch of the results unless a DSN is to be written
+	// first, which reads the body of the message it may remove.
+	release := &pgx.Batch{}
+	release.Queue(`DELETE FROM odmr_pending p WHERE p.message_id = $1 AND p.domain = ANY($2)
+		AND NOT EXISTS (SELECT 1 FROM odmr_recipients r
+			WHERE r.message_id = p.message_id AND r.domain = p.domain AND r.state = 'queued')`, id, domains)
+	release.Queue("UPDATE odmr_pending SET lease_until = NULL, fence = nextval('odmr_fence') WHERE message_id = $1 AND domain = ANY($2)", id, domains)
+	release.Queue(`DELETE FROM odmr_messages m WHERE id = $1
+		AND NOT EXISTS (SELECT 1 FROM odmr_recipients r WHERE r.message_id = m.id AND r.state = 'queued')`, id)
+	dsnFirst := from != "" && (len(wanted) > 0 || len(relayed) > 0)
+	if !dsnFirst {
+		b.QueuedQueries = append(b.QueuedQueries, release.QueuedQueries...)
+		release = nil
+	}
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		}
+	}
+	for _, f := range failed {
+		if f.Expired {
+			q.log.Warn("pgqueue: expired", "id", id, "to", f.Addr, "age", f.Age.Round(time.Second))
+		}
 	}
 	if len(quiet) > 0 {
 		q.log.Info("pgqueue: recipients failed; their NOTIFY asks for no DSN", "id", id, "recipients", quiet)
@@ -192,20 +222,10 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 			return err
 		}
 	}
-
-	// Release the rows of the domains with recipients left, drop the
-	// others, and the message when nothing is left.
-	if _, err := tx.Exec(ctx, `DELETE FROM odmr_pending p WHERE p.message_id = $1 AND p.domain = ANY($2)
-		AND NOT EXISTS (SELECT 1 FROM odmr_recipients r
-			WHERE r.message_id = p.message_id AND r.domain = p.domain AND r.state = 'queued')`, id, domains); err != nil {
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
-	}
-	if _, err := tx.Exec(ctx, "UPDATE odmr_pending SET lease_until = NULL WHERE message_id = $1 AND domain = ANY($2)", id, domains); err != nil {
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
-	}
-	if _, err := tx.Exec(ctx, `DELETE FROM odmr_messages m WHERE id = $1
-		AND NOT EXISTS (SELECT 1 FROM odmr_recipients r WHERE r.message_id = m.id AND r.state = 'queued')`, id); err != nil {
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+	if release != nil {
+		if err := tx.SendBatch(ctx, release).Close(); err != nil {
+			return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		}
 	}
 	return nil
 }

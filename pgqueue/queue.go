@@ -22,6 +22,9 @@ const (
 	defaultMaintenanceInterval = time.Minute
 	defaultChunkSize           = 256 << 10
 	defaultQueryTimeout        = time.Minute
+	// defaultMaxMessageBytes is the default of odmr-provider's
+	// -max-message-size, the SMTP intake's limit.
+	defaultMaxMessageBytes = 50 << 20
 )
 
 // Options configures a [Queue]. The zero value is ready to use: no quota,
@@ -58,6 +61,23 @@ type Options struct {
 	// ChunkSize is the size of the pieces a body is stored and read in:
 	// the most of a body either side holds in memory. 0 means 256 KiB.
 	ChunkSize int
+
+	// MaxMessageBytes is the largest body Enqueue takes, counted as it is
+	// stored (bare LFs made CRLF). Enqueue stops reading a larger one as
+	// soon as it passes the limit and refuses it with a 552 *odmr.Error
+	// (5.3.4); nothing of it is queued or left on disk. 0 means 50 MiB,
+	// the default of odmr-provider's -max-message-size; a negative value
+	// means no limit.
+	MaxMessageBytes int64
+
+	// TempDir is where Enqueue spills a body larger than ChunkSize while
+	// it reads it, before it takes a database connection: a file removed
+	// at once where the system allows it, never longer than
+	// MaxMessageBytes or the room the recipients' quota leaves. A full
+	// disk refuses the message with a 452 *odmr.Error (4.3.1). "" means
+	// os.TempDir() (TMPDIR), often a tmpfs, in memory: name a directory
+	// on disk where many large messages may arrive at once.
+	TempDir string
 
 	// QueryTimeout bounds the database work the queue does without a
 	// deadline of the caller's: reading each chunk of a body, recording
@@ -146,6 +166,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Queue, error) 
 	}
 	if opts.QueryTimeout <= 0 {
 		opts.QueryTimeout = defaultQueryTimeout
+	}
+	switch {
+	case opts.MaxMessageBytes == 0:
+		opts.MaxMessageBytes = defaultMaxMessageBytes
+	case opts.MaxMessageBytes < 0:
+		opts.MaxMessageBytes = -1
 	}
 	if opts.MaintenanceInterval == 0 {
 		opts.MaintenanceInterval = defaultMaintenanceInterval

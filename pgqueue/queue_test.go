@@ -518,10 +518,11 @@ func (c *connCheckingReader) Read(p []byte) (int, error) {
 // it takes a connection, so that SMTP clients that send slowly, or stop
 // in the middle of DATA, cannot take the whole pool (4 connections on
 // two CPUs) and stall every node's enqueuing and delivery; bodies below
-// and above ChunkSize, the latter through a temporary file.
+// and above ChunkSize, the latter through a temporary file. The quota's
+// query before reading gives its connection back before the first read.
 func TestEnqueueHoldsNoConnectionWhileReading(t *testing.T) {
 	const chunk = 1024
-	q := openTest(t, Options{ChunkSize: chunk})
+	q := openTest(t, Options{ChunkSize: chunk, Quota: func(string) (int64, int) { return 1 << 30, 1000 }})
 	for _, size := range []int{10, chunk, chunk + 1, 5*chunk + 3} {
 		body := strings.Repeat("x", size-2) + "\r\n"
 		r := &connCheckingReader{q: q, r: strings.NewReader(body)}

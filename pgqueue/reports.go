@@ -75,9 +75,9 @@ func (q *Queue) queueDSN(ctx context.Context, tx pgx.Tx, msg reportedMessage, rc
 
 // txBody reads body id in tx, a chunk at a time.
 func txBody(ctx context.Context, tx pgx.Tx, id int64) io.Reader {
-	return &chunks{fetch: func(n int) (data []byte, err error) {
-		err = tx.QueryRow(ctx, selectChunk, id, n).Scan(&data)
-		return data, err
+	return &chunks{fetch: func(n int) (data []byte, last bool, err error) {
+		err = tx.QueryRow(ctx, selectChunk, id, n).Scan(&data, &last)
+		return data, last, err
 	}}
 }
 

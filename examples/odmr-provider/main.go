@@ -89,6 +89,7 @@ type config struct {
 	spoolDir, smarthost, smarthostTLS    string
 	queueURL, loadAccountsFile           string // PostgreSQL (postgres.go)
 	leaseTTL, queueTimeout               time.Duration
+	queueTempDir                         string
 	bouncesDir                           string
 	maxAge                               time.Duration
 	quotaBytes                           int64
@@ -258,6 +259,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.quotaMessages, "quota-messages", 0, "most `MESSAGES` queued per domain (0: no limit; with -spool or -queue)")
 	fs.StringVar(&c.queueURL, "queue", "", "keep the queue in the PostgreSQL database at `URL` (postgres://...), shared by every node; password in PGPASSWORD or ~/.pgpass")
 	fs.DurationVar(&c.queueTimeout, "queue-timeout", time.Minute, "with -queue, give up the database work that has no other bound (a body chunk, a record, a lease's release, a DSN, an enqueue once the body is read) after `DURATION`")
+	fs.StringVar(&c.queueTempDir, "queue-temp-dir", defaultQueueTempDir(), "with -queue, spill message bodies over 256 KiB to `DIR` while the SMTP intake reads them, before they go to the database (default: $TMPDIR if set, else /var/tmp, on disk where /tmp may be in memory)")
 	fs.DurationVar(&c.leaseTTL, "lease-ttl", 15*time.Minute, "with -queue, a node's hold on mail it delivers lapses after `DURATION` without progress, so another node delivers the mail of a node that died")
 	fs.StringVar(&c.loadAccountsFile, "load-accounts", "", "copy the accounts of `FILE` into the -accounts postgres:// database, replacing those of the same names, and exit")
 	fs.BoolVar(&c.list, "list", false, "print what is queued in -spool or -queue per domain, and exit; reads only, creates nothing")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -30,27 +31,46 @@ func isPostgresURL(s string) bool {
 // is no context.
 const pgTimeout = 30 * time.Second
 
+// defaultQueueTempDir is where -queue spills large bodies by default:
+// $TMPDIR when it is set, else /var/tmp, which is on disk where /tmp is
+// often a tmpfs, in memory, that a few large messages at once would
+// fill; os.TempDir where there is no /var/tmp.
+func defaultQueueTempDir() string {
+	if os.Getenv("TMPDIR") == "" {
+		if fi, err := os.Stat("/var/tmp"); err == nil && fi.IsDir() {
+			return "/var/tmp"
+		}
+	}
+	return os.TempDir()
+}
+
 // openPGQueue opens the queue in the database named by -queue.
 func openPGQueue(cfg *config, bouncer spool.Bouncer, log *slog.Logger) (odmr.QueueSource, enqueuer, func(string) error, func(), error) {
 	var quota pgqueue.QuotaFunc
 	if cfg.quotaBytes > 0 || cfg.quotaMessages > 0 {
 		quota = func(string) (int64, int) { return cfg.quotaBytes, cfg.quotaMessages }
 	}
+	maxBytes := cfg.maxMessageBytes // the intake's limit
+	if maxBytes == 0 {
+		maxBytes = -1 // none
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
 	defer cancel()
 	q, err := pgqueue.Open(ctx, cfg.queueURL, pgqueue.Options{
-		MaxAge:       cfg.maxAge,
-		LeaseTTL:     cfg.leaseTTL,
-		QueryTimeout: cfg.queueTimeout,
-		Bouncer:      bouncer,
-		Hostname:     cfg.hostname,
-		Quota:        quota,
-		Logger:       log,
+		MaxAge:          cfg.maxAge,
+		LeaseTTL:        cfg.leaseTTL,
+		QueryTimeout:    cfg.queueTimeout,
+		Bouncer:         bouncer,
+		Hostname:        cfg.hostname,
+		Quota:           quota,
+		MaxMessageBytes: maxBytes,
+		TempDir:         cfg.queueTempDir,
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("-queue: %w", err)
 	}
-	log.Info("odmr-provider: queue in PostgreSQL", "max-age", cfg.maxAge)
+	log.Info("odmr-provider: queue in PostgreSQL", "max-age", cfg.maxAge, "temp-dir", cfg.queueTempDir)
 	if bouncer == nil {
 		log.Warn("odmr-provider: no -smarthost or -bounces: DSNs wait in the database (odmr_reports)")
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -187,4 +188,24 @@ func TestPostgresMetrics(t *testing.T) {
 	assert.Equal(t, 1.0, got["odmr_provider_queue_messages/c.example"])
 	assert.Positive(t, got["odmr_provider_queue_bytes/b.example"])
 	assert.InDelta(t, float64(time.Now().Unix()), got["odmr_provider_queue_oldest_message_timestamp_seconds/c.example"], 300)
+}
+
+// TestQueueTempDirFlag: -queue-temp-dir defaults to $TMPDIR when it is
+// set, else to /var/tmp, on disk, where there is one; the flag names
+// another.
+func TestQueueTempDirFlag(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("TMPDIR", dir)
+	c, err := parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	assert.Equal(t, dir, c.queueTempDir)
+	t.Setenv("TMPDIR", "")
+	c, err = parseFlags([]string{"-accounts", "x"})
+	require.NoError(t, err)
+	if fi, err := os.Stat("/var/tmp"); err == nil && fi.IsDir() {
+		assert.Equal(t, "/var/tmp", c.queueTempDir)
+	}
+	c, err = parseFlags([]string{"-accounts", "x", "-queue-temp-dir", "/srv/spill"})
+	require.NoError(t, err)
+	assert.Equal(t, "/srv/spill", c.queueTempDir)
 }
