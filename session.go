@@ -128,6 +128,14 @@ func (s *session) run(ctx context.Context) (err error) {
 	}()
 
 	s.observeStart()
+	// On an implicit-TLS connection everything, a refusal included, goes
+	// through TLS, as with Postfix's smtpd_tls_wrappermode: the handshake
+	// comes first, under its deadline. A 421 written before it would run
+	// the handshake inside the write with no read deadline, so a client
+	// that sends nothing would hold the session for good.
+	if err := s.implicitHandshake(ctx); err != nil {
+		return err
+	}
 	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
 		return s.result(&closing{errNotConfigured, errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")})
 	}
@@ -137,9 +145,6 @@ func (s *session) run(ctx context.Context) (err error) {
 		return s.result(&closing{errNotConfigured, fmt.Errorf("odmr: invalid Provider.Hostname %q", h)})
 	}
 	s.log.Debug("odmr: session started")
-	if err := s.implicitHandshake(ctx); err != nil {
-		return err
-	}
 	if err := s.replyLine(220, s.p.hostname()+" "+replyGreeting); err != nil {
 		return err
 	}
