@@ -85,7 +85,7 @@ type Provider struct {
 	// queued, instead of waiting on a database that no longer answers.
 	// Complete is not bounded: results are recorded whatever it takes.
 	// 0 means 1 minute; negative means no bound. (AUTH's lookups are
-	// bounded by AuthTimeout.)
+	// bounded by AuthTimeout, or SessionTimeout when it is negative.)
 	BackendTimeout time.Duration
 
 	// MaxErrors is how many error replies a session may earn before it is
@@ -173,8 +173,9 @@ type Provider struct {
 	ConnLogsPerSecond int
 	// AuthTimeout bounds the time from connection to a successful AUTH;
 	// a session still unauthenticated then is closed with 421 4.7.0.
-	// 0 means 1 minute; negative means no limit (SessionTimeout
-	// still applies).
+	// The Authenticator's lookups end at that deadline too. 0 means 1
+	// minute; negative means no limit: SessionTimeout still ends the
+	// session, and the lookups.
 	AuthTimeout time.Duration
 	// SessionTimeout bounds the time from connection to the role swap,
 	// whatever the customer does. 0 means 15 minutes.

@@ -215,11 +215,17 @@ func (s *session) backendCtx(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, d)
 }
 
+// sessionDeadline is when SessionTimeout ends the session, if it has not
+// reached the role swap by then.
+func (s *session) sessionDeadline() time.Time {
+	return s.start.Add(orDefault(s.p.SessionTimeout, defaults.SessionTimeout))
+}
+
 // readLine reads one line under the command timeout. Errors about the
 // line itself (too long, bare CR) come back as *Error.
 func (s *session) readLine(max int) (string, error) {
 	deadline := time.Now().Add(s.commandTimeout())
-	if end := s.start.Add(orDefault(s.p.SessionTimeout, defaults.SessionTimeout)); end.Before(deadline) {
+	if end := s.sessionDeadline(); end.Before(deadline) {
 		deadline = end
 	}
 	if s.identity == "" {

@@ -122,7 +122,7 @@ func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxSessionsPerNet, "max-sessions-per-network", defaults.MaxSessionsPerAddr, "serve at most `N` ODMR sessions from one network, as -ipv4-prefix and -ipv6-prefix size it (negative: no cap)")
 	fs.IntVar(&l.ipv4Prefix, "ipv4-prefix", defaults.IPv4Prefix, "IPv4 networks counted by -max-sessions-per-network, -smtp-max-conns-per-network and the AUTH limits have `BITS` of prefix (1-32)")
 	fs.IntVar(&l.ipv6Prefix, "ipv6-prefix", defaults.IPv6Prefix, "IPv6 networks counted by -max-sessions-per-network, -smtp-max-conns-per-network and the AUTH limits have `BITS` of prefix (1-128)")
-	fs.DurationVar(&l.authTimeout, "auth-timeout", defaults.AuthTimeout, "close ODMR sessions not authenticated `DURATION` after connecting (negative: no limit)")
+	fs.DurationVar(&l.authTimeout, "auth-timeout", defaults.AuthTimeout, "close ODMR sessions not authenticated `DURATION` after connecting (negative: no limit; -session-timeout still ends them, credential lookups included)")
 	fs.DurationVar(&l.sessionTimeout, "session-timeout", defaults.SessionTimeout, "close ODMR sessions that have not reached ATRN `DURATION` after connecting")
 	fs.DurationVar(&l.commandTimeout, "command-timeout", defaults.CommandTimeout, "wait `DURATION` for each ODMR command")
 	fs.DurationVar(&l.replyTimeout, "reply-timeout", defaults.ReplyTimeout, "after ATRN, wait `DURATION` for the customer's greeting and each reply")
