@@ -340,7 +340,7 @@ func (s *session) countAuthFailure(mech, user, why string, result odmrtrace.Auth
 // logAuth writes a record about AUTH unless too many were written in the
 // last second, so that a flood of guesses does not flood the log.
 func (s *session) logAuth(level slog.Level, msg string, args ...any) {
-	ok, suppressed := s.p.authLogs.allow(time.Now())
+	ok, suppressed := s.p.authLogs.Allow(time.Now())
 	if !ok {
 		return
 	}
