@@ -538,7 +538,7 @@ wait:
 				continue
 			}
 			log.Info("odmr-provider: stopping: no new sessions; those under way finish the message in flight",
-				"signal", signalName(s), "stop-timeout", cfg.stopTimeout)
+				"signal", logfmt.SignalName(s), "stop-timeout", cfg.stopTimeout)
 			break wait
 		case err := <-errc:
 			if intakeSrv != nil {
@@ -574,7 +574,7 @@ func stop(p *odmr.Provider, intakeSrv *smtp.Server, in *intake, timeout time.Dur
 					log.Info("odmr-provider: SIGHUP while stopping: nothing reloaded")
 					continue
 				}
-				log.Warn("odmr-provider: second signal: closing the sessions at once", "signal", signalName(s))
+				log.Warn("odmr-provider: second signal: closing the sessions at once", "signal", logfmt.SignalName(s))
 				cancel()
 				return
 			case <-ctx.Done():
@@ -815,20 +815,6 @@ func humanBytes(n int64) string {
 	}
 	frac := uint64(n%div) * 10 / uint64(div) // below 2⁶⁰·10, no overflow
 	return fmt.Sprintf("%d.%d %s", n/div, frac, units[u])
-}
-
-// signalName names a signal the way kill(1) and the documentation do
-// (SIGTERM, not Go's "terminated").
-func signalName(s os.Signal) string {
-	switch s {
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGHUP:
-		return "SIGHUP"
-	}
-	return s.String()
 }
 
 // validHostname reports whether name can stand as the domain of the
