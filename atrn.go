@@ -5,6 +5,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/domainlist"
 	"golang.org/x/net/idna"
 )
@@ -116,7 +117,7 @@ func domainOf(addr string) string {
 		return ""
 	}
 	d := strings.TrimSuffix(addr[i+1:], ".")
-	if !isASCII(d) && utf8.ValidString(d) {
+	if !ascii.Is(d) && utf8.ValidString(d) {
 		if a, err := idna.Lookup.ToASCII(d); err == nil {
 			d = a
 		}
@@ -142,12 +143,3 @@ func inDomains(addr string, domains []string) bool {
 // forms of a domain are one. Queues use
 // it to index recipients the way the provider matches them against ATRN.
 func RecipientDomain(addr string) string { return domainOf(addr) }
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}

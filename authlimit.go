@@ -322,37 +322,6 @@ func (l *authLimiter) size() (sources, idents int) {
 	return len(l.sources), len(l.idents)
 }
 
-// logLimiter lets through at most n log records a second and counts the
-// others.
-type logLimiter struct {
-	n          int // < 0: no limit
-	mu         sync.Mutex
-	window     time.Time
-	used       int
-	suppressed int
-}
-
-// allow reports whether a record may be written now, and how many were
-// held back since the last one written.
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	if l.n < 0 {
-		return true, 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.window) >= time.Second {
-		l.window, l.used = now, 0
-	}
-	if l.used >= l.n {
-		l.suppressed++
-		return false, 0
-	}
-	l.used++
-	s := l.suppressed
-	l.suppressed = 0
-	return true, s
-}
-
 // maxLoggedName is how much of a user name reaches the log.
 const maxLoggedName = 64
 

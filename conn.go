@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/netconn"
 )
 
 // The wrappers of a net.Conn that the session puts between itself and
@@ -177,7 +179,7 @@ func (c *deadlineConn) NetConn() net.Conn { return c.Conn }
 // wrappers; it does nothing for a connection that cannot half-close.
 func closeWrite(conn net.Conn) error {
 	var err error
-	underneath(conn, func(c net.Conn) bool {
+	netconn.Walk(conn, func(c net.Conn) bool {
 		cw, ok := c.(interface{ CloseWrite() error })
 		if ok {
 			err = cw.CloseWrite()
@@ -190,7 +192,7 @@ func closeWrite(conn net.Conn) error {
 // tlsState returns the TLS state of conn, looking through its wrappers;
 // ok is false in clear text.
 func tlsState(conn net.Conn) (state tls.ConnectionState, ok bool) {
-	underneath(conn, func(c net.Conn) bool {
+	netconn.Walk(conn, func(c net.Conn) bool {
 		switch t := c.(type) {
 		case *tls.Conn:
 			state, ok = t.ConnectionState(), true
@@ -205,24 +207,3 @@ func tlsState(conn net.Conn) (state tls.ConnectionState, ok bool) {
 	})
 	return state, ok
 }
-
-// underneath calls found with conn, then with each connection under it
-// (a wrapper shows the one it wraps with a NetConn method, as *tls.Conn
-// does), until found returns true or there is none left. It looks at most
-// maxWrappers deep.
-func underneath(conn net.Conn, found func(net.Conn) bool) {
-	for range maxWrappers {
-		if conn == nil || found(conn) {
-			return
-		}
-		u, ok := conn.(interface{ NetConn() net.Conn })
-		if !ok {
-			return
-		}
-		conn = u.NetConn()
-	}
-}
-
-// maxWrappers bounds how deep underneath looks, in case a wrapper's
-// NetConn leads back to itself.
-const maxWrappers = 8

@@ -103,6 +103,35 @@ func TestAuthTimeoutBoundsCredentialLookups(t *testing.T) {
 	})
 }
 
+// TestNegativeAuthTimeoutLookupsEndWithTheSession: a negative
+// AuthTimeout lifts the authentication deadline, not every bound: a
+// credential store that hangs has its lookup ended at SessionTimeout,
+// and the session closes then. The lookup used to get the Provider's
+// context alone, so the session waited as long as the store did.
+func TestNegativeAuthTimeoutLookupsEndWithTheSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hung := AuthenticatorFunc(func(ctx context.Context, _ string) ([]byte, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		p := pipeProvider(io.Discard, func(p *Provider) {
+			p.Authenticator = hung
+			p.AllowInsecureAuth = true
+			p.AuthTimeout = -1
+			p.CommandTimeout = time.Hour
+			p.SessionTimeout = 10 * time.Minute
+		})
+		defer p.Close()
+		start := time.Now()
+		c, _ := pipeDial(t, p, "", 220)
+		c.cmd(250, "EHLO customer.test")
+		ir := base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + testSecret))
+		c.cmd(454, "AUTH PLAIN "+ir)
+		assert.Equal(t, 10*time.Minute, time.Since(start), "the lookup ends at the session's deadline")
+		c.expect(421)
+	})
+}
+
 // TestAuthTimeoutCutsAStalledTLSHandshake: on an implicit TLS listener
 // a client that connects and sends nothing is closed at AuthTimeout; the
 // handshake, which the greeting used to start with no read deadline,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-odmr/odmr/internal/accept"
 	"github.com/go-odmr/odmr/internal/defaults"
+	"github.com/go-odmr/odmr/internal/lograte"
 	"github.com/go-odmr/odmr/odmrtrace"
 )
 
@@ -85,7 +86,7 @@ type Provider struct {
 	// queued, instead of waiting on a database that no longer answers.
 	// Complete is not bounded: results are recorded whatever it takes.
 	// 0 means 1 minute; negative means no bound. (AUTH's lookups are
-	// bounded by AuthTimeout.)
+	// bounded by AuthTimeout, or SessionTimeout when it is negative.)
 	BackendTimeout time.Duration
 
 	// MaxErrors is how many error replies a session may earn before it is
@@ -173,8 +174,9 @@ type Provider struct {
 	ConnLogsPerSecond int
 	// AuthTimeout bounds the time from connection to a successful AUTH;
 	// a session still unauthenticated then is closed with 421 4.7.0.
-	// 0 means 1 minute; negative means no limit (SessionTimeout
-	// still applies).
+	// The Authenticator's lookups end at that deadline too. 0 means 1
+	// minute; negative means no limit: SessionTimeout still ends the
+	// session, and the lookups.
 	AuthTimeout time.Duration
 	// SessionTimeout bounds the time from connection to the role swap,
 	// whatever the customer does. 0 means 15 minutes.
@@ -212,8 +214,8 @@ type Provider struct {
 	sessions   map[*session]struct{} // to interrupt at Shutdown
 	table      sessionTable
 	authLimits *authLimiter
-	authLogs   *logLimiter
-	anonLogs   *logLimiter // records about sessions that never authenticated
+	authLogs   *lograte.Limiter
+	anonLogs   *lograte.Limiter // records about sessions that never authenticated
 	scramKeys  *scramKeys
 	atrnLimits *atrnLimiter
 	debugMu    sync.Mutex
@@ -249,8 +251,8 @@ func (p *Provider) initLocked() {
 		p.authLimits = newAuthLimiter(free, orDefault(p.AuthBackoff, defaults.AuthBackoff), orDefault(p.MaxAuthBackoff, defaults.MaxAuthBackoff),
 			orDefault(p.AuthGuessInterval, defaults.AuthGuessInterval), orDefault(p.AuthGuessBurst, defaults.AuthGuessBurst),
 			orDefault(p.AuthLimiterEntries, defaults.AuthLimiterEntries))
-		p.authLogs = &logLimiter{n: orDefault(p.AuthLogsPerSecond, defaults.AuthLogsPerSecond)}
-		p.anonLogs = &logLimiter{n: orDefault(p.ConnLogsPerSecond, defaults.ConnLogsPerSecond)}
+		p.authLogs = &lograte.Limiter{N: orDefault(p.AuthLogsPerSecond, defaults.AuthLogsPerSecond)}
+		p.anonLogs = &lograte.Limiter{N: orDefault(p.ConnLogsPerSecond, defaults.ConnLogsPerSecond)}
 		p.scramKeys = newSCRAMKeys(p.SCRAMSaltKey, orDefault(p.SCRAMCacheSize, defaults.SCRAMCacheSize))
 		p.atrnLimits = &atrnLimiter{every: orDefault(p.ATRNInterval, defaults.ATRNInterval), burst: orDefault(p.ATRNBurst, defaults.ATRNBurst)}
 	}
@@ -450,7 +452,7 @@ func lingeringClose(conn net.Conn) {
 // unless too many were written in the last second: anyone can open
 // connections, and should not fill the disk with their records.
 func (p *Provider) logAnon(log *slog.Logger, level slog.Level, msg string, args ...any) {
-	ok, suppressed := p.anonLogs.allow(time.Now())
+	ok, suppressed := p.anonLogs.Allow(time.Now())
 	if !ok {
 		return
 	}

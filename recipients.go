@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/idna"
+
+	"github.com/go-odmr/odmr/internal/ascii"
 )
 
 // After the swap a recipient is the customer's only when the local server
@@ -58,7 +60,7 @@ func recipientRefusal(addr string, accept []string, routing bool) string {
 // reaches a canonical form only through a mapping.
 func writtenDomain(d string) (string, bool) {
 	d = strings.TrimSuffix(d, ".")
-	if isASCII(d) {
+	if ascii.Is(d) {
 		return strings.ToLower(d), true
 	}
 	lower := asciiLower(d)

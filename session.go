@@ -128,6 +128,14 @@ func (s *session) run(ctx context.Context) (err error) {
 	}()
 
 	s.observeStart()
+	// On an implicit-TLS connection everything, a refusal included, goes
+	// through TLS, as with Postfix's smtpd_tls_wrappermode: the handshake
+	// comes first, under its deadline. A 421 written before it would run
+	// the handshake inside the write with no read deadline, so a client
+	// that sends nothing would hold the session for good.
+	if err := s.implicitHandshake(ctx); err != nil {
+		return err
+	}
 	if s.p.Authenticator == nil || s.p.Authorizer == nil || s.p.Queue == nil {
 		return s.result(&closing{errNotConfigured, errors.New("odmr: Provider needs an Authenticator, an Authorizer and a Queue")})
 	}
@@ -137,9 +145,6 @@ func (s *session) run(ctx context.Context) (err error) {
 		return s.result(&closing{errNotConfigured, fmt.Errorf("odmr: invalid Provider.Hostname %q", h)})
 	}
 	s.log.Debug("odmr: session started")
-	if err := s.implicitHandshake(ctx); err != nil {
-		return err
-	}
 	if err := s.replyLine(220, s.p.hostname()+" "+replyGreeting); err != nil {
 		return err
 	}
@@ -210,11 +215,17 @@ func (s *session) backendCtx(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, d)
 }
 
+// sessionDeadline is when SessionTimeout ends the session, if it has not
+// reached the role swap by then.
+func (s *session) sessionDeadline() time.Time {
+	return s.start.Add(orDefault(s.p.SessionTimeout, defaults.SessionTimeout))
+}
+
 // readLine reads one line under the command timeout. Errors about the
 // line itself (too long, bare CR) come back as *Error.
 func (s *session) readLine(max int) (string, error) {
 	deadline := time.Now().Add(s.commandTimeout())
-	if end := s.start.Add(orDefault(s.p.SessionTimeout, defaults.SessionTimeout)); end.Before(deadline) {
+	if end := s.sessionDeadline(); end.Before(deadline) {
 		deadline = end
 	}
 	if s.identity == "" {
@@ -269,13 +280,7 @@ func (s *session) dispatch(ctx context.Context, line string) error {
 	case "AUTH":
 		return s.handleAuth(ctx, arg)
 	case "ATRN":
-		err := s.handleATRN(ctx, arg)
-		if s.State() < StateReversed {
-			// Refused: the Trace hears of the reply once it is out.
-			err = s.result(err)
-			s.observeATRN()
-		}
-		return err
+		return s.handleATRN(ctx, arg)
 	case "NOOP":
 		return s.replyLine(250, replyOK)
 	case "RSET":
@@ -356,7 +361,38 @@ func (s *session) handleStartTLS(ctx context.Context, arg string) error {
 	return nil
 }
 
+// handleATRN answers ATRN and, when it is granted, reverses the roles and
+// delivers. It writes its reply itself, refusal or not, and reports it to
+// the Trace once, here and nowhere else.
 func (s *session) handleATRN(ctx context.Context, arg string) error {
+	domains, refusal := s.grantATRN(ctx, arg)
+	if refusal != nil {
+		// The Trace hears of the reply once it is out: the refusal, or
+		// the 421 that replaces it when MaxErrors is reached.
+		err := s.result(refusal)
+		s.observeATRN()
+		return err
+	}
+	s.log = s.log.With("domains", domains)
+	s.domains = domains
+	err := s.replyLine(250, replyReversing)
+	s.observeATRN()
+	if err != nil {
+		return err
+	}
+	s.state.Store(int32(StateReversed))
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	rc := Reverse(s.conn, buffered)
+	if err := s.deliver(ctx, rc, domains); err != nil {
+		return err
+	}
+	return errSessionOver
+}
+
+// grantATRN decides on ATRN arg: the domains to deliver, or the refusal.
+// It calls the rate limit, the Authorizer and the Queue's HasMail at most
+// once each.
+func (s *session) grantATRN(ctx context.Context, arg string) ([]string, *Error) {
 	// An authenticated session runs under TLS whenever RequireTLS is
 	// set (AUTH needs it), so only a session in the initial state is
 	// told to start TLS first.
@@ -365,15 +401,15 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 		refusal = errTLSRequired
 	}
 	if e := s.checkState(refusal, StateAuthenticated); e != nil {
-		return e
+		return nil, e
 	}
 	if !s.p.atrnLimits.allow(s.identity, time.Now()) {
 		s.log.Info("odmr: ATRN refused", "reason", "rate limit")
-		return errATRNRate
+		return nil, errATRNRate
 	}
 	domains, err := ParseATRN(arg)
 	if err != nil {
-		return errBadArguments.withMessage("%s", errText(err))
+		return nil, errBadArguments.withMessage("%s", errText(err))
 	}
 	// The customer waits on these two calls: a backend that stops
 	// answering costs it a 451, not the rest of its session.
@@ -382,7 +418,7 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 	cancel()
 	if err != nil {
 		s.log.Warn("odmr: domain authorizer failed", "err", err)
-		return ErrTryLater
+		return nil, ErrTryLater
 	}
 	permitted := make(map[string]bool, len(allowed))
 	var all []string
@@ -397,13 +433,13 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 		domains = all
 		if len(domains) == 0 {
 			s.log.Info("odmr: ATRN refused", "reason", "identity has no domains")
-			return errNoDomains
+			return nil, errNoDomains
 		}
 	}
 	for _, d := range domains {
 		if !permitted[d] {
 			s.log.Info("odmr: ATRN refused", "domains", domains, "denied", d)
-			return errDomainDenied.withArgs(d)
+			return nil, errDomainDenied.withArgs(d)
 		}
 	}
 	hctx, cancel := s.backendCtx(ctx)
@@ -411,25 +447,13 @@ func (s *session) handleATRN(ctx context.Context, arg string) error {
 	cancel()
 	if err != nil {
 		s.log.Warn("odmr: queue failed", "domains", domains, "err", err)
-		return ErrTryLater
+		return nil, ErrTryLater
 	}
 	if !has {
 		s.log.Info("odmr: no mail", "domains", domains)
-		return ErrNoMail
+		return nil, ErrNoMail
 	}
-	s.log = s.log.With("domains", domains)
-	s.domains = domains
-	if err := s.replyLine(250, replyReversing); err != nil {
-		return err
-	}
-	s.observeATRN()
-	s.state.Store(int32(StateReversed))
-	buffered, _ := s.br.Peek(s.br.Buffered())
-	rc := Reverse(s.conn, buffered)
-	if err := s.deliver(ctx, rc, domains); err != nil {
-		return err
-	}
-	return errSessionOver
+	return domains, nil
 }
 
 // closing is a handler's result that ends the session with a reply: why

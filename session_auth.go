@@ -73,14 +73,15 @@ func (s *session) handleAuth(ctx context.Context, arg string) error {
 	var user string
 	s.ticket = authTicket{}
 	// The credential store's lookups end at the authentication deadline
-	// too: a store that hangs (a database that stopped answering) must
-	// not keep an unauthenticated session, and its goroutine, past it.
-	lookupCtx := ctx
-	if end := s.authDeadline(); !end.IsZero() {
-		var cancel context.CancelFunc
-		lookupCtx, cancel = context.WithDeadline(ctx, end)
-		defer cancel()
+	// too, or at the session's when AuthTimeout is negative: a store that
+	// hangs (a database that stopped answering) must not keep an
+	// unauthenticated session, and its goroutine, past either.
+	end := s.sessionDeadline()
+	if a := s.authDeadline(); !a.IsZero() && a.Before(end) {
+		end = a
 	}
+	lookupCtx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
 	srv := s.saslServer(lookupCtx, mech, &user)
 	return s.saslExchange(ctx, mech, srv, &user, ir, hasIR)
 }
@@ -339,7 +340,7 @@ func (s *session) countAuthFailure(mech, user, why string, result odmrtrace.Auth
 // logAuth writes a record about AUTH unless too many were written in the
 // last second, so that a flood of guesses does not flood the log.
 func (s *session) logAuth(level slog.Level, msg string, args ...any) {
-	ok, suppressed := s.p.authLogs.allow(time.Now())
+	ok, suppressed := s.p.authLogs.Allow(time.Now())
 	if !ok {
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-odmr/odmr/internal/testcert"
@@ -286,4 +287,49 @@ func TestDebugTranscriptRedactsAUTH(t *testing.T) {
 		assert.NotContains(t, out, secret)
 		assert.NotContains(t, f.logs.String(), secret)
 	}
+}
+
+// TestImplicitTLSMisconfiguredAnswersOverTLS: a provider that cannot
+// serve (no Authenticator) still completes the handshake of an
+// implicit-TLS connection and says 421 inside TLS, as Postfix does with
+// smtpd_tls_wrappermode; the client does not see plaintext where it
+// expects a ServerHello.
+func TestImplicitTLSMisconfiguredAnswersOverTLS(t *testing.T) {
+	newTestPKI(t)
+	p := &Provider{Hostname: "provider.test", TLSConfig: pki.serverConfig(), Logger: discardLogger()}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go p.ServeListener(tls.NewListener(l, p.TLSConfig))
+	defer p.Close()
+
+	conn, err := tls.Dial("tcp", l.Addr().String(), pki.clientConfig())
+	require.NoError(t, err)
+	defer conn.Close()
+	code, msg, err := textproto.NewConn(conn).ReadResponse(421)
+	require.NoError(t, err, "%d %s", code, msg)
+	assert.Contains(t, msg, "not configured")
+}
+
+// TestImplicitTLSMisconfiguredSilentClientTimesOut: the handshake before
+// that 421 runs under the first command's deadline. It used to run
+// inside the write of the 421, with no read deadline: a client that
+// connected and sent nothing held the session for good.
+func TestImplicitTLSMisconfiguredSilentClientTimesOut(t *testing.T) {
+	newTestPKI(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := &Provider{Hostname: "provider.test", TLSConfig: pki.serverConfig(), Logger: discardLogger(),
+			CommandTimeout: time.Minute}
+		cli, srv := net.Pipe()
+		defer cli.Close()
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(tls.Server(srv, p.TLSConfig)) }()
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		select {
+		case err := <-served:
+			assert.ErrorContains(t, err, "TLS handshake")
+		default:
+			t.Fatal("the session still waits for a handshake the client never starts")
+		}
+	})
 }

@@ -80,8 +80,8 @@ func (s *session) observeAuth(mech, user string, result odmrtrace.AuthResult) {
 	}
 }
 
-// observeATRN reports the reply just sent to an ATRN command: handleATRN
-// calls it when it reverses the roles, dispatch once a refusal is out.
+// observeATRN reports the reply just sent to an ATRN command (or whose
+// write failed); handleATRN calls it once per command.
 func (s *session) observeATRN() {
 	if o := s.p.Trace; o != nil && o.ATRN != nil {
 		o.ATRN(odmrtrace.ATRNEvent{Identity: s.identity, Code: s.lastCode})

@@ -15,9 +15,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/crlf"
 )
 
@@ -94,9 +94,9 @@ func (q *Queue) Enqueue(env odmr.Envelope, r io.Reader) (string, error) {
 		}
 	}
 	if !env.UTF8 {
-		env.UTF8 = !isASCII(env.From)
+		env.UTF8 = !ascii.Is(env.From)
 		for _, t := range env.To {
-			env.UTF8 = env.UTF8 || !isASCII(t)
+			env.UTF8 = env.UTF8 || !ascii.Is(t)
 		}
 	}
 	if env.Received.IsZero() {
@@ -154,15 +154,6 @@ func readCRLF(r io.Reader) (body []byte, eightBit bool, err error) {
 		return nil, false, err
 	}
 	return out.Bytes(), w.EightBit, nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }
 
 // HasMail reports whether any recipient in domains is still queued. It

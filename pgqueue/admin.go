@@ -48,7 +48,9 @@ func parseID(id string) (int64, error) {
 }
 
 // Messages lists the messages with recipients queued, held ones included,
-// oldest first. It reads them all in one query: an operator's tool.
+// oldest first. It reads them all in one query: an operator's tool. A
+// message some of whose recipients a session has leased, the lease not
+// lapsed, has Delivering set.
 func (q *Queue) Messages(ctx context.Context) ([]queueadmin.Message, error) {
 	if err := q.checkOpen(); err != nil {
 		return nil, err
@@ -80,6 +82,7 @@ func (q *Queue) Message(ctx context.Context, id string) (queueadmin.Message, err
 func (q *Queue) queuedMessages(ctx context.Context, id int64) ([]queueadmin.Message, error) {
 	rows, err := q.pool.Query(ctx, `SELECT m.id, m.sender, m.received, m.size, m.body_type, m.utf8, m.dsn_ret, m.dsn_envid,
 			EXISTS (SELECT 1 FROM odmr_pending p WHERE p.message_id = m.id AND p.held),
+			EXISTS (SELECT 1 FROM odmr_pending p WHERE p.message_id = m.id AND p.lease_until > now()),
 			r.addr, r.attempts, r.last_attempt, r.last_code, r.last_enhanced, r.last_message, r.last_error,
 			r.notify, r.orcpt_type, r.orcpt
 		FROM odmr_messages m JOIN odmr_recipients r ON r.message_id = m.id AND r.state = 'queued'
@@ -96,13 +99,13 @@ func (q *Queue) queuedMessages(ctx context.Context, id int64) ([]queueadmin.Mess
 			mid                                          int64
 			env                                          odmr.Envelope
 			bodyType, ret, envID                         string
-			held                                         bool
+			held, delivering                             bool
 			addr, lastEnh, lastMsg, lastErr, oType, orcp string
 			attempts, lastCode                           int
 			lastAttempt                                  *time.Time
 			notify                                       []string
 		)
-		if err := rows.Scan(&mid, &env.From, &env.Received, &env.Size, &bodyType, &env.UTF8, &ret, &envID, &held,
+		if err := rows.Scan(&mid, &env.From, &env.Received, &env.Size, &bodyType, &env.UTF8, &ret, &envID, &held, &delivering,
 			&addr, &attempts, &lastAttempt, &lastCode, &lastEnh, &lastMsg, &lastErr, &notify, &oType, &orcp); err != nil {
 			return nil, fmt.Errorf("odmr: listing the queue: %w", err)
 		}
@@ -113,7 +116,7 @@ func (q *Queue) queuedMessages(ctx context.Context, id int64) ([]queueadmin.Mess
 			if ret != "" || envID != "" {
 				env.DSN = &odmr.DSN{Return: odmr.DSNReturn(ret), EnvID: envID}
 			}
-			out = append(out, queueadmin.Message{Envelope: env, Held: held})
+			out = append(out, queueadmin.Message{Envelope: env, Held: held, Delivering: delivering})
 		}
 		qm := &out[len(out)-1]
 		qm.Envelope.To = append(qm.Envelope.To, addr)

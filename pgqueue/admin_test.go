@@ -149,6 +149,51 @@ func TestAdminHoldWhileDelivering(t *testing.T) {
 	}
 }
 
+// TestAdminMessagesMarksDelivering: a message whose recipients a session
+// has leased is listed, marked Delivering, until the lease ends or lapses.
+func TestAdminMessagesMarksDelivering(t *testing.T) {
+	q := openTest(t, Options{})
+	a := enqueue(t, q, odmr.Envelope{From: "s@sender.example", To: []string{"u@a.example", "v@b.example"}})
+	b := enqueue(t, q, odmr.Envelope{From: "s@sender.example", To: []string{"w@b.example"}})
+	delivering := func() map[string]bool {
+		t.Helper()
+		msgs, err := q.Messages(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(map[string]bool)
+		for _, m := range msgs {
+			got[m.Envelope.ID] = m.Delivering
+			one, err := q.Message(t.Context(), m.Envelope.ID)
+			if err != nil || one.Delivering != m.Delivering {
+				t.Errorf("Message(%s).Delivering = %v, %v; Messages says %v", m.Envelope.ID, one.Delivering, err, m.Delivering)
+			}
+		}
+		return got
+	}
+	if got := delivering(); len(got) != 2 || got[a] || got[b] {
+		t.Fatalf("idle queue: Delivering %v, want both false", got)
+	}
+	bt, err := q.Claim(t.Context(), []string{"a.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bt.Next(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := delivering(); len(got) != 2 || !got[a] || got[b] {
+		t.Errorf("under a lease on %s: Delivering %v", a, got)
+	}
+	lapseLeases(t, q)
+	if got := delivering(); got[a] {
+		t.Errorf("a lapsed lease still marks %s", a)
+	}
+	bt.Close()
+	if got := delivering(); len(got) != 2 || got[a] || got[b] {
+		t.Errorf("after the batch: Delivering %v, want both false", got)
+	}
+}
+
 // TestAdminBusy: Delete and Bounce refuse a message under a live lease
 // and change nothing; once the lease lapses they go ahead, and the late
 // holder's Complete records nothing.

@@ -28,8 +28,8 @@ import (
 // message may refuse one that a session is delivering with an error
 // matching [ErrBusy]; nothing is changed then.
 type Admin interface {
-	// Messages lists the queued messages, held ones included, in the
-	// order they arrived.
+	// Messages lists the queued messages, held ones and those being
+	// delivered included, in the order they arrived.
 	Messages(ctx context.Context) ([]Message, error)
 
 	// Message describes one message.
@@ -87,6 +87,13 @@ type Message struct {
 	Recipients []Recipient
 	// Held is set when the message is held (Admin.Hold).
 	Held bool
+	// Delivering is set when a session was delivering the message, to
+	// some or all of its recipients, as it was listed: Postfix's active
+	// queue, which postqueue -p marks with '*'. Such a message is still
+	// queued until the customer acknowledges it, and the methods that
+	// change it may refuse with ErrBusy meanwhile. A queue that cannot tell without
+	// disturbing the session leaves it false.
+	Delivering bool
 }
 
 // Recipient is the state of one recipient still queued.

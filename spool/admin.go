@@ -32,6 +32,13 @@ var _ queueadmin.Admin = (*Spool)(nil)
 // Messages lists the messages with recipients queued, held ones included,
 // oldest first. It reads every envelope from disk, so it sees what other
 // processes did. Envelopes that cannot be read are logged and left out.
+//
+// A message a session is delivering is listed, with Delivering set. It
+// takes no lock to find out, so that a session does not pass over the
+// message a listing looks at: it asks this Spool's leases and, on Linux,
+// the kernel's table of locks (/proc/locks), which shows the leases of
+// the processes in the caller's PID namespace; elsewhere only this
+// Spool's own leases are marked.
 func (s *Spool) Messages(ctx context.Context) ([]queueadmin.Message, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
@@ -40,6 +47,7 @@ func (s *Spool) Messages(ctx context.Context) ([]queueadmin.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	leases := s.leaseView()
 	var out []queueadmin.Message
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {
@@ -57,7 +65,9 @@ func (s *Spool) Messages(ctx context.Context) ([]queueadmin.Message, error) {
 			continue
 		}
 		if env.queued() {
-			out = append(out, queuedMessage(env))
+			m := queuedMessage(env)
+			m.Delivering = leases.delivering(env)
+			out = append(out, m)
 		}
 	}
 	slices.SortFunc(out, func(a, b queueadmin.Message) int {
@@ -105,16 +115,20 @@ func (s *Spool) readQueued(id string) (*envelopeFile, error) {
 	return env, nil
 }
 
-// Message describes message id as read from disk.
+// Message describes message id as read from disk, with Delivering set
+// as Messages sets it.
 func (s *Spool) Message(ctx context.Context, id string) (queueadmin.Message, error) {
 	if err := s.checkOpen(); err != nil {
 		return queueadmin.Message{}, err
 	}
+	leases := s.leaseView()
 	env, err := s.readQueued(id)
 	if err != nil {
 		return queueadmin.Message{}, err
 	}
-	return queuedMessage(env), nil
+	m := queuedMessage(env)
+	m.Delivering = leases.delivering(env)
+	return m, nil
 }
 
 // OpenMessage returns the body of message id, as it is delivered.

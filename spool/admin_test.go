@@ -283,3 +283,61 @@ func TestOpenReadOnly(t *testing.T) {
 		return err
 	}(), fs.ErrNotExist))
 }
+
+// TestAdminMessagesMarksDelivering: a message a session has leased is
+// listed, marked Delivering, by the Spool that leased it and, on Linux,
+// by another one on the same directory (another process, as the queue
+// tools are); the listing takes no lock, so the session's own lease is
+// undisturbed and the listing of an idle spool changes nothing.
+func TestAdminMessagesMarksDelivering(t *testing.T) {
+	f := newFixture(t)
+	a := f.enqueue("s@x.test", "Subject: a\r\n\r\nhi\r\n", "u@a.test", "v@b.test")
+	b := f.enqueue("s@x.test", "Subject: b\r\n\r\nhi\r\n", "w@b.test")
+	ro, err := Open(f.dir, Options{ReadOnly: true, MaintenanceInterval: -1, Logger: f.s.log})
+	require.NoError(t, err)
+	defer ro.Close()
+
+	delivering := func(s *Spool) map[string]bool {
+		t.Helper()
+		msgs, err := s.Messages(ctx)
+		require.NoError(t, err)
+		got := make(map[string]bool)
+		for _, m := range msgs {
+			got[m.Envelope.ID] = m.Delivering
+			one, err := s.Message(ctx, m.Envelope.ID)
+			require.NoError(t, err)
+			assert.Equal(t, m.Delivering, one.Delivering, "Message agrees with Messages")
+		}
+		return got
+	}
+	idle := map[string]bool{a: false, b: false}
+	assert.Equal(t, idle, delivering(f.s))
+	assert.Equal(t, idle, delivering(ro))
+
+	bt, err := f.s.Claim(ctx, []string{"a.test"})
+	require.NoError(t, err)
+	d, err := next(t, bt)
+	require.NoError(t, err)
+	require.Equal(t, a, d.env.ID)
+	leased := map[string]bool{a: true, b: false}
+	assert.Equal(t, leased, delivering(f.s), "the Spool that leased it")
+	if lockTableReadable() {
+		assert.Equal(t, leased, delivering(ro), "another Spool, through /proc/locks")
+	} else {
+		t.Log("no /proc/locks: only the leasing Spool marks the message")
+	}
+	_, err = bt.Next(ctx)
+	assert.ErrorIs(t, err, io.EOF, "the batch goes on, undisturbed")
+	d.complete(t, nil)
+	require.NoError(t, bt.Close())
+
+	assert.Equal(t, map[string]bool{a: false, b: false}, delivering(f.s))
+	assert.Equal(t, map[string]bool{a: false, b: false}, delivering(ro))
+}
+
+// lockTableReadable reports whether this platform shows other
+// processes' locks (lockedFiles).
+func lockTableReadable() bool {
+	_, ok := lockedFiles()
+	return ok
+}

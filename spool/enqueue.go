@@ -11,9 +11,9 @@ import (
 	"os"
 	"slices"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/crlf"
 	"github.com/go-odmr/odmr/internal/ctxio"
 )
@@ -206,9 +206,9 @@ func newEnvelopeFile(id string, env odmr.Envelope, rcpts []string, size int64, e
 		}
 	}
 	if !env.UTF8 {
-		env.UTF8 = !isASCII(env.From)
+		env.UTF8 = !ascii.Is(env.From)
 		for _, r := range rcpts {
-			env.UTF8 = env.UTF8 || !isASCII(r)
+			env.UTF8 = env.UTF8 || !ascii.Is(r)
 		}
 	}
 	ef := &envelopeFile{
@@ -299,13 +299,4 @@ func writeTemp(dir, suffix string, data []byte) (string, error) {
 		return "", err
 	}
 	return f.Name(), nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }

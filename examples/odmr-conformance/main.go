@@ -51,11 +51,11 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/go-odmr/odmr/internal/logfmt"
 	"github.com/go-odmr/odmr/odmrtest"
 )
 
@@ -271,7 +271,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	// A customer run by hand is told what to do from another goroutine.
-	stdout = &lockedWriter{w: stdout}
+	stdout = &logfmt.LockedWriter{W: stdout}
 	var pass, skip int
 	report := odmrtest.ReporterFunc(func(r odmrtest.Result) {
 		switch r.Status {
@@ -328,16 +328,4 @@ func formatResult(r odmrtest.Result) string {
 		fmt.Fprintf(&b, "  [%s]", r.Detail)
 	}
 	return b.String()
-}
-
-// lockedWriter serializes writes to w.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

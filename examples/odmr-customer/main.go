@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -354,21 +353,8 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-// lockedWriter serializes the writes of the logger and of the debug
-// transcript, which come from several goroutines.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
-}
-
 func run(args []string, stderr io.Writer) int {
-	stderr = &lockedWriter{w: stderr}
+	stderr = &logfmt.LockedWriter{W: stderr}
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitMail
@@ -463,7 +449,7 @@ func run(args []string, stderr io.Writer) int {
 		d := &daemon{every: cfg.every, maxBackoff: cfg.maxBackoff, out: out, wake: hup}
 		code := d.run(ctx, fetch)
 		if sig := caughtSignal(ctx); sig != nil {
-			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", signalName(sig))
+			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", logfmt.SignalName(sig))
 		}
 		return code
 	}
@@ -472,7 +458,7 @@ func run(args []string, stderr io.Writer) int {
 		if sig == syscall.SIGINT {
 			fmt.Fprintln(out, "odmr-customer: interrupted")
 		} else {
-			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", signalName(sig))
+			fmt.Fprintf(out, "odmr-customer: stopped by %s\n", logfmt.SignalName(sig))
 		}
 		return 128 + int(sig.(syscall.Signal))
 	}
@@ -540,18 +526,6 @@ func signalContext(parent context.Context) (context.Context, func()) {
 		}
 	}()
 	return ctx, func() { signal.Stop(ch); cancel(nil) }
-}
-
-// signalName names the signals the program catches as kill(1) and the
-// documentation do.
-func signalName(sig os.Signal) string {
-	switch sig {
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	}
-	return sig.String()
 }
 
 // signalError is the cause of a context a signal cancelled.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/accounts"
+	"github.com/go-odmr/odmr/internal/logfmt"
 	"github.com/go-odmr/odmr/memqueue"
 )
 
@@ -31,7 +32,7 @@ func pipeFetch(t *testing.T, n int, perMessage, every time.Duration) (int, strin
 		Logger: slog.New(slog.DiscardHandler)}
 	defer p.Close()
 	var out bytes.Buffer
-	w := &lockedWriter{w: &out}
+	w := &logfmt.LockedWriter{W: &out}
 	log := slog.New(slog.NewTextHandler(w, nil))
 	prog := &progress{every: every, log: log}
 	slow := odmr.MessageSinkFunc(func(ctx context.Context, env odmr.Envelope, body io.Reader) error {

@@ -18,6 +18,7 @@ import (
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/accounts"
 	"github.com/go-odmr/odmr/internal/crlf"
+	"github.com/go-odmr/odmr/internal/lograte"
 	"github.com/go-odmr/odmr/internal/mailbox"
 	"github.com/go-odmr/odmr/internal/smtpserver"
 	"github.com/go-odmr/odmr/internal/sockaddr"
@@ -68,10 +69,9 @@ type intake struct {
 	conns    map[*intakeConn]bool
 	perNet   map[string]int
 	stopping bool
-	// lastRefusalLog and refusedSince keep the log of refused
-	// connections to a record a second.
-	lastRefusalLog time.Time
-	refusedSince   int
+	// refusals keeps the log of refused connections to a record a
+	// second.
+	refusals lograte.Limiter
 }
 
 // defaultIntakeMaxConns is the default of -smtp-max-conns: as many
@@ -143,12 +143,9 @@ func (in *intake) admit(c net.Conn) *intakeConn {
 	full := in.maxConns > 0 && len(in.conns) >= in.maxConns
 	netFull := in.maxConnsPerNet > 0 && in.perNet[key] >= in.maxConnsPerNet
 	if full || netFull {
-		in.refusedSince++
-		refused, now := in.refusedSince, time.Now()
-		logIt := now.Sub(in.lastRefusalLog) >= time.Second
-		if logIt {
-			in.lastRefusalLog, in.refusedSince = now, 0
-		}
+		now := time.Now()
+		logIt, held := in.refusals.Allow(now)
+		refused := held + 1
 		in.mu.Unlock()
 		reply, why := "421 4.7.0 Too many connections, try again later\r\n", "-smtp-max-conns are open"
 		if !full {

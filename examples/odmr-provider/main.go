@@ -123,7 +123,7 @@ func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxSessionsPerNet, "max-sessions-per-network", defaults.MaxSessionsPerAddr, "serve at most `N` ODMR sessions from one network, as -ipv4-prefix and -ipv6-prefix size it (negative: no cap)")
 	fs.IntVar(&l.ipv4Prefix, "ipv4-prefix", defaults.IPv4Prefix, "IPv4 networks counted by -max-sessions-per-network, -smtp-max-conns-per-network and the AUTH limits have `BITS` of prefix (1-32)")
 	fs.IntVar(&l.ipv6Prefix, "ipv6-prefix", defaults.IPv6Prefix, "IPv6 networks counted by -max-sessions-per-network, -smtp-max-conns-per-network and the AUTH limits have `BITS` of prefix (1-128)")
-	fs.DurationVar(&l.authTimeout, "auth-timeout", defaults.AuthTimeout, "close ODMR sessions not authenticated `DURATION` after connecting (negative: no limit)")
+	fs.DurationVar(&l.authTimeout, "auth-timeout", defaults.AuthTimeout, "close ODMR sessions not authenticated `DURATION` after connecting (negative: no limit; -session-timeout still ends them, credential lookups included)")
 	fs.DurationVar(&l.sessionTimeout, "session-timeout", defaults.SessionTimeout, "close ODMR sessions that have not reached ATRN `DURATION` after connecting")
 	fs.DurationVar(&l.commandTimeout, "command-timeout", defaults.CommandTimeout, "wait `DURATION` for each ODMR command")
 	fs.DurationVar(&l.replyTimeout, "reply-timeout", defaults.ReplyTimeout, "after ATRN, wait `DURATION` for the customer's greeting and each reply")
@@ -540,7 +540,7 @@ wait:
 				continue
 			}
 			log.Info("odmr-provider: stopping: no new sessions; those under way finish the message in flight",
-				"signal", signalName(s), "stop-timeout", cfg.stopTimeout)
+				"signal", logfmt.SignalName(s), "stop-timeout", cfg.stopTimeout)
 			break wait
 		case err := <-errc:
 			if intakeSrv != nil {
@@ -576,7 +576,7 @@ func stop(p *odmr.Provider, intakeSrv *smtp.Server, in *intake, timeout time.Dur
 					log.Info("odmr-provider: SIGHUP while stopping: nothing reloaded")
 					continue
 				}
-				log.Warn("odmr-provider: second signal: closing the sessions at once", "signal", signalName(s))
+				log.Warn("odmr-provider: second signal: closing the sessions at once", "signal", logfmt.SignalName(s))
 				cancel()
 				return
 			case <-ctx.Done():
@@ -817,20 +817,6 @@ func humanBytes(n int64) string {
 	}
 	frac := uint64(n%div) * 10 / uint64(div) // below 2⁶⁰·10, no overflow
 	return fmt.Sprintf("%d.%d %s", n/div, frac, units[u])
-}
-
-// signalName names a signal the way kill(1) and the documentation do
-// (SIGTERM, not Go's "terminated").
-func signalName(s os.Signal) string {
-	switch s {
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGHUP:
-		return "SIGHUP"
-	}
-	return s.String()
 }
 
 // validHostname reports whether name can stand as the domain of the

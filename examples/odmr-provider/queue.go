@@ -36,7 +36,7 @@ type queueFlags struct {
 }
 
 func (q *queueFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&q.list, "queue-list", false, "list the messages queued in -spool or -queue (ID, size, age, sender, recipients, attempts, last error), and exit; reads only")
+	fs.BoolVar(&q.list, "queue-list", false, "list the messages queued in -spool or -queue (ID, with * if being delivered, size, age, sender, recipients, attempts, last error), and exit; reads only")
 	fs.StringVar(&q.show, "queue-show", "", "print the envelope and headers of message `ID` in -spool or -queue, and exit; reads only")
 	fs.StringVar(&q.del, "queue-delete", "", "delete message `ID` from -spool or -queue, and any further IDs given as arguments, without a bounce; - reads IDs from standard input, ALL means every message")
 	fs.StringVar(&q.bounce, "queue-bounce", "", "return message `ID` (and further IDs as arguments, -, ALL) to its sender now with a bounce (DSN), which the provider sends")
@@ -190,8 +190,9 @@ func readIDs(in io.Reader) ([]string, error) {
 }
 
 // listQueue prints one block a message, oldest first, as postqueue -p
-// does: ID, size, arrival and age, sender, "held" if it is; then each
-// recipient still queued with its attempts and last error.
+// does: ID, with '*' after it while a session delivers the message, size,
+// arrival and age, sender, "held" if it is; then each recipient still
+// queued with its attempts and last error.
 func listQueue(ctx context.Context, a queueadmin.Admin, out io.Writer, now time.Time) error {
 	msgs, err := a.Messages(ctx)
 	if err != nil {
@@ -200,7 +201,7 @@ func listQueue(ctx context.Context, a queueadmin.Admin, out io.Writer, now time.
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSIZE\tARRIVED\tSENDER")
 	var bytes int64
-	held := 0
+	held, delivering := 0, 0
 	for _, m := range msgs {
 		env := m.Envelope
 		bytes += env.Size
@@ -209,7 +210,12 @@ func listQueue(ctx context.Context, a queueadmin.Admin, out io.Writer, now time.
 			state = "\t(held)"
 			held++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s (%s)\t<%s>%s\n", env.ID, humanBytes(env.Size),
+		id := env.ID
+		if m.Delivering {
+			id += "*"
+			delivering++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s (%s)\t<%s>%s\n", id, humanBytes(env.Size),
 			env.Received.UTC().Format(time.RFC3339), ago(now.Sub(env.Received)), termsafe.Field(env.From), state)
 		for _, r := range m.Recipients {
 			fmt.Fprintf(tw, "  <%s>\t%s\n", termsafe.Field(r.Addr), attemptText(r, now))
@@ -219,6 +225,9 @@ func listQueue(ctx context.Context, a queueadmin.Admin, out io.Writer, now time.
 	fmt.Fprintf(out, "%s, %s in all", count(len(msgs), "message"), humanBytes(bytes))
 	if held > 0 {
 		fmt.Fprintf(out, "; %d held", held)
+	}
+	if delivering > 0 {
+		fmt.Fprintf(out, "; %d being delivered (*)", delivering)
 	}
 	fmt.Fprintln(out)
 	return nil
@@ -275,6 +284,9 @@ func showMessage(ctx context.Context, a queueadmin.Admin, id string, out io.Writ
 	}
 	if m.Held {
 		fmt.Fprintln(out, "held: yes")
+	}
+	if m.Delivering {
+		fmt.Fprintln(out, "delivering: yes")
 	}
 	for _, r := range m.Recipients {
 		fmt.Fprintf(out, "to: <%s> %s\n", termsafe.Field(r.Addr), attemptText(r, now))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -132,6 +133,51 @@ func testQueueListAndShow(t *testing.T) {
 	_, err = queueTool(t, "", f.now, "-spool", f.dir, "-queue-show", "0123")
 	assert.EqualError(t, err, "-queue-show 0123: no such message in the queue")
 	assert.Equal(t, before, tree(t, f.dir), "reading tools changed the spool")
+}
+
+// TestQueueListMarksDelivering: a message a session is delivering is
+// listed with '*' after its ID, as postqueue -p marks the active queue,
+// and -queue-show says so; the tools take no lock and change nothing, so
+// the session goes on undisturbed.
+func TestQueueListMarksDelivering(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("another process's leases are seen through /proc/locks")
+	}
+	f := newQueueFixture(t)
+	s, err := spool.Open(f.dir, spool.Options{MaintenanceInterval: -1, Hostname: "prov.test", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer s.Close()
+	batch, err := s.Claim(context.Background(), []string{"a.example"})
+	require.NoError(t, err)
+	m, err := batch.Next(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, f.a, m.Envelope().ID)
+	before := tree(t, f.dir)
+
+	out, err := queueTool(t, "", f.now, "-spool", f.dir, "-queue-list")
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 9, "%s", out)
+	assert.Regexp(t, `^`+f.c+`\s`, lines[1])
+	assert.Regexp(t, `^`+f.b+`\s`, lines[3])
+	assert.Regexp(t, `^`+f.a+`\*\s+\d+ B\s+\S+ \(\S+ ago\)\s+<s@x\.test>$`, lines[5])
+	assert.Regexp(t, `^3 messages, \d+ B in all; 1 being delivered \(\*\)$`, lines[8])
+
+	out, err = queueTool(t, "", f.now, "-spool", f.dir, "-queue-show", f.a)
+	require.NoError(t, err)
+	assert.Contains(t, out, "\ndelivering: yes\n")
+	out, err = queueTool(t, "", f.now, "-spool", f.dir, "-queue-show", f.b)
+	require.NoError(t, err)
+	assert.NotContains(t, out, "delivering")
+	assert.Equal(t, before, tree(t, f.dir), "reading tools changed the spool")
+
+	// The session's lease held: it completes, and the mark goes.
+	require.NoError(t, m.Complete(context.Background(), []odmr.RecipientResult{{Recipient: "a@a.example"}}))
+	require.NoError(t, batch.Close())
+	out, err = queueTool(t, "", f.now, "-spool", f.dir, "-queue-list")
+	require.NoError(t, err)
+	assert.NotContains(t, out, "*")
+	assert.Contains(t, out, "<a2@b.example>")
 }
 
 // TestQueueToolsOnAnOrdinaryDirectory: no tool makes a spool where there

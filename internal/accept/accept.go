@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/go-odmr/odmr/internal/lograte"
 )
 
 // Backoff bounds: the wait after a temporary error doubles from MinDelay
@@ -57,9 +59,7 @@ type listener struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	mu         sync.Mutex
-	lastLog    time.Time
-	suppressed int
+	logs lograte.Limiter // once a second
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -83,16 +83,10 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // report logs err unless it logged one less than a second ago.
 func (l *listener) report(err error, delay time.Duration) {
-	l.mu.Lock()
-	now := time.Now()
-	if !l.lastLog.IsZero() && now.Sub(l.lastLog) < time.Second {
-		l.suppressed++
-		l.mu.Unlock()
+	ok, n := l.logs.Allow(time.Now())
+	if !ok {
 		return
 	}
-	n := l.suppressed
-	l.lastLog, l.suppressed = now, 0
-	l.mu.Unlock()
 	l.log.Warn("odmr: accept failed; retrying", "addr", l.Addr().String(), "err", err, "in", delay, "not_logged", n)
 }
 

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
+
+	"github.com/go-odmr/odmr/internal/ascii"
 )
 
 // Split splits a comma-separated list of domains from a configuration
@@ -31,26 +33,17 @@ func Split(field string) ([]string, error) {
 // an ATRN, for odmr.ParseATRN to check. The other entries are left as
 // they are, for ParseATRN to judge.
 func ToASCII(list []string) (string, error) {
-	ascii := make([]string, len(list))
+	out := make([]string, len(list))
 	for i, d := range list {
 		d = strings.Trim(d, " \t")
-		if !isASCII(d) && utf8.ValidString(d) {
+		if !ascii.Is(d) && utf8.ValidString(d) {
 			a, err := idna.Lookup.ToASCII(d)
 			if err != nil {
 				return "", fmt.Errorf("odmr: invalid internationalized domain %q: %v", d, err)
 			}
 			d = a
 		}
-		ascii[i] = d
+		out[i] = d
 	}
-	return strings.Join(ascii, ","), nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
+	return strings.Join(out, ","), nil
 }

@@ -21,9 +21,9 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/xtext"
 )
 
@@ -87,11 +87,11 @@ func StatusFor(e *odmr.Error) odmr.EnhancedCode {
 
 // Global reports whether the report needs the RFC 6533 types.
 func (r *Report) Global() bool {
-	if !isASCII(r.Sender) || !isASCII(string(r.Headers)) {
+	if !ascii.Is(r.Sender) || !ascii.Is(string(r.Headers)) {
 		return true
 	}
 	for _, rc := range r.Rcpts {
-		if !isASCII(rc.Addr) || !isASCII(rc.ORcpt) {
+		if !ascii.Is(rc.Addr) || !ascii.Is(rc.ORcpt) {
 			return true
 		}
 	}
@@ -120,11 +120,11 @@ func (r *Report) BodyType() odmr.BodyType {
 // UTF8 reports whether sending the report needs SMTPUTF8: its recipient,
 // the original sender, or an address it reports on is not ASCII.
 func (r *Report) UTF8() bool {
-	if !isASCII(r.Sender) {
+	if !ascii.Is(r.Sender) {
 		return true
 	}
 	for _, rc := range r.Rcpts {
-		if !isASCII(rc.Addr) {
+		if !ascii.Is(rc.Addr) {
 			return true
 		}
 	}
@@ -393,13 +393,4 @@ func ReadHeaderSection(r io.Reader, max int) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }

@@ -19,6 +19,8 @@ package quickack
 import (
 	"net"
 	"sync/atomic"
+
+	"github.com/go-odmr/odmr/internal/netconn"
 )
 
 // Off, when set, makes [Func] return nil. It exists to measure what the
@@ -33,25 +35,9 @@ func Func(conn net.Conn) func() {
 	if Off.Load() {
 		return nil
 	}
-	tc := findTCP(conn)
-	if tc == nil {
+	tc, ok := netconn.Find[*net.TCPConn](conn)
+	if !ok {
 		return nil
 	}
 	return acker(tc)
-}
-
-// findTCP returns the *net.TCPConn under conn, looking a few wrappers
-// deep, or nil.
-func findTCP(conn net.Conn) *net.TCPConn {
-	for range 8 {
-		switch c := conn.(type) {
-		case *net.TCPConn:
-			return c
-		case interface{ NetConn() net.Conn }:
-			conn = c.NetConn()
-		default:
-			return nil
-		}
-	}
-	return nil
 }
