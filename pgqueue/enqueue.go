@@ -12,11 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/crlf"
 	"github.com/go-odmr/odmr/internal/ctxio"
 )
@@ -152,9 +152,9 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 			bodyType = odmr.Body8BitMIME
 		}
 	}
-	utf8Env := env.UTF8 || !isASCII(env.From)
+	utf8Env := env.UTF8 || !ascii.Is(env.From)
 	for _, r := range rcpts {
-		utf8Env = utf8Env || !isASCII(r)
+		utf8Env = utf8Env || !ascii.Is(r)
 	}
 	if _, err := tx.Exec(ctx, "UPDATE odmr_messages SET size = $2, body_type = $3, utf8 = $4 WHERE id = $1",
 		id, w.N, string(bodyType), utf8Env); err != nil {
@@ -341,15 +341,6 @@ func (c *chunkWriter) flush() error {
 // SMTP path can and which would let it break out of a command or a header.
 func badAddr(a string) bool {
 	return strings.ContainsFunc(a, func(r rune) bool { return r < 0x20 || r == 0x7f })
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }
 
 // errOverLimit is readBody's error for a body over its limit.
