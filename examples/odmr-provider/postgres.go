@@ -50,8 +50,11 @@ func openPGQueue(cfg *config, bouncer spool.Bouncer, log *slog.Logger) (odmr.Que
 	if cfg.quotaBytes > 0 || cfg.quotaMessages > 0 {
 		quota = func(string) (int64, int) { return cfg.quotaBytes, cfg.quotaMessages }
 	}
-	maxBytes := cfg.maxMessageBytes // the intake's limit
-	if maxBytes == 0 {
+	// The intake's limit counts the data; the queue stores the Received
+	// field before it too, and must not refuse with 552 a message the
+	// intake accepted.
+	maxBytes := cfg.maxMessageBytes + maxReceivedField
+	if cfg.maxMessageBytes == 0 {
 		maxBytes = -1 // none
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
