@@ -255,3 +255,20 @@ func TestPostgresIntakeTakesAMessageUpToTheSizeLimit(t *testing.T) {
 	_, err = b.Next(t.Context())
 	assert.ErrorIs(t, err, io.EOF, "one message queued")
 }
+
+// TestQueueTempDirChecked: a -queue-temp-dir that is missing stops the
+// program at the start, before any connection to the database, rather
+// than refuse each large message with a 451 once it runs.
+func TestQueueTempDirChecked(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &config{queueURL: "postgres://odmr@127.0.0.1:1/none", queueTempDir: dir + "/missing",
+		leaseTTL: time.Minute, queueTimeout: time.Minute, maxAge: time.Hour}
+	_, _, _, _, err := openQueue(cfg, slog.New(slog.DiscardHandler))
+	assert.ErrorContains(t, err, "-queue-temp-dir")
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	// A directory that is there passes, and the check leaves nothing.
+	require.NoError(t, checkTempDir(dir))
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, ents)
+}
