@@ -153,6 +153,30 @@ func TestAuthTimeoutCutsAStalledTLSHandshake(t *testing.T) {
 	})
 }
 
+// TestSessionTimeoutCutsAStalledTLSHandshake: with no authentication
+// deadline (a negative AuthTimeout) and a CommandTimeout longer than
+// SessionTimeout, a client on an implicit TLS listener that sends
+// nothing is closed at SessionTimeout, which bounds the session whatever
+// the customer does; the handshake used to wait CommandTimeout.
+func TestSessionTimeoutCutsAStalledTLSHandshake(t *testing.T) {
+	newTestPKI(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := pipeProvider(io.Discard, withTLS, func(p *Provider) {
+			p.AuthTimeout = -1
+			p.CommandTimeout = time.Hour
+			p.SessionTimeout = 10 * time.Minute
+		})
+		defer p.Close()
+		server, conn := net.Pipe()
+		defer conn.Close()
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- p.Serve(tls.Server(server, p.TLSConfig)) }()
+		assert.ErrorContains(t, <-done, "TLS handshake")
+		assert.Equal(t, 10*time.Minute, time.Since(start), "closed at the session's deadline")
+	})
+}
+
 // TestFullProviderLetsAnonymousSessionGiveWay: with every slot taken by
 // sessions that have not authenticated, a newcomer is served and the
 // oldest anonymous session is closed (the newcomer used to get 421);

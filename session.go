@@ -160,7 +160,8 @@ func (s *session) run(ctx context.Context) (err error) {
 }
 
 // implicitHandshake runs the TLS handshake of a connection with implicit
-// TLS under the deadline of the first command: otherwise the greeting
+// TLS under the deadline of the first command, or the authentication or
+// session deadline when either comes sooner: otherwise the greeting
 // would start it with no read deadline, and a client that sends nothing
 // would hold its session for good.
 func (s *session) implicitHandshake(ctx context.Context) error {
@@ -170,6 +171,9 @@ func (s *session) implicitHandshake(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(s.commandTimeout())
 	if end := s.authDeadline(); !end.IsZero() && end.Before(deadline) {
+		deadline = end
+	}
+	if end := s.sessionDeadline(); end.Before(deadline) {
 		deadline = end
 	}
 	hsCtx, cancel := context.WithDeadline(ctx, deadline)

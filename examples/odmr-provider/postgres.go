@@ -44,15 +44,33 @@ func defaultQueueTempDir() string {
 	return os.TempDir()
 }
 
+// checkTempDir fails unless a file can be created in dir, the
+// -queue-temp-dir: a directory missing or not writable would otherwise
+// show only when a large message arrives, each refused with a 451.
+func checkTempDir(dir string) error {
+	f, err := os.CreateTemp(dir, "odmr-provider-check-*")
+	if err != nil {
+		return fmt.Errorf("-queue-temp-dir: %w", err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 // openPGQueue opens the queue in the database named by -queue.
 func openPGQueue(cfg *config, bouncer spool.Bouncer, log *slog.Logger) (odmr.QueueSource, enqueuer, func(string) error, func(), error) {
 	var quota pgqueue.QuotaFunc
 	if cfg.quotaBytes > 0 || cfg.quotaMessages > 0 {
 		quota = func(string) (int64, int) { return cfg.quotaBytes, cfg.quotaMessages }
 	}
-	maxBytes := cfg.maxMessageBytes // the intake's limit
-	if maxBytes == 0 {
+	// The intake's limit counts the data; the queue stores the Received
+	// field before it too, and must not refuse with 552 a message the
+	// intake accepted.
+	maxBytes := cfg.maxMessageBytes + maxReceivedField
+	if cfg.maxMessageBytes == 0 {
 		maxBytes = -1 // none
+	}
+	if err := checkTempDir(cfg.queueTempDir); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
 	defer cancel()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -11,7 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/go-odmr/odmr"
+	"github.com/go-odmr/odmr/accounts"
 	"github.com/go-odmr/odmr/internal/pgtest"
+	"github.com/go-odmr/odmr/internal/smtptest"
 	"github.com/go-odmr/odmr/pgqueue"
 )
 
@@ -208,4 +211,64 @@ func TestQueueTempDirFlag(t *testing.T) {
 	c, err = parseFlags([]string{"-accounts", "x", "-queue-temp-dir", "/srv/spill"})
 	require.NoError(t, err)
 	assert.Equal(t, "/srv/spill", c.queueTempDir)
+}
+
+// TestPostgresIntakeTakesAMessageUpToTheSizeLimit: with -queue, a
+// message whose data is within -max-message-size is queued, although
+// the Received field the intake puts before it takes the body past that
+// size; one over the limit is still refused. The queue's own limit used
+// to be -max-message-size itself, so the message was refused with 552
+// 5.3.4 after the intake had accepted its SIZE and its data.
+func TestPostgresIntakeTakesAMessageUpToTheSizeLimit(t *testing.T) {
+	const limit = 4096
+	cfg := &config{queueURL: pgtest.DSN(t), maxMessageBytes: limit, queueTempDir: t.TempDir(),
+		leaseTTL: time.Minute, queueTimeout: time.Minute, maxAge: time.Hour}
+	q, enqueue, _, closeQueue, err := openQueue(cfg, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(closeQueue)
+	accts := accounts.Map{"alice": {Name: "alice", Secret: "s", Domains: []string{"example.org"}}}
+	srv := newIntakeServer(&intake{accounts: accts, enqueue: enqueue, log: slog.New(slog.DiscardHandler), hostname: "prov.test"}, limit, nil)
+	addr := smtptest.Serve(t, srv)
+
+	// The data, ".\r\n" not counted, is the limit less a few bytes.
+	line := strings.Repeat("x", 98) + "\r\n"
+	data := "Subject: big\r\n\r\n" + strings.Repeat(line, (limit-16-8)/len(line))
+	data += strings.Repeat("y", limit-8-len(data)-2) + "\r\n"
+	require.Len(t, data, limit-8)
+	c := dialRaw(t, addr)
+	c.cmd(250, "MAIL FROM:<s@x.test>")
+	c.cmd(250, "RCPT TO:<u@example.org>")
+	c.cmd(354, "DATA")
+	c.cmd(250, data+".")
+
+	c.cmd(250, "MAIL FROM:<s@x.test>")
+	c.cmd(250, "RCPT TO:<u@example.org>")
+	c.cmd(354, "DATA")
+	c.cmd(552, data+strings.Repeat("z", 100)+"\r\n.")
+
+	b, err := q.Claim(t.Context(), []string{"example.org"})
+	require.NoError(t, err)
+	defer b.Close()
+	m, err := b.Next(t.Context())
+	require.NoError(t, err)
+	assert.Greater(t, m.Envelope().Size, int64(limit), "the Received field counted in the size stored")
+	_, err = b.Next(t.Context())
+	assert.ErrorIs(t, err, io.EOF, "one message queued")
+}
+
+// TestQueueTempDirChecked: a -queue-temp-dir that is missing stops the
+// program at the start, before any connection to the database, rather
+// than refuse each large message with a 451 once it runs.
+func TestQueueTempDirChecked(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &config{queueURL: "postgres://odmr@127.0.0.1:1/none", queueTempDir: dir + "/missing",
+		leaseTTL: time.Minute, queueTimeout: time.Minute, maxAge: time.Hour}
+	_, _, _, _, err := openQueue(cfg, slog.New(slog.DiscardHandler))
+	assert.ErrorContains(t, err, "-queue-temp-dir")
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	// A directory that is there passes, and the check leaves nothing.
+	require.NoError(t, checkTempDir(dir))
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, ents)
 }

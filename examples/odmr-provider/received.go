@@ -17,6 +17,8 @@ import (
 // "for" appears only with one recipient, so that a message to several
 // does not tell each the others, and one short enough for a line; ESMTPS says TLS was used (RFC 3848),
 // UTF8SMTP(S) that SMTPUTF8 was (RFC 6531).
+//
+// The field is at most maxReceivedField bytes long.
 func receivedField(helo string, remote net.Addr, hostname, id string, tls, utf8 bool, rcpts []string, now time.Time) string {
 	proto := "ESMTP"
 	if utf8 {
@@ -36,6 +38,14 @@ func receivedField(helo string, remote net.Addr, hostname, id string, tls, utf8 
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
 	return b.String()
 }
+
+// maxReceivedField bounds the length of what receivedField returns: three
+// names of at most 255 bytes (HELO, a non-IP address, the hostname), a
+// recipient of at most 900, a 28-byte ID, a date and some 100 bytes of
+// fixed text come to under 1,800. A queue that limits the size of what
+// it stores (pgqueue's MaxMessageBytes) must allow this much over the
+// intake's -max-message-size, which counts the data alone.
+const maxReceivedField = 2048
 
 // traceToken keeps a name the client chose from breaking the field: only
 // the characters of a domain or an address literal pass; others become

@@ -146,3 +146,16 @@ func TestIntakeReceivedIDIsQueueID(t *testing.T) {
 	assert.NotContains(t, rec, "received-id")
 	assert.NotContains(t, rec, "remote")
 }
+
+// TestReceivedFieldBound: the longest field the names allow stays within
+// maxReceivedField, the room the queue's size limit leaves for it.
+func TestReceivedFieldBound(t *testing.T) {
+	long := strings.Repeat("a", 1000)
+	addr := &net.UnixAddr{Name: long, Net: "unix"}
+	rcpt := strings.Repeat("r", 890) + "@example.org"
+	require.Len(t, rcpt, 902)
+	rcpt = rcpt[2:]
+	f := receivedField(long, addr, long, spool.NewID(), true, true, []string{rcpt}, time.Now())
+	assert.Contains(t, f, "for <"+rcpt+">")
+	assert.LessOrEqual(t, len(f), maxReceivedField)
+}
