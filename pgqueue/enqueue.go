@@ -39,7 +39,10 @@ import (
 // the quota of a recipient's domain leaves (452, 4.2.2): the room left is
 // looked up before reading, with one short query whose connection goes
 // back to the pool at once, and checked again in the transaction, which
-// decides. A full disk while the body is spilled gives a 452 *odmr.Error
+// decides. Past that room the body is read on, but not stored, to tell a
+// message that fits once the queue drains from one that never can: one
+// over the domain's whole byte quota, or over MaxMessageBytes, gets the
+// permanent 552 5.3.4, lest its sender retry it until it expires. A full disk while the body is spilled gives a 452 *odmr.Error
 // (4.3.1). On any error nothing of the body is left on disk.
 // Size and Body (8BITMIME when the body has 8-bit bytes, 7BIT otherwise,
 // whatever was declared, but for BINARYMIME) come from the content; UTF8
@@ -86,9 +89,15 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 		return "", err
 	}
 	limit, tooBig := q.bodyLimit(left, limited)
-	body, done, err := q.readBody(ctx, body, limit)
+	in := body
+	body, done, err := q.readBody(ctx, in, limit)
 	switch {
 	case errors.Is(err, errOverLimit):
+		// Cut short by a quota's room, a body may also be too big to
+		// be queued ever: that is permanent, not worth a retry.
+		if tooBig != errTooBig && q.overBound(ctx, in, limit+1, domains) {
+			return "", errTooBig
+		}
 		return "", tooBig
 	case noSpace(err):
 		q.log.Error("pgqueue: no space to spill a message body; answering 452", "dir", q.tempDir(), "err", err)
@@ -392,6 +401,37 @@ func (q *Queue) readBody(ctx context.Context, body io.Reader, limit int64) (io.R
 		return nil, nil, err
 	}
 	return f, done, nil
+}
+
+// sizeBound returns the most bytes a message for domains may ever have:
+// MaxMessageBytes, or the byte quota of one of the domains if that is
+// smaller, however little is queued; -1 for no bound.
+func (q *Queue) sizeBound(domains []string) int64 {
+	b := q.opts.MaxMessageBytes
+	if q.opts.Quota != nil {
+		for _, d := range domains {
+			if m, _ := q.opts.Quota(d); m > 0 && (b < 0 || m < b) {
+				b = m
+			}
+		}
+	}
+	return b
+}
+
+// overBound reports whether a body that the room left in a quota cut
+// short, after read bytes, is over sizeBound. It reads on from rest and
+// throws away what it reads, at most up to the bound. (The body read
+// whole is never over it: the room before reading is within the bound.)
+func (q *Queue) overBound(ctx context.Context, rest io.Reader, read int64, domains []string) bool {
+	b := q.sizeBound(domains)
+	switch {
+	case b < 0:
+		return false
+	case read > b:
+		return true
+	}
+	n, _ := io.CopyN(io.Discard, ctxio.Reader(ctx, rest), b-read+1)
+	return read+n > b
 }
 
 // tempDir returns the directory readBody spills to.

@@ -129,11 +129,13 @@ func TestQuotaWhileReading(t *testing.T) {
 	if _, err := q.Enqueue(t.Context(), odmr.Envelope{From: "s@sender.example", To: []string{"u@small.example"}}, first); err != nil {
 		t.Fatal(err)
 	}
+	// Over the domain's whole quota: refused for good (see
+	// TestTooBigForQuotaIsPermanent), and read no further than it.
 	body := &countingReader{n: 1 << 20}
 	_, err := q.Enqueue(t.Context(), odmr.Envelope{From: "s@sender.example", To: []string{"u@other.example", "u@small.example"}}, body)
-	wantReply(t, err, 452, odmr.EnhancedCode{4, 2, 2})
-	if body.read > 4001 {
-		t.Errorf("read %d bytes of a body over the quota's room of 4000", body.read)
+	wantReply(t, err, 552, odmr.EnhancedCode{5, 3, 4})
+	if body.read > 10_001 {
+		t.Errorf("read %d bytes of a body over the quota of 10,000", body.read)
 	}
 	if n := count(t, q, "SELECT count(*) FROM odmr_messages"); n != 1 {
 		t.Errorf("%d messages, want 1", n)
@@ -206,5 +208,60 @@ func TestTempDir(t *testing.T) {
 	}
 	if n := count(t, q, "SELECT count(*) FROM odmr_messages"); n != 1 {
 		t.Errorf("%d messages, want 1", n)
+	}
+}
+
+// TestTooBigForQuotaIsPermanent: a body over the room a quota leaves
+// gets the temporary 452 4.2.2 only if it could ever be queued; one over
+// the domain's whole byte quota, or over MaxMessageBytes, gets 552 5.3.4.
+// Past the room, the body is read on without being stored, to tell the
+// two apart, and no further than the smaller of the two bounds.
+func TestTooBigForQuotaIsPermanent(t *testing.T) {
+	dir := t.TempDir()
+	q := openTest(t, Options{ChunkSize: 1024, TempDir: dir, MaxMessageBytes: 90_000, Quota: func(d string) (int64, int) {
+		switch d {
+		case "small.example":
+			return 10_000, 0
+		case "big.example":
+			return 100_000, 0
+		}
+		return 0, 0
+	}})
+	send := func(to string, n int) *countingReader {
+		body := &countingReader{n: n}
+		if _, err := q.Enqueue(t.Context(), odmr.Envelope{From: "s@sender.example", To: []string{to}}, body); err != nil {
+			t.Fatalf("%d bytes for %s: %v", n, to, err)
+		}
+		return body
+	}
+	send("u@small.example", 6000)
+	send("u@big.example", 80_000)
+
+	for _, c := range []struct {
+		to    string
+		n     int
+		code  int
+		enh   odmr.EnhancedCode
+		reads int // at most
+	}{
+		// Room 4000 of 10,000: 5000 bytes fit later, 20,000 never.
+		{"u@small.example", 5000, 452, odmr.EnhancedCode{4, 2, 2}, 5000},
+		{"u@small.example", 20_000, 552, odmr.EnhancedCode{5, 3, 4}, 10_001},
+		// Room 20,000 of 100,000, but MaxMessageBytes is 90,000.
+		{"u@big.example", 30_000, 452, odmr.EnhancedCode{4, 2, 2}, 30_000},
+		{"u@big.example", 1 << 20, 552, odmr.EnhancedCode{5, 3, 4}, 90_001},
+	} {
+		body := &countingReader{n: c.n}
+		_, err := q.Enqueue(t.Context(), odmr.Envelope{From: "s@sender.example", To: []string{c.to}}, body)
+		wantReply(t, err, c.code, c.enh)
+		if body.read > c.reads {
+			t.Errorf("%d bytes for %s: read %d, want at most %d", c.n, c.to, body.read, c.reads)
+		}
+	}
+	if n := count(t, q, "SELECT count(*) FROM odmr_messages"); n != 2 {
+		t.Errorf("%d messages, want 2", n)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("%d files left in the temporary directory", len(ents))
 	}
 }
