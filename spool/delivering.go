@@ -13,13 +13,38 @@ type fileKey struct {
 type leaseView struct {
 	s      *Spool
 	locked map[fileKey]bool
+	// devs and inodes are the devices and the inodes of locked.
+	devs   map[[2]uint32]bool
+	inodes map[uint64]bool
 }
 
 // leaseView reads the locks held now; queueadmin listings ask it about
 // each message.
 func (s *Spool) leaseView() *leaseView {
 	locked, _ := lockedFiles()
-	return &leaseView{s: s, locked: locked}
+	return newLeaseView(s, locked)
+}
+
+func newLeaseView(s *Spool, locked map[fileKey]bool) *leaseView {
+	v := &leaseView{s: s, locked: locked, devs: make(map[[2]uint32]bool), inodes: make(map[uint64]bool)}
+	for k := range locked {
+		v.devs[[2]uint32{k.major, k.minor}] = true
+		v.inodes[k.ino] = true
+	}
+	return v
+}
+
+// isLocked reports whether the table of locks holds the file k. Where no
+// lock in it is on k's device, the inode alone decides: on a btrfs
+// subvolume, and on overlayfs, stat(2) gives a device that the kernel's
+// table does not use, so no lock would ever match. (Another file system's
+// file with the same inode number can then mark a message wrongly; a
+// listing's mark, never a lease, depends on it.)
+func (v *leaseView) isLocked(k fileKey) bool {
+	if v.locked[k] {
+		return true
+	}
+	return !v.devs[[2]uint32{k.major, k.minor}] && v.inodes[k.ino]
 }
 
 // delivering reports whether a session holds a lease on some recipients
@@ -38,7 +63,7 @@ func (v *leaseView) delivering(env *envelopeFile) bool {
 		return false
 	}
 	for dir := range dirs {
-		if k, ok := keyOfFile(v.s.markerPath(dir, env.ID)); ok && v.locked[k] {
+		if k, ok := keyOfFile(v.s.markerPath(dir, env.ID)); ok && v.isLocked(k) {
 			return true
 		}
 	}

@@ -49,3 +49,28 @@ func TestKeyOfFileMatchesProcLocks(t *testing.T) {
 	}
 	assert.True(t, locked[k], "%+v not in the table", k)
 }
+
+// TestLeaseViewOtherDevice: where the kernel's table names a device that
+// stat(2) does not give (a btrfs subvolume, overlayfs), a lock on the
+// marker's inode still marks it; where locks on the marker's own device
+// are listed, the device and inode must both match.
+func TestLeaseViewOtherDevice(t *testing.T) {
+	k := fileKey{0x103, 0x0a, 42}
+	for _, c := range []struct {
+		name   string
+		locked []fileKey
+		want   bool
+	}{
+		{"same device and inode", []fileKey{k}, true},
+		{"another device, same inode", []fileKey{{0, 0x2f, 42}}, true},
+		{"another device, another inode", []fileKey{{0, 0x2f, 43}}, false},
+		{"same device, another inode; same inode elsewhere", []fileKey{{0x103, 0x0a, 7}, {0, 0x2f, 42}}, false},
+		{"no locks", nil, false},
+	} {
+		locked := make(map[fileKey]bool)
+		for _, l := range c.locked {
+			locked[l] = true
+		}
+		assert.Equal(t, c.want, newLeaseView(nil, locked).isLocked(k), c.name)
+	}
+}
