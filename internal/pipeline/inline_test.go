@@ -1,0 +1,114 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/go-odmr/odmr/internal/pipeline/pipetest"
+)
+
+// readers runs f twice: as "reader goroutine", on whatever connection it
+// makes, and as "inline", with a Sender that takes every connection, a
+// net.Pipe included, for a socket, and so reads its replies itself. f's
+// servers must then read each write of the Sender whole before they
+// answer, as a socket's buffers would.
+func readers(t *testing.T, f func(t *testing.T)) {
+	t.Run("reader goroutine", f)
+	t.Run("inline", func(t *testing.T) {
+		isSocket = func(net.Conn) bool { return true }
+		t.Cleanup(func() { isSocket = socket })
+		f(t)
+	})
+}
+
+func TestSocketUnderWrappers(t *testing.T) {
+	c, s := net.Pipe()
+	defer c.Close()
+	defer s.Close()
+	assert.False(t, socket(c), "net.Pipe")
+	assert.False(t, socket(tls.Client(c, &tls.Config{})), "TLS over net.Pipe")
+
+	tc, _ := tcpPair(t)
+	defer tc.Close()
+	assert.True(t, socket(tc), "TCP")
+	assert.True(t, socket(tls.Client(tc, &tls.Config{})), "TLS over TCP")
+	assert.False(t, socket(struct{ net.Conn }{tc}), "a wrapper that does not show what it wraps")
+
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	uc, err := net.Dial("unix", l.Addr().String())
+	require.NoError(t, err)
+	defer uc.Close()
+	assert.True(t, socket(uc), "Unix socket")
+}
+
+// TestWhoReadsTheReplies: on a socket the Sender reads its replies itself
+// with DATA; the reader goroutine takes over with the first BDAT chunk,
+// and reads them from the start above DefaultMaxPending or on net.Pipe.
+func TestWhoReadsTheReplies(t *testing.T) {
+	send := func(t *testing.T, snd *Sender) {
+		t.Helper()
+		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+		require.NoError(t, snd.Send(m))
+		require.NoError(t, snd.Quit())
+		assert.Equal(t, []int{0}, o.codes())
+	}
+	transports(t, "DATA", func(t *testing.T) {
+		_, tcp := tcpTests.Load(t)
+		snd := start(t, &pipetest.Server{}, Config{})
+		assert.Equal(t, tcp, snd.inline)
+		send(t, snd)
+		assert.Equal(t, tcp, snd.inline)
+		assert.Equal(t, !tcp, snd.reading)
+	})
+	transports(t, "BDAT", func(t *testing.T) {
+		_, tcp := tcpTests.Load(t)
+		snd := start(t, &pipetest.Server{Ext: extFor(true)}, Config{Chunking: true})
+		assert.Equal(t, tcp, snd.inline, "Hello")
+		send(t, snd)
+		assert.False(t, snd.inline)
+		assert.True(t, snd.reading)
+	})
+	transports(t, "BDAT refused", func(t *testing.T) {
+		_, tcp := tcpTests.Load(t)
+		snd := start(t, &pipetest.Server{}, Config{Chunking: true})
+		send(t, snd)
+		assert.Equal(t, tcp, snd.inline, "DATA, the server offering no CHUNKING")
+	})
+	transports(t, "MaxPending above the default", func(t *testing.T) {
+		snd := start(t, &pipetest.Server{}, Config{MaxPending: DefaultMaxPending + 1})
+		assert.False(t, snd.inline)
+		assert.True(t, snd.reading)
+		send(t, snd)
+	})
+}
+
+// TestInlineSenderCloses: Close settles, as lost, a message whose final
+// reply a Sender that reads its replies itself has not read.
+func TestInlineSenderCloses(t *testing.T) {
+	c, s := tcpPair(t)
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go (&pipetest.Server{}).Serve(s)
+	snd := NewSender(ctx, c, Config{})
+	_, err := snd.Hello("client.test")
+	require.NoError(t, err)
+	m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+	require.NoError(t, snd.Send(m))
+	require.NoError(t, snd.Close())
+	assert.Equal(t, []int{-1}, o.codes(), "the reply to the dot was not read")
+	assert.ErrorIs(t, o.errs[0], ErrClosed)
+}
