@@ -1,11 +1,15 @@
 package pipeline
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -81,7 +85,7 @@ func TestWhoReadsTheReplies(t *testing.T) {
 		assert.False(t, snd.inline)
 		assert.True(t, snd.reading)
 	})
-	transports(t, "BDAT refused", func(t *testing.T) {
+	transports(t, "CHUNKING not offered", func(t *testing.T) {
 		_, tcp := tcpTests.Load(t)
 		snd := start(t, &pipetest.Server{}, Config{Chunking: true})
 		send(t, snd)
@@ -111,4 +115,48 @@ func TestInlineSenderCloses(t *testing.T) {
 	require.NoError(t, snd.Close())
 	assert.Equal(t, []int{-1}, o.codes(), "the reply to the dot was not read")
 	assert.ErrorIs(t, o.errs[0], ErrClosed)
+}
+
+// TestReaderTakesOverWithoutTheInlineDeadline: the read deadline of the
+// Sender's last wait before its first BDAT chunk does not end the reader
+// goroutine's reads, which the reply timeout of each wait bounds instead.
+func TestReaderTakesOverWithoutTheInlineDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		isSocket = func(net.Conn) bool { return true }
+		defer func() { isSocket = socket }()
+		c, s := net.Pipe()
+		defer c.Close()
+		go func() {
+			defer s.Close()
+			br := bufio.NewReader(s)
+			lines := func(n int) {
+				for range n {
+					if _, err := br.ReadString('\n'); err != nil {
+						return
+					}
+				}
+			}
+			io.WriteString(s, "220 hi\r\n")
+			lines(1) // EHLO
+			io.WriteString(s, "250-hi\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+			lines(4) // MAIL, RCPT, BDAT 4 LAST and its chunk, one line
+			time.Sleep(2 * time.Minute)
+			io.WriteString(s, "250 ok\r\n250 ok\r\n250 queued\r\n")
+			lines(1) // QUIT
+			io.WriteString(s, "221 bye\r\n")
+		}()
+		snd := NewSender(context.Background(), c, Config{Chunking: true, ReplyTimeout: time.Hour, DataTimeout: time.Hour})
+		defer snd.Close()
+		_, err := snd.Hello("client.test")
+		require.NoError(t, err)
+		require.True(t, snd.inline)
+		// The deadline of Hello's last read is an hour away: the reply
+		// to the chunk comes after it, within the chunk's own timeout.
+		time.Sleep(59 * time.Minute)
+		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+		require.NoError(t, snd.Send(m))
+		require.True(t, snd.reading)
+		require.NoError(t, snd.Quit())
+		assert.Equal(t, []int{0}, o.codes())
+	})
 }
