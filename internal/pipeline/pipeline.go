@@ -17,13 +17,23 @@
 // and only a bounded amount of data is sent past a final chunk whose reply
 // is still out.
 //
-// Replies are read in order by one goroutine per Sender and matched with
-// the commands that caused them, so that the writer can keep writing while
-// the server answers (the deadlock RFC 2920 section 3.1 warns about cannot
-// happen, even on a synchronous net.Pipe). Each message's Done callback
-// runs, in the caller's goroutine, once the reply that settles the
-// message has been read, or once the connection is lost, and once what
-// the Sender had to write then is written.
+// Replies are read in order and matched with the commands that caused
+// them. A client that stops reading while it writes can deadlock with a
+// server that stops reading while it writes its replies (RFC 2920 section
+// 3.1). On a connection without buffers of its own, such as net.Pipe,
+// whose writes wait until the other end has read them, and once BDAT
+// chunks go out, a goroutine of the Sender reads the replies, so that the
+// writer can keep writing while the server answers. On a socket (TCP or
+// Unix, TLS over one), with DATA or in lock-step and at most
+// [DefaultMaxPending] commands in flight, the Sender reads its replies
+// itself, when it waits for one: the replies it can owe meanwhile, to at
+// most that many commands, fit in the socket's buffers, so the server
+// never waits for the Sender to read them; and a reply then reaches the
+// Sender without a hand-off between goroutines, a wake-up less per
+// message. Each message's Done callback runs, in the caller's goroutine,
+// once the reply that settles the message has been read, or once the
+// connection is lost, and once what the Sender had to write then is
+// written.
 package pipeline
 
 import (
@@ -34,6 +44,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,7 +111,9 @@ type Config struct {
 	Stop func() bool
 
 	// MaxPending bounds the commands sent whose replies have not been
-	// read. 0 means DefaultMaxPending.
+	// read. 0 means DefaultMaxPending. Above DefaultMaxPending, a
+	// goroutine of the Sender reads the replies on every connection
+	// (see the package documentation).
 	MaxPending int
 	// WriteBufferSize is the size of the write buffer. 0 means
 	// DefaultWriteBufferSize.
@@ -290,9 +303,23 @@ type Sender struct {
 	// those of the commands queued, for the reader's ackReader.
 	due int64
 
+	br *bufio.Reader // the replies
+	ar *ackReader    // under br, when Config.QuickAck is set
+
+	// inline is set while the Sender reads its replies itself, when it
+	// waits for one; otherwise the reader goroutine reads them and
+	// passes them on through replies.
+	inline bool
+	// readBy, once set, bounds every wait for a reply (writeFailed).
+	readBy time.Time
+	// stopCtx unregisters, in inline mode, the function that ends a read
+	// when ctx is done.
+	stopCtx func() bool
+
 	replies    chan readResult
 	stop       chan struct{}
 	stopOnce   sync.Once
+	reading    bool // the reader goroutine was started
 	readerDone chan struct{}
 	timer      *time.Timer
 
@@ -350,8 +377,59 @@ func NewSender(ctx context.Context, conn net.Conn, cfg Config) *Sender {
 	}
 	s.ew = &errWriter{w: w, due: &s.due}
 	s.bw = bufio.NewWriterSize(s.ew, cfg.WriteBufferSize)
-	go s.readLoop()
+	var rd io.Reader = conn
+	if cfg.QuickAck != nil {
+		s.ar = &ackReader{s: s}
+		rd = s.ar
+	}
+	s.br = bufio.NewReaderSize(rd, 4096)
+	if cfg.MaxPending <= DefaultMaxPending && isSocket(conn) {
+		// Chunking may still be dropped by Hello: the reader goroutine
+		// starts with the first chunk (sendChunks).
+		s.inline = true
+		s.stopCtx = context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	} else {
+		s.startReader()
+	}
 	return s
+}
+
+// isSocket is socket, but for the tests that make the Sender read its
+// replies itself on a net.Pipe.
+var isSocket = socket
+
+// socket reports whether conn is, under its wrappers (their NetConn
+// methods, as [crypto/tls.Conn] has), a socket of the kernel, whose
+// buffers take a write without waiting for the other end to read it.
+func socket(conn net.Conn) bool {
+	for range 8 {
+		switch c := conn.(type) {
+		case *net.TCPConn, *net.UnixConn:
+			return true
+		case interface{ NetConn() net.Conn }:
+			conn = c.NetConn()
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// startReader hands the reading of the replies over to the reader
+// goroutine, for good.
+func (s *Sender) startReader() {
+	if s.inline {
+		s.inline = false
+		s.stopCtx()
+		// The reader waits for replies without a deadline; consume
+		// bounds the waits. A deadline that writeFailed set is kept:
+		// the connection is given up by then.
+		if s.readBy.IsZero() {
+			s.conn.SetReadDeadline(time.Time{})
+		}
+	}
+	s.reading = true
+	go s.readLoop()
 }
 
 func or[T int | time.Duration](v, def T) T {
@@ -373,17 +451,10 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 
 func (s *Sender) readLoop() {
 	defer close(s.readerDone)
-	var rd io.Reader = s.conn
-	var ar *ackReader
-	if s.cfg.QuickAck != nil {
-		ar = &ackReader{s: s}
-		rd = ar
-	}
-	br := bufio.NewReaderSize(rd, 4096)
 	for {
-		r, err := wire.ReadReply(br, replyLimits, nil)
-		if ar != nil && err == nil {
-			ar.replies++
+		r, err := wire.ReadReply(s.br, replyLimits, nil)
+		if s.ar != nil && err == nil {
+			s.ar.replies++
 		}
 		select {
 		case s.replies <- readResult{r, err}:
@@ -396,7 +467,7 @@ func (s *Sender) readLoop() {
 	}
 }
 
-// ackReader is the reader's connection when Config.QuickAck is set: it
+// ackReader is the replies' connection when Config.QuickAck is set: it
 // asks for an ACK before a read that waits for replies still owed, when
 // what was read last has not been acknowledged by a write since. Asking
 // after every read instead costs a system call and an ACK of its own per
@@ -686,6 +757,13 @@ var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
 
 // sendChunks sends the body as BDAT chunks.
 func (s *Sender) sendChunks(t *txn, body io.Reader) error {
+	if s.inline {
+		// The Sender writes chunks without waiting for their replies:
+		// the reader goroutine takes them as they come, so that each
+		// message's Done runs at the next Send rather than once a
+		// window is full.
+		s.startReader()
+	}
 	bp := readBufPool.Get().(*[]byte)
 	defer readBufPool.Put(bp)
 	buf := *bp
@@ -842,7 +920,8 @@ func (s *Sender) writeFailed(err error) error {
 	if s.err != nil {
 		return s.err
 	}
-	s.conn.SetReadDeadline(time.Now().Add(min(s.cfg.ReplyTimeout, 10*time.Second)))
+	s.readBy = time.Now().Add(min(s.cfg.ReplyTimeout, 10*time.Second))
+	s.conn.SetReadDeadline(s.readBy)
 	for s.err == nil && s.head < len(s.queue) {
 		s.consume()
 	}
@@ -864,14 +943,18 @@ func (s *Sender) consume() {
 	if s.err != nil || s.head == len(s.queue) {
 		return
 	}
+	timeout := s.cfg.ReplyTimeout
+	if k := s.queue[s.head].kind; k == kDot || k == kBDATLast {
+		timeout = s.cfg.DataTimeout
+	}
+	if s.inline {
+		s.handle(s.readReply(timeout))
+		return
+	}
 	var res readResult
 	select {
 	case res = <-s.replies:
 	default:
-		timeout := s.cfg.ReplyTimeout
-		if k := s.queue[s.head].kind; k == kDot || k == kBDATLast {
-			timeout = s.cfg.DataTimeout
-		}
 		s.timer.Reset(timeout)
 		select {
 		case res = <-s.replies:
@@ -885,15 +968,64 @@ func (s *Sender) consume() {
 	s.handle(res)
 }
 
-// poll acts on the replies that have arrived, without waiting.
+// poll acts on the replies that have arrived, without waiting: in inline
+// mode, those already read into the buffer.
 func (s *Sender) poll() {
-	for s.err == nil && s.head < len(s.queue) {
+	for s.inline && s.err == nil && s.head < len(s.queue) && replyBuffered(s.br) {
+		s.handle(s.readReply(0))
+	}
+	for !s.inline && s.err == nil && s.head < len(s.queue) {
 		select {
 		case res := <-s.replies:
 			s.handle(res)
 		default:
 			return
 		}
+	}
+}
+
+// readReply reads a reply in inline mode, waiting for it at most timeout
+// when it is not in the buffer yet (readBy may bound the wait further).
+func (s *Sender) readReply(timeout time.Duration) readResult {
+	if !replyBuffered(s.br) {
+		d := time.Now().Add(timeout)
+		if !s.readBy.IsZero() && s.readBy.Before(d) {
+			d = s.readBy
+		}
+		// Deadline first, then the check: a cancellation in between
+		// sets a past deadline that this one would otherwise overwrite.
+		s.conn.SetReadDeadline(d)
+		if err := s.ctx.Err(); err != nil {
+			return readResult{err: err}
+		}
+	}
+	r, err := wire.ReadReply(s.br, replyLimits, nil)
+	switch {
+	case err == nil:
+		if s.ar != nil {
+			s.ar.replies++
+		}
+	case s.ctx.Err() != nil:
+		err = s.ctx.Err()
+	case s.readBy.IsZero() && errors.Is(err, os.ErrDeadlineExceeded):
+		err = errTimeout
+	}
+	return readResult{r, err}
+}
+
+// replyBuffered reports whether br holds a whole reply, or the start of
+// one that ReadReply refuses without reading further.
+func replyBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return false
+		}
+		if i < 4 || b[3] != '-' {
+			return true
+		}
+		b = b[i+1:]
 	}
 }
 
@@ -1077,7 +1209,12 @@ func (s *Sender) Quit() error {
 func (s *Sender) Close() error {
 	defer s.runDone()
 	s.fail(ErrClosed)
-	<-s.readerDone
+	if s.reading {
+		<-s.readerDone
+	}
+	if s.stopCtx != nil {
+		s.stopCtx()
+	}
 	s.timer.Stop()
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -67,11 +68,15 @@ func (o *outcome) codes() []int {
 	return out
 }
 
-// start runs srv on one end of a net.Pipe and returns a Sender, already
-// past EHLO, on the other.
+// start runs srv on one end of a net.Pipe, or of a loopback TCP
+// connection for the tests that overTCP runs, and returns a Sender,
+// already past EHLO, on the other.
 func start(t *testing.T, srv *pipetest.Server, cfg Config) *Sender {
 	t.Helper()
 	c, s := net.Pipe()
+	if _, ok := tcpTests.Load(t); ok {
+		c, s = tcpPair(t)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(s) }()
 	snd := NewSender(context.Background(), c, cfg)
@@ -85,17 +90,54 @@ func start(t *testing.T, srv *pipetest.Server, cfg Config) *Sender {
 	return snd
 }
 
-// modes runs a test with DATA, with DATA and Overlap, and with BDAT,
-// each given the Config to start from.
-func modes(t *testing.T, f func(t *testing.T, mode Config)) {
-	dataModes(t, f)
-	t.Run("BDAT", func(t *testing.T) { f(t, Config{Chunking: true}) })
+// tcpTests holds the tests (*testing.T) for which start connects over
+// loopback TCP.
+var tcpTests sync.Map
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	server = <-accepted
+	require.NotNil(t, server)
+	t.Cleanup(func() { server.Close() })
+	return client, server
 }
 
-// dataModes runs a test with DATA, without and with Overlap.
+// transports runs f as the subtest name, over net.Pipe, whose writes wait
+// for the other end to read them, so that a goroutine of the Sender reads
+// the replies; and as name + " over TCP", on which the Sender reads them
+// itself when it can.
+func transports(t *testing.T, name string, f func(t *testing.T)) {
+	t.Run(name, f)
+	t.Run(name+" over TCP", func(t *testing.T) {
+		tcpTests.Store(t, true)
+		t.Cleanup(func() { tcpTests.Delete(t) })
+		f(t)
+	})
+}
+
+// modes runs a test with DATA, with DATA and Overlap, and with BDAT,
+// each given the Config to start from, over net.Pipe and over TCP.
+func modes(t *testing.T, f func(t *testing.T, mode Config)) {
+	dataModes(t, f)
+	transports(t, "BDAT", func(t *testing.T) { f(t, Config{Chunking: true}) })
+}
+
+// dataModes runs a test with DATA, without and with Overlap, over
+// net.Pipe and over TCP.
 func dataModes(t *testing.T, f func(t *testing.T, mode Config)) {
-	t.Run("DATA", func(t *testing.T) { f(t, Config{}) })
-	t.Run("DATA overlapped", func(t *testing.T) { f(t, Config{Overlap: true}) })
+	transports(t, "DATA", func(t *testing.T) { f(t, Config{}) })
+	transports(t, "DATA overlapped", func(t *testing.T) { f(t, Config{Overlap: true}) })
 }
 
 func extFor(chunking bool) []string {
@@ -579,45 +621,49 @@ func silentServer(conn net.Conn) {
 }
 
 func TestReplyTimeout(t *testing.T) {
-	// On the bubble's clock the timeout fires exactly when it is due,
-	// however loaded the machine: the reply is late, never the test.
-	synctest.Test(t, func(t *testing.T) {
-		c, s := net.Pipe()
-		go silentServer(s)
-		defer c.Close()
-		snd := NewSender(context.Background(), c, Config{ReplyTimeout: 50 * time.Millisecond})
-		defer snd.Close()
-		_, err := snd.Hello("client.test")
-		require.NoError(t, err)
-		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
-		start := time.Now()
-		err = snd.Send(m)
-		require.ErrorIs(t, err, errTimeout)
-		assert.Equal(t, 50*time.Millisecond, time.Since(start), "the reply timeout, on the bubble's clock")
-		assert.Equal(t, []int{-1}, o.codes())
+	readers(t, func(t *testing.T) {
+		// On the bubble's clock the timeout fires exactly when it is due,
+		// however loaded the machine: the reply is late, never the test.
+		synctest.Test(t, func(t *testing.T) {
+			c, s := net.Pipe()
+			go silentServer(s)
+			defer c.Close()
+			snd := NewSender(context.Background(), c, Config{ReplyTimeout: 50 * time.Millisecond})
+			defer snd.Close()
+			_, err := snd.Hello("client.test")
+			require.NoError(t, err)
+			m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+			start := time.Now()
+			err = snd.Send(m)
+			require.ErrorIs(t, err, errTimeout)
+			assert.Equal(t, 50*time.Millisecond, time.Since(start), "the reply timeout, on the bubble's clock")
+			assert.Equal(t, []int{-1}, o.codes())
+		})
 	})
 }
 
 func TestContextCancel(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c, s := net.Pipe()
-		go silentServer(s)
-		defer c.Close()
-		ctx, cancel := context.WithCancel(context.Background())
-		snd := NewSender(ctx, c, Config{})
-		defer snd.Close()
-		_, err := snd.Hello("client.test")
-		require.NoError(t, err)
-		m, o := msg("s@x.test", "hi\r\n", "a@y.test")
-		go func() {
-			// Cancel once the sender waits for the reply that never
-			// comes, not at a guessed moment.
-			synctest.Wait()
-			cancel()
-		}()
-		err = snd.Send(m)
-		require.ErrorIs(t, err, context.Canceled)
-		assert.Equal(t, []int{-1}, o.codes())
+	readers(t, func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, s := net.Pipe()
+			go silentServer(s)
+			defer c.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			snd := NewSender(ctx, c, Config{})
+			defer snd.Close()
+			_, err := snd.Hello("client.test")
+			require.NoError(t, err)
+			m, o := msg("s@x.test", "hi\r\n", "a@y.test")
+			go func() {
+				// Cancel once the sender waits for the reply that never
+				// comes, not at a guessed moment.
+				synctest.Wait()
+				cancel()
+			}()
+			err = snd.Send(m)
+			require.ErrorIs(t, err, context.Canceled)
+			assert.Equal(t, []int{-1}, o.codes())
+		})
 	})
 }
 
