@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/smtp"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -257,18 +259,89 @@ func (p *Provider) intake(from string, to []string, body string) error {
 			return fmt.Errorf("eximtest: intake RCPT %s: %w", rcpt, err)
 		}
 	}
-	w, err := c.Data()
+	// DATA by hand, for the reply to the final dot: it names the queue
+	// ID ("250 OK id=1xaYP5-000000004ex-0Ond").
+	id, err := c.Text.Cmd("DATA")
 	if err != nil {
 		return fmt.Errorf("eximtest: intake DATA: %w", err)
 	}
-	// net/smtp's data writer turns LF into CRLF and leaves a CRLF alone.
+	c.Text.StartResponse(id)
+	_, _, err = c.Text.ReadResponse(354)
+	c.Text.EndResponse(id)
+	if err != nil {
+		return fmt.Errorf("eximtest: intake DATA: %w", err)
+	}
+	// The dot writer turns LF into CRLF and leaves a CRLF alone.
+	w := c.Text.DotWriter()
 	if _, err := w.Write([]byte(body)); err != nil {
 		return fmt.Errorf("eximtest: intake data: %w", err)
 	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("eximtest: intake end of data: %w", err)
 	}
-	return c.Quit()
+	_, msg, err := c.Text.ReadResponse(250)
+	if err != nil {
+		return fmt.Errorf("eximtest: intake end of data: %w", err)
+	}
+	if err := c.Quit(); err != nil {
+		return fmt.Errorf("eximtest: intake QUIT: %w", err)
+	}
+	_, queueID, ok := strings.Cut(msg, "id=")
+	if !ok {
+		return fmt.Errorf("eximtest: intake: no queue ID in %q", msg)
+	}
+	return p.waitReceived(strings.TrimSpace(queueID))
+}
+
+// waitReceived waits, for at most 15 s, until the delivery process that
+// Exim's intake starts for each message it receives is done with message
+// id. For the customers' domains (queue_domains) that process only
+// routes, logs "routing defer ... domain is in queue_domains" and exits,
+// but while it runs it holds the message's lock, and an ATRN's queue run
+// in that moment passes over the message ("Spool file ... is locked"),
+// answers 250 and delivers nothing. It waits for that log line, then for
+// the lock on the message's data file to be gone.
+func (p *Provider) waitReceived(id string) error {
+	log := filepath.Join(p.e.Dir, "provider", "log", "mainlog")
+	data := filepath.Join(p.e.Dir, "provider", "spool", "input", id+"-D")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if p.routed(log, id) && !locked(data) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("eximtest: intake: message %s still being handled by Exim after 15 s", id)
+		}
+		time.Sleep(10 * time.Millisecond) // polling Exim's log and lock for the event
+	}
+}
+
+// routed reports whether Exim's main log says that the delivery process
+// started at reception has routed message id, or is done with it.
+func (p *Provider) routed(log, id string) bool {
+	b, err := os.ReadFile(log)
+	if err != nil || int64(len(b)) < p.logStart {
+		return false
+	}
+	text := string(b[p.logStart:])
+	return strings.Contains(text, id+" == ") || strings.Contains(text, id+" Completed") ||
+		strings.Contains(text, id+" => ")
+}
+
+// locked reports whether a process holds a lock on the file at path,
+// without taking one (F_GETLK): Exim locks a message's data file while it
+// handles the message. A file that is gone is not locked.
+func locked(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil {
+		return false
+	}
+	return lk.Type != syscall.F_UNLCK
 }
 
 func (p *Provider) submit(from string, to []string, body string) error {
