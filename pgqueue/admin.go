@@ -293,12 +293,14 @@ func (q *Queue) Bounce(ctx context.Context, id string) error {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := q.settle(ctx, tx, n, domains, nil, nil, settleCancel); err != nil {
+	logged, err := q.settle(ctx, tx, n, domains, nil, nil, settleCancel)
+	if err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("odmr: bouncing message %s: %w", id, err)
 	}
+	logged()
 	q.kickBouncer()
 	q.log.Info("pgqueue: bounced by the operator", "id", id)
 	return nil

@@ -194,12 +194,14 @@ func (q *Queue) lease(ctx context.Context, b *batch) (*message, int64, error) {
 		return nil, 0, fmt.Errorf("odmr: next: message %d: %w", id, err)
 	}
 	if expired {
-		if err := q.settle(ctx, tx, id, domains, nil, nil, settleExpire); err != nil {
+		logged, err := q.settle(ctx, tx, id, domains, nil, nil, settleExpire)
+		if err != nil {
 			return nil, 0, err
 		}
 		if err := tx.Commit(ctx); err != nil {
 			return nil, 0, fmt.Errorf("odmr: expiring message %d: %w", id, err)
 		}
+		logged()
 		q.kickBouncer()
 		return nil, id, nil
 	}
@@ -384,12 +386,14 @@ func (m *message) completeOnce(ctx context.Context, results []odmr.RecipientResu
 	if held != len(m.domains) {
 		return fmt.Errorf("%w (message %d)", errLeaseLost, m.id)
 	}
-	if err := m.q.settle(ctx, tx, m.id, m.domains, m.env.To, results, settleResults); err != nil {
+	logged, err := m.q.settle(ctx, tx, m.id, m.domains, m.env.To, results, settleResults)
+	if err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("odmr: complete: %w", err)
 	}
+	logged()
 	m.q.kickBouncer()
 	return nil
 }

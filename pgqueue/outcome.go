@@ -39,8 +39,16 @@ const (
 // of a delivery, their expiry, or the operator's bounce. to, when not nil, limits it to the
 // recipients handed out with the lease. It writes the DSNs the failures
 // call for, releases or removes the pending rows, and removes the message
-// when no recipient is left.
-func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []string, results []odmr.RecipientResult, mode settleMode) error {
+// when no recipient is left. It returns a function that logs what it
+// recorded, for the caller to call once tx is committed: a transaction
+// that fails leaves no record of what did not happen.
+func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []string, results []odmr.RecipientResult, mode settleMode) (func(), error) {
+	var logs []func()
+	logged := func() {
+		for _, l := range logs {
+			l()
+		}
+	}
 	// The message's row serializes the settling of its domains, so the
 	// last one sees that nothing is left and removes it.
 	var (
@@ -61,12 +69,12 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 	err := br.QueryRow().Scan(&from, &received, &size, &bodyType, &ret, &envID, &now, &tooOld)
 	if err != nil {
 		br.Close()
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 	rows, err := br.Query()
 	if err != nil {
 		br.Close()
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 	var rcpts []rcptRow
 	for rows.Next() {
@@ -75,17 +83,17 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 			&r.notify, &r.orcptType, &r.orcpt); err != nil {
 			rows.Close()
 			br.Close()
-			return fmt.Errorf("odmr: settling message %d: %w", id, err)
+			return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 		}
 		rcpts = append(rcpts, r)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		br.Close()
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 	if err := br.Close(); err != nil {
-		return fmt.Errorf("odmr: settling message %d: %w", id, err)
+		return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 	}
 
 	var leased map[string]bool
@@ -191,16 +199,20 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 	}
 	if b.Len() > 0 {
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("odmr: settling message %d: %w", id, err)
+			return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 		}
 	}
 	for _, f := range failed {
 		if f.Expired {
-			q.log.Warn("pgqueue: expired", "id", id, "to", f.Addr, "age", f.Age.Round(time.Second))
+			logs = append(logs, func() {
+				q.log.Warn("pgqueue: expired", "id", id, "to", f.Addr, "age", f.Age.Round(time.Second))
+			})
 		}
 	}
 	if len(quiet) > 0 {
-		q.log.Info("pgqueue: recipients failed; their NOTIFY asks for no DSN", "id", id, "recipients", quiet)
+		logs = append(logs, func() {
+			q.log.Info("pgqueue: recipients failed; their NOTIFY asks for no DSN", "id", id, "recipients", quiet)
+		})
 	}
 	msg := reportedMessage{id: id, from: from, envID: envID, ret: odmr.DSNReturn(ret), received: received,
 		size: size, bodyType: odmr.BodyType(bodyType)}
@@ -210,24 +222,29 @@ func (q *Queue) settle(ctx context.Context, tx pgx.Tx, id int64, domains, to []s
 			for i, f := range wanted {
 				addrs[i] = f.Addr
 			}
-			q.log.Info("pgqueue: recipients failed; the sender is null, so no DSN is sent", "id", id, "recipients", addrs)
+			logs = append(logs, func() {
+				q.log.Info("pgqueue: recipients failed; the sender is null, so no DSN is sent", "id", id, "recipients", addrs)
+			})
 		} else if err := q.queueDSN(ctx, tx, msg, wanted, now); err != nil {
-			return err
+			return nil, err
 		} else {
-			q.log.Info("pgqueue: bounce queued", "id", id, "to", from, "recipients", len(wanted))
+			n := len(wanted)
+			logs = append(logs, func() {
+				q.log.Info("pgqueue: bounce queued", "id", id, "to", from, "recipients", n)
+			})
 		}
 	}
 	if len(relayed) > 0 && from != "" {
 		if err := q.queueDSN(ctx, tx, msg, relayed, now); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if release != nil {
 		if err := tx.SendBatch(ctx, release).Close(); err != nil {
-			return fmt.Errorf("odmr: settling message %d: %w", id, err)
+			return nil, fmt.Errorf("odmr: settling message %d: %w", id, err)
 		}
 	}
-	return nil
+	return logged, nil
 }
 
 // queueError records a failed attempt of recipient n.
@@ -327,12 +344,14 @@ func (q *Queue) expireOne(ctx context.Context) (bool, error) {
 	if _, err := tx.Exec(ctx, "UPDATE odmr_pending SET fence = nextval('odmr_fence') WHERE message_id = $1 AND domain = ANY($2)", id, domains); err != nil {
 		return false, fmt.Errorf("odmr: expire: %w", err)
 	}
-	if err := q.settle(ctx, tx, id, domains, nil, nil, settleExpire); err != nil {
+	logged, err := q.settle(ctx, tx, id, domains, nil, nil, settleExpire)
+	if err != nil {
 		return false, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return false, fmt.Errorf("odmr: expire: %w", err)
 	}
+	logged()
 	q.kickBouncer()
 	return true, nil
 }

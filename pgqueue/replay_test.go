@@ -1,7 +1,10 @@
 package pgqueue
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/go-odmr/odmr"
@@ -58,5 +61,38 @@ func TestSettleReplayed(t *testing.T) {
 	}
 	if to := om.Envelope().To; len(to) != 2 {
 		t.Errorf("leased %q after the replay, want v@a.example and w@b.example", to)
+	}
+}
+
+// TestSettleLogsAfterCommit: what settle records is logged only once its
+// transaction commits; one rolled back leaves no "bounce queued" line
+// for a bounce that was never queued.
+func TestSettleLogsAfterCommit(t *testing.T) {
+	var buf bytes.Buffer
+	q := openTest(t, Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	id := enqueue(t, q, odmr.Envelope{From: "s@sender.example", To: []string{"u@a.example"}})
+	tx, n, domains, err := q.lockMessage(t.Context(), id, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.settle(t.Context(), tx, n, domains, nil, nil, settleCancel); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("logged before the commit: %s", buf.String())
+	}
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, q, "SELECT count(*) FROM odmr_reports"); n != 0 {
+		t.Fatalf("%d reports after a rollback", n)
+	}
+
+	// Bounce commits, then logs.
+	if err := q.Bounce(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); !strings.Contains(got, "bounce queued") {
+		t.Errorf("log after Bounce: %q, want a bounce queued line", got)
 	}
 }
