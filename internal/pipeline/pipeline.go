@@ -27,13 +27,17 @@
 // Unix, TLS over one), with DATA or in lock-step and at most
 // [DefaultMaxPending] commands in flight, the Sender reads its replies
 // itself, when it waits for one: the replies it can owe meanwhile, to at
-// most that many commands, fit in the socket's buffers, so the server
-// never waits for the Sender to read them; and a reply then reaches the
-// Sender without a hand-off between goroutines, a wake-up less per
-// message. Each message's Done callback runs, in the caller's goroutine,
-// once the reply that settles the message has been read, or once the
-// connection is lost, and once what the Sender had to write then is
-// written.
+// most that many commands, fit in the socket's buffers when they are of
+// ordinary size, so the server does not wait for the Sender to read them;
+// and a reply then reaches the Sender without a hand-off between
+// goroutines, a wake-up less per message. (A server that answers each
+// command with a reply of kilobytes, over sockets whose buffers are small
+// at both ends, can still stall the Sender: a write timeout then bounds
+// the stall, Config.WriteTimeout or the connection's own, as the
+// provider's; without one nothing does.) Each message's Done callback
+// runs, in the caller's goroutine, once the reply that settles the
+// message has been read, or once the connection is lost, and once what
+// the Sender had to write then is written.
 package pipeline
 
 import (
