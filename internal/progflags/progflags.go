@@ -7,9 +7,11 @@ import (
 	"bufio"
 	"bytes"
 	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -55,4 +57,46 @@ func Defined(t testing.TB, name string) map[string]bool {
 	}
 	defined[name] = flags
 	return maps.Clone(flags)
+}
+
+// usedFlag is a flag on a command line: after a space or a quote (a
+// JSON array's element).
+var usedFlag = regexp.MustCompile(`(?:^|[\s"])-([a-z][a-z0-9-]*)`)
+
+// Used returns the flags on the lines of the file at path that runs
+// picks, with continuation lines ("\" at the end) joined and comment
+// lines ("#") left out.
+func Used(t testing.TB, path string, runs func(line string) bool) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(string(b), "\\\n", " ")
+	var flags []string
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") || !runs(line) {
+			continue
+		}
+		for _, m := range usedFlag.FindAllStringSubmatch(line, -1) {
+			flags = append(flags, m[1])
+		}
+	}
+	return flags
+}
+
+// Check fails t unless file gives program at least one flag, and only
+// flags that program defines.
+func Check(t *testing.T, file, program string, used []string) {
+	t.Helper()
+	if len(used) == 0 {
+		t.Fatalf("no command line for %s in %s", program, file)
+	}
+	defined := Defined(t, program)
+	for _, f := range used {
+		if !defined[f] {
+			t.Errorf("%s gives %s the flag -%s, which it does not define", file, program, f)
+		}
+	}
 }
