@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/go-odmr/odmr/internal/nospace"
 	"github.com/go-odmr/odmr/internal/smtpserver"
 	"github.com/go-odmr/odmr/internal/wire"
 )
@@ -89,7 +90,7 @@ var (
 	errTimeout        = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 4, 2}, Message: "Idle timeout, closing connection"}
 	errCrossProtocol  = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 7, 0}, Message: "This is an ODMR service, not HTTP; closing connection"}
 	errLocalError     = &Error{Code: 451, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Local error, try again later"}
-	errNoStorage      = &Error{Code: 452, EnhancedCode: EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
+	errNoStorage      = &Error{Code: nospace.Code, EnhancedCode: nospace.Enhanced, Message: nospace.Message}
 	errNoDomains      = &Error{Code: 450, EnhancedCode: EnhancedCode{4, 7, 1}, Message: "No domains are authorized for this identity"}
 	errLostConnection = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 4, 2}, Message: "Connection lost during delivery"}
 	errNotConfigured  = &Error{Code: 421, EnhancedCode: EnhancedCode{4, 3, 0}, Message: "Service not configured, closing connection"}

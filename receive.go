@@ -12,10 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-odmr/odmr/internal/mailbox"
+	"github.com/go-odmr/odmr/internal/nospace"
 	"github.com/go-odmr/odmr/internal/smtpserver"
 )
 
@@ -251,7 +251,7 @@ func (r *receiver) reply(err error, what string, attrs ...any) *smtpserver.Error
 	if e := AsError(err); e != nil && e.Code >= 400 && e.Code < 600 {
 		return serverError(e)
 	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	if nospace.Is(err) {
 		// RFC 5321's reply for it, and RFC 3463's "mail system full":
 		// the provider keeps the message and tries again later, as after
 		// a 451, but its log says why.

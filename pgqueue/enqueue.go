@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/jackc/pgx/v5"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/go-odmr/odmr/internal/ascii"
 	"github.com/go-odmr/odmr/internal/crlf"
 	"github.com/go-odmr/odmr/internal/ctxio"
+	"github.com/go-odmr/odmr/internal/nospace"
 )
 
 // Enqueue adds a message for env.From and env.To with the body read from
@@ -99,7 +99,7 @@ func (q *Queue) Enqueue(ctx context.Context, env odmr.Envelope, body io.Reader) 
 			return "", errTooBig
 		}
 		return "", tooBig
-	case noSpace(err):
+	case nospace.Is(err):
 		q.log.Error("pgqueue: no space to spill a message body; answering 452", "dir", q.tempDir(), "err", err)
 		return "", errNoSpace
 	case err != nil:
@@ -296,12 +296,7 @@ var errTooBig = &odmr.Error{Code: 552, EnhancedCode: odmr.EnhancedCode{5, 3, 4},
 // errNoSpace refuses a body when the disk it is spilled to is full
 // (RFC 5321: 452, insufficient system storage; RFC 3463: 4.3.1, mail
 // system full): the sender tries again later.
-var errNoSpace = &odmr.Error{Code: 452, EnhancedCode: odmr.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
-
-// noSpace reports whether err says that a disk or a quota is full.
-func noSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
+var errNoSpace = &odmr.Error{Code: nospace.Code, EnhancedCode: nospace.Enhanced, Message: nospace.Message}
 
 // errQuota returns the reply for a domain that is over its quota.
 func errQuota(domain string) *odmr.Error {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/go-odmr/odmr/internal/crlf"
 	"github.com/go-odmr/odmr/internal/lograte"
 	"github.com/go-odmr/odmr/internal/mailbox"
+	"github.com/go-odmr/odmr/internal/nospace"
 	"github.com/go-odmr/odmr/internal/smtpserver"
 	"github.com/go-odmr/odmr/internal/sockaddr"
 	"github.com/go-odmr/odmr/spool"
@@ -439,7 +439,7 @@ func (c *countReader) Read(p []byte) (int, error) {
 // the client is still there to read it.
 var errDataBrokeOff = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message not received whole, try again later"}
 
-var errNoSpace = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
+var errNoSpace = &smtp.SMTPError{Code: nospace.Code, EnhancedCode: nospace.Enhanced, Message: nospace.Message}
 
 // toSMTPError turns a queue's refusal into a reply; other errors are
 // logged and answered 451 without their text.
@@ -455,7 +455,7 @@ func toSMTPError(log *slog.Logger, err error) error {
 		}
 		return &smtp.SMTPError{Code: e.Code, EnhancedCode: ec, Message: e.Message}
 	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	if nospace.Is(err) {
 		// RFC 3463: 4.3.1, mail system full; RFC 5321: 452, insufficient
 		// system storage. The sender retries later, as with a 451.
 		log.Error("odmr-provider: cannot queue message: no space left", "err", err)
