@@ -165,7 +165,7 @@ type Provider struct {
 func (e *Exim) StartProvider(tls bool) *Provider {
 	e.t.Helper()
 	var logStart int64
-	if fi, err := os.Stat(filepath.Join(e.Dir, "provider", "log", "mainlog")); err == nil {
+	if fi, err := os.Stat(e.providerLog()); err == nil {
 		logStart = fi.Size()
 	}
 	var env []string
@@ -302,11 +302,10 @@ func (p *Provider) intake(from string, to []string, body string) error {
 // answers 250 and delivers nothing. It waits for that log line, then for
 // the lock on the message's data file to be gone.
 func (p *Provider) waitReceived(id string) error {
-	log := filepath.Join(p.e.Dir, "provider", "log", "mainlog")
 	data := filepath.Join(p.e.Dir, "provider", "spool", "input", id+"-D")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if p.routed(log, id) && !locked(data) {
+		if p.routed(id) && !locked(data) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -318,14 +317,30 @@ func (p *Provider) waitReceived(id string) error {
 
 // routed reports whether Exim's main log says that the delivery process
 // started at reception has routed message id, or is done with it.
-func (p *Provider) routed(log, id string) bool {
-	b, err := os.ReadFile(log)
-	if err != nil || int64(len(b)) < p.logStart {
-		return false
+func (p *Provider) routed(id string) bool {
+	text, ok := p.log()
+	return ok && (strings.Contains(text, id+" == ") || strings.Contains(text, id+" Completed") ||
+		strings.Contains(text, id+" => "))
+}
+
+// providerLog is the path of the provider's main log.
+func (e *Exim) providerLog() string {
+	return filepath.Join(e.Dir, "provider", "log", "mainlog")
+}
+
+// log returns what the provider's main log says since the daemon
+// started, read from there on; false if it cannot be read.
+func (p *Provider) log() (string, bool) {
+	f, err := os.Open(p.e.providerLog())
+	if err != nil {
+		return "", false
 	}
-	text := string(b[p.logStart:])
-	return strings.Contains(text, id+" == ") || strings.Contains(text, id+" Completed") ||
-		strings.Contains(text, id+" => ")
+	defer f.Close()
+	if _, err := f.Seek(p.logStart, io.SeekStart); err != nil {
+		return "", false
+	}
+	b, err := io.ReadAll(f)
+	return string(b), err == nil
 }
 
 // locked reports whether a process holds a lock on the file at path,
@@ -364,14 +379,12 @@ func (p *Provider) submit(from string, to []string, body string) error {
 // deliver (see CONFORMANCE.md). A test that pulls twice in a row and means
 // to judge the second pull calls WaitIdle between them.
 func (p *Provider) WaitIdle() {
-	log := filepath.Join(p.e.Dir, "provider", "log", "mainlog")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		b, err := os.ReadFile(log)
-		if err != nil || int64(len(b)) < p.logStart {
+		text, ok := p.log()
+		if !ok {
 			return
 		}
-		text := string(b[p.logStart:])
 		started := strings.Count(text, "Start ODMR queue run")
 		ended := strings.Count(text, "End queue run: pid=")
 		if ended >= started || time.Now().After(deadline) {
