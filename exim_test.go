@@ -28,6 +28,31 @@ import (
 // Exim is not built (../shared/peers/exim/build.sh, ODMR_EXIM_DIR) or the
 // test does not run as root; under CI (CI set) that fails them.
 
+// eximQueued is a message the Exim tests queue, and its recipients.
+type eximQueued struct {
+	to   []string
+	body string
+}
+
+// eximMessages returns the messages both directions of the Exim tests
+// queue, their subjects numbered after label: one for each of the first
+// account's domains, one for the second account's (example.net), a
+// mixed-domain message (the first account gets x and z, the second y)
+// and one with two recipients.
+func eximMessages(label string) []eximQueued {
+	msgs := []eximQueued{
+		{to: []string{"u@example.org"}},
+		{to: []string{"w@example.com"}},
+		{to: []string{"b@example.net"}},
+		{to: []string{"x@example.org", "y@example.net", "z@example.com"}},
+		{to: []string{"u@example.org", "v@example.org"}},
+	}
+	for i := range msgs {
+		msgs[i].body = eximBody(fmt.Sprintf("%s %d", label, i+1), msgs[i].to...)
+	}
+	return msgs
+}
+
 // eximBody is a message queued for the Exim tests: recipients, and a text
 // with dot-stuffed lines, 8-bit text and white space at line ends.
 func eximBody(subject string, to ...string) string {
@@ -94,21 +119,9 @@ func TestEximCustomer(t *testing.T) {
 				p.ATRNInterval = -1
 			})
 
-			type queued struct {
-				to   []string
-				body string
-			}
-			msgs := []queued{
-				{to: []string{"u@example.org"}},
-				{to: []string{"w@example.com"}},
-				{to: []string{"b@example.net"}}, // bob's
-				// a mixed-domain message: alice gets x and z, bob y
-				{to: []string{"x@example.org", "y@example.net", "z@example.com"}},
-				{to: []string{"u@example.org", "v@example.org"}},
-			}
-			for i := range msgs {
-				msgs[i].body = eximBody(fmt.Sprintf("exim customer %d", i+1), msgs[i].to...)
-				f.enqueue(t, "sender@outside.test", msgs[i].body, msgs[i].to...)
+			msgs := eximMessages("exim customer")
+			for _, m := range msgs {
+				f.enqueue(t, "sender@outside.test", m.body, m.to...)
 			}
 
 			fetch := func(user, secret string, domains ...string) eximtest.CustomerRun {
@@ -301,20 +314,9 @@ func TestEximProvider(t *testing.T) {
 				// Exim's certificate names localhost and 127.0.0.1.
 				custTLS = &tls.Config{RootCAs: roots}
 			}
-			type queued struct {
-				to   []string
-				body string
-			}
-			msgs := []queued{
-				{to: []string{"u@example.org"}},
-				{to: []string{"w@example.com"}},
-				{to: []string{"b@example.net"}}, // customer2's
-				{to: []string{"x@example.org", "y@example.net", "z@example.com"}},
-				{to: []string{"u@example.org", "v@example.org"}},
-			}
-			for i := range msgs {
-				msgs[i].body = eximBody(fmt.Sprintf("exim provider %d", i+1), msgs[i].to...)
-				require.NoError(t, p.Enqueue("sender@outside.test", msgs[i].to, msgs[i].body))
+			msgs := eximMessages("exim provider")
+			for _, m := range msgs {
+				require.NoError(t, p.Enqueue("sender@outside.test", m.to, m.body))
 			}
 
 			pl := pullFromExim(t, p, custTLS, eximtest.User, eximtest.Secret, eximtest.Domains...)
