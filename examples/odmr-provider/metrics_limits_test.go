@@ -79,6 +79,19 @@ func closedWhen(c net.Conn) <-chan struct{} {
 	return done
 }
 
+// closesAfter checks, in a synctest bubble, that the server closes c
+// once d has passed, and not a millisecond sooner.
+func closesAfter(t *testing.T, c net.Conn, d time.Duration, what string) {
+	t.Helper()
+	closed := closedWhen(c)
+	time.Sleep(d - time.Millisecond)
+	synctest.Wait()
+	assert.False(t, isClosed(closed), "closed before %s", what)
+	time.Sleep(time.Millisecond)
+	synctest.Wait()
+	assert.True(t, isClosed(closed), "open after %s", what)
+}
+
 func isClosed(ch <-chan struct{}) bool {
 	select {
 	case <-ch:
@@ -125,13 +138,7 @@ func TestMetricsReadTimeout(t *testing.T) {
 		defer c.Close()
 		_, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n")
 		require.NoError(t, err)
-		closed := closedWhen(c)
-		time.Sleep(f.readTimeout - time.Millisecond)
-		synctest.Wait()
-		assert.False(t, isClosed(closed), "closed before -metrics-read-timeout")
-		time.Sleep(time.Millisecond)
-		synctest.Wait()
-		assert.True(t, isClosed(closed), "open after -metrics-read-timeout")
+		closesAfter(t, c, f.readTimeout, "-metrics-read-timeout")
 	})
 }
 
@@ -148,13 +155,7 @@ func TestMetricsIdleTimeout(t *testing.T) {
 		c := l.dial()
 		defer c.Close()
 		assert.Equal(t, http.StatusOK, get(t, c).StatusCode)
-		closed := closedWhen(c)
-		time.Sleep(f.idleTimeout - time.Millisecond)
-		synctest.Wait()
-		assert.False(t, isClosed(closed), "closed before -metrics-idle-timeout")
-		time.Sleep(time.Millisecond)
-		synctest.Wait()
-		assert.True(t, isClosed(closed), "open after -metrics-idle-timeout")
+		closesAfter(t, c, f.idleTimeout, "-metrics-idle-timeout")
 	})
 }
 
