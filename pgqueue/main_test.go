@@ -13,13 +13,19 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // openTest opens a queue on a fresh database, closed when t ends.
 func openTest(t *testing.T, opts Options) *Queue {
 	t.Helper()
+	return openDSN(t, pgtest.DSN(t), opts)
+}
+
+// openDSN is openTest on the database dsn names.
+func openDSN(t *testing.T, dsn string, opts Options) *Queue {
+	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.MaintenanceInterval == 0 {
 		opts.MaintenanceInterval = -1
 	}
-	q, err := Open(t.Context(), pgtest.DSN(t), opts)
+	q, err := Open(t.Context(), dsn, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,11 @@ type Config struct {
 	// the lease time had passed without a word from its holder (a node
 	// that died). nil skips the tests of lease expiry and fencing.
 	ExpireLeases func(t *testing.T, q Queue)
+
+	// Reopen, if set, returns another handle on q's store, as another
+	// process or node sharing it would open it; the suite spreads its
+	// concurrent sessions over q and such handles. nil means q alone.
+	Reopen func(t *testing.T, q Queue) Queue
 }
 
 // Run runs the suite, each test in a subtest with a queue of its own.
@@ -599,51 +604,64 @@ func testTwoConsumers(t *testing.T, c Config) {
 	}
 }
 
-// Many sessions fetching the same domains at once deliver every
-// recipient exactly once.
+// Many sessions fetching at once, over handles of one store (Reopen),
+// with domain sets that overlap ({a,b}, {b,c}, {a,c}, ...), from messages
+// to one, two or three of the domains, deliver every recipient exactly
+// once, whatever the interleaving.
 func testManyConsumers(t *testing.T, c Config) {
 	q := c.New(t)
-	const n, workers = 60, 6
+	handles := []Queue{q, q, q}
+	if c.Reopen != nil {
+		handles[1], handles[2] = c.Reopen(t, q), c.Reopen(t, q)
+	}
+	const n = 90
+	domains := []string{"a.example", "b.example", "c.example"}
 	want := map[string]bool{}
 	for i := range n {
-		a, b := fmt.Sprintf("u%d@a.example", i), fmt.Sprintf("u%d@b.example", i)
-		enqueue(t, q, "s@sender.example", a, b)
-		want[a], want[b] = true, true
+		var to []string
+		for j, d := range domains {
+			if (i>>j)&1 == 1 || i%7 == 0 {
+				to = append(to, fmt.Sprintf("u%d@%s", i, d))
+			}
+		}
+		if len(to) == 0 {
+			to = []string{fmt.Sprintf("u%d@%s", i, domains[i%3])}
+		}
+		enqueue(t, handles[i%3], "s@sender.example", to...)
+		for _, r := range to {
+			want[r] = true
+		}
+	}
+	sets := [][]string{
+		{"a.example", "b.example"}, {"b.example", "c.example"}, {"a.example", "c.example"},
+		{"a.example"}, {"b.example"}, {"c.example"}, domains,
 	}
 	var (
 		mu        sync.Mutex
 		delivered = map[string]int{}
 		wg        sync.WaitGroup
-		errs      = make(chan error, workers)
+		errs      = make(chan error, len(sets))
 	)
-	ctx := ctxOf(t)
-	for w := range workers {
-		domains := [][]string{{"a.example"}, {"b.example"}, {"a.example", "b.example"}}[w%3]
+	// The first error stops every session: a lease gone wrong would keep
+	// the others waiting until it lapsed.
+	ctx, stop := context.WithCancel(ctxOf(t))
+	defer stop()
+	fail := func(err error) {
+		errs <- err
+		stop()
+	}
+	for w, set := range sets {
+		h := handles[w%3]
 		wg.Go(func() {
-			b, err := q.Claim(ctx, domains)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer b.Close()
-			for {
-				m, err := b.Next(ctx)
-				if err == io.EOF {
+			for ctx.Err() == nil {
+				if has, err := h.HasMail(ctx, domains); err != nil {
+					fail(err)
+					return
+				} else if !has {
 					return
 				}
-				if err != nil {
-					errs <- err
-					return
-				}
-				var rs []odmr.RecipientResult
-				mu.Lock()
-				for _, r := range m.Envelope().To {
-					delivered[r]++
-					rs = append(rs, odmr.RecipientResult{Recipient: r})
-				}
-				mu.Unlock()
-				if err := m.Complete(ctx, rs); err != nil {
-					errs <- err
+				if err := deliverAll(ctx, h, set, &mu, delivered); err != nil {
+					fail(err)
 					return
 				}
 			}
@@ -659,8 +677,41 @@ func testManyConsumers(t *testing.T, c Config) {
 			t.Errorf("%s delivered %d times", r, delivered[r])
 		}
 	}
-	if hasMail(t, q, "a.example", "b.example") {
+	if len(delivered) != len(want) {
+		t.Errorf("%d recipients delivered, want %d", len(delivered), len(want))
+	}
+	if hasMail(t, q, domains...) {
 		t.Error("HasMail = true after every recipient was delivered")
+	}
+}
+
+// deliverAll runs one session for domains on q, counting in delivered
+// (under mu) each recipient it is handed and completing each message as
+// delivered.
+func deliverAll(ctx context.Context, q Queue, domains []string, mu *sync.Mutex, delivered map[string]int) error {
+	b, err := q.Claim(ctx, domains)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	for {
+		m, err := b.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var rs []odmr.RecipientResult
+		mu.Lock()
+		for _, r := range m.Envelope().To {
+			delivered[r]++
+			rs = append(rs, odmr.RecipientResult{Recipient: r})
+		}
+		mu.Unlock()
+		if err := m.Complete(ctx, rs); err != nil {
+			return err
+		}
 	}
 }
 
