@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-odmr/odmr"
 	"github.com/go-odmr/odmr/internal/dsnreport"
+	"github.com/go-odmr/odmr/internal/wire"
 )
 
 // rcptRow is a queued recipient as settle reads it.
@@ -274,11 +275,8 @@ func clip(s string, n int) string {
 // parseEnhanced parses an enhanced status code written by
 // EnhancedCode.String; the zero code when it cannot.
 func parseEnhanced(s string) odmr.EnhancedCode {
-	var c odmr.EnhancedCode
-	if _, err := fmt.Sscanf(s, "%d.%d.%d", &c[0], &c[1], &c[2]); err != nil {
-		return odmr.EnhancedCode{}
-	}
-	return c
+	ec, _ := wire.ParseEnhancedCode(s)
+	return ec
 }
 
 // withORcpt adds the recipient's ORCPT, if it gave one, to its report.
